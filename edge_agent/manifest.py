@@ -1,0 +1,176 @@
+"""The model manifest (``model.json`` beside ``model.tflite``): the contract between converter and device.
+
+The converter writes it; the daemon reads it so that a converted model needs no hand-written
+preprocessing settings. This pydantic model is the single source of the JSON Schema shipped in
+``edge_agent/schemas/manifest.schema.json`` (``python -m edge_agent.manifest`` regenerates it; a test
+checks the two agree). The converter validates what it writes against that file, not this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent.errors import ModelError
+
+MANIFEST_SCHEMA_ID = "edge-agent/manifest/1"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "manifest.schema.json"
+
+Task = Literal["classification", "detection", "regression", "anomaly", "segmentation"]
+Mode = Literal["int8", "float16", "dynamic", "int16x8", "float32"]
+DType = Literal["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
+# What an output tensor means, so the device finds outputs by role, never by position.
+OutputRole = Literal[
+    "probabilities",  # classification, softmax already applied
+    "logits",  # classification, softmax still to apply
+    "boxes",  # SSD: [1, N, 4] as ymin, xmin, ymax, xmax
+    "classes",  # SSD: [1, N]
+    "scores",  # SSD: [1, N]
+    "count",  # SSD: [1]
+    "yolo",  # YOLO head: [1, N, 4+C] or [1, 4+C, N]
+    "values",  # regression
+    "reconstruction",  # anomaly: autoencoder output, compared with its input
+    "anomaly_score",  # anomaly: the model outputs the score itself
+    "mask",  # segmentation: [1, H, W, C] class scores or [1, H, W] class ids
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quantization(_Strict):
+    """Affine quantization of a tensor: real = scale * (q - zero_point)."""
+
+    scale: float = Field(gt=0, description="Real value of one quantization step.")
+    zero_point: int = Field(description="Quantized value that represents real 0.0.")
+
+
+class TensorSpec(_Strict):
+    name: str = Field(description="Tensor name as the interpreter reports it.")
+    shape: list[int] = Field(min_length=1, description="Shape with the batch dimension first.")
+    dtype: DType
+    quantization: Quantization | None = Field(
+        default=None, description="Present for quantized (int8/uint8/int16) tensors."
+    )
+
+
+class InputSpec(TensorSpec):
+    kind: Literal["image", "tensor"] = Field(
+        default="tensor", description="'image': camera frames go through `preprocess`; 'tensor': raw arrays."
+    )
+    layout: Literal["NHWC", "NCHW", "NC", "NTC"] = Field(
+        default="NHWC", description="Meaning of the axes of `shape`."
+    )
+
+
+class OutputSpec(TensorSpec):
+    role: OutputRole = Field(description="What the tensor holds; the device looks outputs up by role.")
+
+
+class Preprocess(_Strict):
+    """How a camera frame becomes model input: value = (pixel * scale - mean) / std, per channel."""
+
+    color: Literal["rgb", "bgr", "gray"] = Field(default="rgb", description="Channel order the model expects.")
+    resize: Literal["stretch", "letterbox", "crop"] = Field(
+        default="stretch", description="stretch: ignore aspect; letterbox: pad; crop: centre crop."
+    )
+    scale: float = Field(default=1.0, description="Multiplier applied to 0..255 pixels first (1/255 = 0.00392).")
+    mean: list[float] = Field(default_factory=lambda: [0.0], description="Subtracted after scaling; 1 or C values.")
+    std: list[float] = Field(default_factory=lambda: [1.0], description="Divisor after the mean; 1 or C values.")
+
+    @model_validator(mode="after")
+    def _std_nonzero(self) -> Preprocess:
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+
+class Manifest(_Strict):
+    schema_id: Literal["edge-agent/manifest/1"] = Field(alias="schema", default=MANIFEST_SCHEMA_ID)
+    name: str = Field(description="Model name, shown in every result payload.")
+    task: Task
+    model_file: str = Field(description="File name of the .tflite beside this manifest.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(description="sha256 of the .tflite file.")
+    mode: Mode | None = Field(default=None, description="Quantization mode the converter used.")
+    labels: list[str] | None = Field(default=None, description="Class names, index = class id.")
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(min_length=1)
+    preprocess: Preprocess | None = Field(default=None, description="Required when an input has kind 'image'.")
+    postprocess: dict[str, Any] = Field(
+        default_factory=dict, description="Options for the task's postprocessor (threshold, top_k, names, units...)."
+    )
+    calibration: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    converter: dict[str, str] | None = Field(default=None, description="Versions of edge-agent and TensorFlow used.")
+    created: str | None = Field(default=None, description="ISO 8601 UTC time of conversion.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _image_needs_preprocess(self) -> Manifest:
+        if any(i.kind == "image" for i in self.inputs) and self.preprocess is None:
+            raise ValueError("an input of kind 'image' needs a 'preprocess' section")
+        return self
+
+    def output(self, role: str) -> OutputSpec | None:
+        return next((o for o in self.outputs if o.role == role), None)
+
+
+def manifest_path_for(model_path: Path) -> Path:
+    """``door.tflite`` -> ``door.json`` (the converter writes the manifest beside the model)."""
+    return model_path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(path: Path, *, verify_sha256: bool = True) -> Manifest:
+    """Read and validate a manifest; with ``verify_sha256`` check the model file it names."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: manifest not found; write one with edge-convert or configure the model fields") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable JSON manifest ({exc}); re-create it with edge-convert") from None
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ModelError(
+            f"{path}: invalid manifest field '{where}': {first['msg']} "
+            f"({exc.error_count()} problem(s)); re-create it with edge-convert"
+        ) from None
+    if verify_sha256:
+        model_file = path.parent / manifest.model_file
+        if not model_file.is_file():
+            raise ModelError(f"{path}: names model file '{manifest.model_file}', which is not beside it")
+        actual = file_sha256(model_file)
+        if actual != manifest.sha256:
+            raise ModelError(
+                f"{model_file}: sha256 {actual[:12]}... does not match its manifest ({manifest.sha256[:12]}...); "
+                "the model was replaced or damaged: copy the .tflite and .json together again"
+            )
+    return manifest
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Manifest.model_json_schema(by_alias=True)
+    schema["$id"] = MANIFEST_SCHEMA_ID
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+if __name__ == "__main__":  # regenerate the shipped schema file
+    SCHEMA_FILE.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {SCHEMA_FILE}")
