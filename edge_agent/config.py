@@ -1,0 +1,493 @@
+"""The daemon's configuration: one strict YAML file (unknown keys rejected), checked before anything starts.
+
+``load_config(path)`` reads the file and raises a single ``ConfigError`` that lists *every* problem with
+its key path and the bad value (``pipelines[0].publish.qos: input should be 0, 1 or 2 (got 3)``), so a
+user fixes the file in one pass. Relative paths in the file are resolved against the file's directory,
+so a config and its models can travel together. Secrets come only through ``mqtt.password_*``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edge_agent.errors import ConfigError
+from edge_agent.publish.mqtt import MqttConfig
+from edge_agent.runtime.config import ModelConfig
+from edge_agent.sources import SourceConfig, WindowConfig
+from edge_agent.sources.camera import CameraSourceConfig
+
+# Names that become topic levels: no MQTT wildcards, no separators, nothing a shell or file system minds.
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SENSOR_TYPES = ("iio", "serial", "command", "file")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PublishConfig(_Strict):
+    """Which results of a pipeline are published, and how."""
+
+    qos: Literal[0, 1, 2] = Field(
+        default=1, description="MQTT QoS; 1 and 2 go through the durable outbox first (no loss), 0 does not."
+    )
+    policy: Literal["every", "on_change", "interval"] = Field(
+        default="every",
+        description="every: each result; on_change: when the label changes or the score moves by more than "
+        "change_delta; interval: the latest result every interval_s.",
+    )
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Drop results whose primary score is below this."
+    )
+    change_delta: float = Field(
+        default=0.1, ge=0.0, description="on_change: a score change larger than this counts as a change."
+    )
+    interval_s: float | None = Field(
+        default=None, gt=0, description="interval: seconds between published results."
+    )
+    max_rate_hz: float | None = Field(
+        default=None, gt=0, description="Never publish more often than this (results in between are skipped)."
+    )
+    topic: str | None = Field(
+        default=None,
+        description="Full topic for this pipeline's results; "
+        "default <topic_prefix>/<device_id>/<pipeline>/result.",
+    )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_ok(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "#" in v or "+" in v or v.startswith("/") or v.endswith("/")):
+            raise ValueError(
+                "a topic must be non-empty, not start or end with '/', and contain no '#' or '+'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _policy_fields(self) -> PublishConfig:
+        if self.policy == "interval" and self.interval_s is None:
+            raise ValueError("policy 'interval' needs interval_s (seconds between published results)")
+        if self.policy != "interval" and self.interval_s is not None:
+            raise ValueError(f"interval_s is only used with policy 'interval' (policy is '{self.policy}')")
+        return self
+
+
+class EvidenceConfig(_Strict):
+    """Local evidence: frames that triggered a published detection, kept as JPEG on the device, never sent."""
+
+    enabled: bool = Field(
+        default=False, description="Save the frame of each published result of this pipeline."
+    )
+    min_score: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Only results with at least this score; default: every published.",
+    )
+    labels: list[str] | None = Field(default=None, description="Only these labels; default: any label.")
+    max_files: int = Field(
+        default=500, ge=1, description="Keep at most this many files (oldest deleted first)."
+    )
+    max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1024, description="Keep at most this many bytes in total."
+    )
+    max_age_s: float = Field(default=7 * 24 * 3600, gt=0, description="Delete files older than this.")
+    jpeg_quality: int = Field(default=85, ge=10, le=100, description="JPEG quality (10-100).")
+
+
+class PipelineConfig(_Strict):
+    """One source, one model, one publish policy."""
+
+    name: str = Field(
+        description="Pipeline name, used in topics and payloads: letters, digits, '_', '-', '.'."
+    )
+    source: SourceConfig = Field(description="Where frames or samples come from; 'type' selects the kind.")
+    window: WindowConfig | None = Field(
+        default=None, description="Sensor sources: samples per model input (size) and step (hop)."
+    )
+    model: ModelConfig = Field(description="The model to run.")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="Which results are published.")
+    evidence: EvidenceConfig = Field(
+        default_factory=EvidenceConfig, description="Keep triggering frames locally (camera sources only)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_topic_safe(cls, v: str) -> str:
+        if not TOPIC_SAFE.match(v):
+            raise ValueError(
+                "a pipeline name must be 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit "
+                "(it becomes an MQTT topic level)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _window_matches_source(self) -> PipelineConfig:
+        kind = self.source.type
+        if kind in SENSOR_TYPES and self.window is None:
+            raise ValueError(
+                f"a sensor source ({kind}) needs a window: add  window: {{size: N, hop: M}}  "
+                "(samples per model input)"
+            )
+        if kind == "camera" and self.window is not None:
+            raise ValueError("a camera source takes no window (one frame = one model input): remove 'window'")
+        if self.evidence.enabled and kind != "camera":
+            raise ValueError(f"evidence frames exist only for camera sources (this source is {kind})")
+        return self
+
+
+class OutboxConfig(_Strict):
+    """Bounds of the durable result queue (SQLite under state_dir). When full, the oldest results are dropped
+    (and counted on the stats topic)."""
+
+    max_messages: int = Field(
+        default=100_000, ge=100, description="Most results kept while the broker is away."
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="Most bytes kept (>= 1 MiB)."
+    )
+
+
+class WatchdogConfig(_Strict):
+    """Liveness: systemd's WatchdogSec= pings are sent only while every pipeline makes progress."""
+
+    enabled: bool = Field(
+        default=True, description="Send WATCHDOG=1 when systemd asks for it (WATCHDOG_USEC)."
+    )
+    stall_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A pipeline whose loop made no progress for this long is reported stuck (log, stats), "
+        "whether or not systemd's watchdog is on.",
+    )
+
+
+def _default_device_id() -> str:
+    """The host name, cut to its first label and made topic-safe."""
+    name = socket.gethostname().split(".")[0] or "edge-device"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64]
+
+
+class AgentConfig(_Strict):
+    """Top level of /etc/edge-agent/config.yaml."""
+
+    device_id: str = Field(
+        default_factory=_default_device_id,
+        description="This device's name in topics and payloads; default: the host name.",
+    )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The broker and topics.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/edge-agent"), description="Outbox, seq counters and evidence frames live here."
+    )
+    pipelines: list[PipelineConfig] = Field(
+        min_length=1, description="What to run: one entry per source+model."
+    )
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig, description="Bounds of the durable result queue."
+    )
+    drain_timeout_s: float = Field(
+        default=10.0, ge=0, description="On stop, wait this long for pending results to reach the broker."
+    )
+    watchdog: WatchdogConfig = Field(
+        default_factory=WatchdogConfig, description="Liveness checks and systemd pings."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Logging level."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_topic_safe(cls, v: str) -> str:
+        if not TOPIC_SAFE.match(v):
+            raise ValueError(
+                "device_id must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit "
+                "(it becomes an MQTT topic level)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _unique_pipeline_names(self) -> AgentConfig:
+        seen: dict[str, int] = {}
+        for i, p in enumerate(self.pipelines):
+            if p.name in seen:
+                raise ValueError(
+                    f"pipeline name '{p.name}' is used twice (pipelines[{seen[p.name]}] and pipelines[{i}]): "
+                    "names must be unique"
+                )
+            seen[p.name] = i
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_relative_paths(self, info: ValidationInfo) -> AgentConfig:
+        base = (info.context or {}).get("base_dir")
+        if base is not None:
+            _resolve_paths(self, Path(base))
+        return self
+
+    def result_topic(self, pipeline: PipelineConfig) -> str:
+        return pipeline.publish.topic or f"{self.mqtt.topic_prefix}/{self.device_id}/{pipeline.name}/result"
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def _abs(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _looks_like_local_path(url: str) -> bool:
+    return "://" not in url and not url.startswith("/dev/")
+
+
+def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
+    """Make every relative file path absolute against the config file's directory (in place)."""
+    cfg.state_dir = _abs(base, cfg.state_dir)
+    cfg.mqtt.password_file = _abs(base, cfg.mqtt.password_file)
+    if cfg.mqtt.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            setattr(cfg.mqtt.tls, name, _abs(base, getattr(cfg.mqtt.tls, name)))
+    for p in cfg.pipelines:
+        m = p.model
+        m.path = _abs(base, m.path)
+        m.manifest = _abs(base, m.manifest)
+        m.labels_file = _abs(base, m.labels_file)
+        src = p.source
+        if isinstance(src, CameraSourceConfig):
+            if isinstance(src.url, str) and _looks_like_local_path(src.url):
+                src.url = str(_abs(base, Path(src.url)))
+        elif src.type == "file" and src.path != "-":
+            src.path = str(_abs(base, Path(src.path)))
+        elif src.type == "iio":
+            src.sysfs_root = str(_abs(base, Path(src.sysfs_root)))
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {seen[key].start_mark.line + 1})", mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; give the path of your config.yaml") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; give the path of a config .yaml file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied; run as a user that can read it") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}: {problem}" if context and "duplicate" not in problem else problem
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {detail}") from None
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The classes a field annotation can hold (Optional/Union/Annotated/list unwrapped one level)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [c for a in typing.get_args(annotation) for c in _unwrap(a)]
+    return [annotation]
+
+
+def _walk_loc(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+    """Follow an error location through the config classes: drop the union tags pydantic inserts
+    (``source.camera.fps`` -> ``source.fps``) and return the model class the last key belongs to."""
+    current: list[Any] = [AgentConfig]
+    clean: list[Any] = []
+    owner: type[BaseModel] | None = AgentConfig
+    for part in loc:
+        models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
+        if isinstance(part, int):
+            clean.append(part)
+            items = [typing.get_args(c)[0] if typing.get_args(c) else c for c in current]
+            current = [a for c in items for a in _unwrap(c)]
+            continue
+        # a discriminated-union tag (e.g. 'camera') or a plain union member name ('str', 'int')
+        tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == part]
+        if len(models) > 1 and tagged:
+            current = tagged
+            continue
+        if part in ("str", "int", "float", "bool", "list", "dict", "none") or (
+            isinstance(part, str) and (part.startswith("function-") or part.startswith("literal["))
+        ):
+            continue
+        owner = next((m for m in models if part in m.model_fields), models[0] if models else None)
+        clean.append(part)
+        if owner is not None and part in owner.model_fields:
+            current = _unwrap(owner.model_fields[part].annotation)
+        else:
+            current = []
+    return tuple(clean), owner
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc, owner = _walk_loc(tuple(err["loc"]))
+    kind = err["type"]
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, ") :]
+    msg = msg[:1].lower() + msg[1:]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{_format_loc(loc)}: unknown key{hint} (allowed here: {', '.join(allowed)})"
+    if kind == "missing":
+        return f"{_format_loc(loc)}: required key is missing"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        where = _format_loc(loc)
+        return f"{where}.type: unknown source type {ctx.get('tag')!r}; use one of {ctx.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"{_format_loc(loc)}: needs a 'type' key (camera, iio, serial, command or file)"
+    if isinstance(value, (dict, list)) and kind in ("value_error", "assertion_error"):
+        return f"{_format_loc(loc)}: {msg}"  # a rule across several keys: the message names them
+    return f"{_format_loc(loc)}: {msg} (got {_short(value)})"
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem, each with its key path and the bad value."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        line = _describe(err)
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "config") -> AgentConfig:
+    """Validate already-parsed YAML/JSON data; ``ConfigError`` lists every problem."""
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; it needs at least 'pipelines:'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (got {type(data).__name__})")
+    try:
+        return AgentConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = format_validation_error(exc)
+        listing = "\n".join(f"  {line}" for line in lines)
+        raise ConfigError(f"{source}: {len(lines)} problem(s):\n{listing}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read, validate and resolve a config file. Raises ``ConfigError`` naming every problem."""
+    path = Path(path).expanduser()
+    data = _read_yaml(path)
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def _first_line(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""
+
+
+def read_mqtt_password(cfg: MqttConfig, environ: typing.Mapping[str, str] | None = None) -> str | None:
+    """The broker password from password_file, password_env or a systemd credential (LoadCredential=),
+    or None when none is configured. ``ConfigError`` when the configured source is missing."""
+    env = os.environ if environ is None else environ
+    if cfg.password_file is not None:
+        try:
+            return _first_line(cfg.password_file)
+        except FileNotFoundError:
+            raise ConfigError(f"mqtt.password_file: {cfg.password_file} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"mqtt.password_file: cannot read {cfg.password_file} ({exc.strerror})"
+            ) from None
+    if cfg.password_env is not None:
+        if cfg.password_env not in env:
+            raise ConfigError(f"mqtt.password_env: environment variable {cfg.password_env} is not set")
+        return env[cfg.password_env]
+    if cfg.password_credential is not None:
+        cred_dir = env.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(
+                f"mqtt.password_credential: ${{CREDENTIALS_DIRECTORY}} is not set; run under systemd with "
+                f"LoadCredential={cfg.password_credential}:/path/to/secret"
+            )
+        cred = Path(cred_dir) / cfg.password_credential
+        try:
+            return _first_line(cred)
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_credential: cannot read {cred} ({exc.strerror})") from None
+    return None
