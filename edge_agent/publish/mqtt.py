@@ -1,20 +1,47 @@
-"""MQTT client (paho-mqtt 2.x, callback API 2): status with Last Will, results through the outbox, stats."""
+"""MQTT client (paho-mqtt 2.x, callback API 2): status with Last Will, results through the outbox, stats.
+
+Delivery: ``publish_result`` appends to the durable outbox and wakes a sender thread; the sender hands rows
+to paho in id (= seq) order, at most ``max_inflight`` unacknowledged at a time, and remembers mid -> row id.
+``on_publish`` (the PUBACK) marks the row acked; the sender deletes acked rows in batches. On every connect
+paho's in-memory queue is dropped and all pending rows are replayed from the outbox, so the outbox is the
+single source of truth (a duplicate of an in-flight message, same seq, is possible: that is QoS 1).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import ssl
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_agent.errors import ConfigError
+from edge_agent.publish.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+# Commit acks in batches of at most this many rows (one SQLite transaction each).
+_ACK_BATCH = 500
+# Rows read from the outbox per query while sending.
+_SEND_BATCH = 200
 
 
 class TlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ca_file: Path | None = Field(default=None, description="CA certificate (PEM); default: the system's CAs.")
-    cert_file: Path | None = Field(default=None, description="Client certificate (PEM), for brokers that require one.")
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate (PEM), for brokers that require one."
+    )
     key_file: Path | None = Field(default=None, description="Client private key (PEM), with cert_file.")
-    insecure: bool = Field(default=False, description="Skip the host name check (self-signed lab brokers only).")
+    insecure: bool = Field(
+        default=False, description="Skip the host name check (self-signed lab brokers only)."
+    )
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> TlsConfig:
@@ -42,14 +69,445 @@ class MqttConfig(BaseModel):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     stats_interval_s: float = Field(default=30.0, gt=0, description="How often to publish the stats topic.")
+    max_inflight: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="Results sent but not yet acknowledged (PUBACK) at any time; bounds memory while a "
+        "backlog replays. Raise it on links with a long round trip.",
+    )
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
         given = [n for n in ("password_file", "password_env", "password_credential") if getattr(self, n)]
         if len(given) > 1:
-            raise ValueError(f"give only one of password_file, password_env, password_credential (got {given})")
+            raise ValueError(
+                f"give only one of password_file, password_env, password_credential (got {given})"
+            )
         if given and not self.username:
             raise ValueError(f"{given[0]} is set but username is not")
         if self.topic_prefix.strip("/") != self.topic_prefix or any(c in self.topic_prefix for c in "#+"):
             raise ValueError("topic_prefix must not start or end with '/' nor contain '#' or '+'")
         return self
+
+
+def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt") -> str | None:
+    """The broker password from password_file, password_env or password_credential; None when none is set.
+
+    Raises ConfigError naming the field when the file, variable or credential is missing.
+    """
+    if cfg.password_file is not None:
+        path = Path(cfg.password_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{field_prefix}.password_file: {path} does not exist; create it with the broker password "
+                "on its first line (chmod 600), or fix the path"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"{field_prefix}.password_file: cannot read {path}: {exc.strerror}") from None
+        lines = text.splitlines()
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ConfigError(
+                f"{field_prefix}.password_file: {path} is empty; put the password on its first line"
+            )
+        return password
+    if cfg.password_env is not None:
+        value = os.environ.get(cfg.password_env)
+        if value is None:
+            raise ConfigError(
+                f"{field_prefix}.password_env: environment variable {cfg.password_env} is not set; set it "
+                "(e.g. EnvironmentFile= in the systemd unit) or use password_file"
+            )
+        return value.strip()
+    if cfg.password_credential is not None:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(
+                f"{field_prefix}.password_credential: CREDENTIALS_DIRECTORY is not set, so credential "
+                f"{cfg.password_credential!r} is unavailable; run under systemd with "
+                f"LoadCredential={cfg.password_credential}:/path/to/password, or use password_file"
+            )
+        path = Path(cred_dir) / cfg.password_credential
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            raise ConfigError(
+                f"{field_prefix}.password_credential: credential {cfg.password_credential!r} not found in "
+                f"{cred_dir}; check LoadCredential={cfg.password_credential}:... in the systemd unit"
+            ) from None
+        return lines[0].strip() if lines else ""
+    return None
+
+
+_REFUSAL_HINTS = {
+    "Bad user name or password": "check mqtt.username and the password file/env/credential",
+    "Not authorized": "check mqtt.username, the password, and the broker's ACL for this client",
+    "Client identifier not valid": "check mqtt.client_id",
+    "Identifier rejected": "check mqtt.client_id",
+    "Unsupported protocol version": "set mqtt.protocol to one the broker supports",
+    "Server unavailable": "the broker is up but not accepting clients; check its log",
+}
+
+
+class MqttPublisher:
+    """One paho client per daemon: status (online/offline, Last Will), durable results, best-effort stats."""
+
+    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox):
+        import paho.mqtt.client as mqtt  # imported here so `edge-agent check` does not need it loaded
+
+        self._mqtt = mqtt
+        self.cfg = cfg
+        self.device_id = device_id
+        self.outbox = outbox
+        self.broker = f"{cfg.host}:{cfg.port}"
+        self.status_topic = self.topic("status")
+        self._window = cfg.max_inflight
+
+        self._cond = threading.Condition()
+        self._inflight: dict[int, int | None] = {}  # mid -> outbox row id (None: not an outbox row)
+        self._inflight_rows = 0
+        self._early: set[int] = set()  # mids whose PUBACK came before the sending thread recorded them
+        self._acked_rows: list[int] = []  # PUBACKed, not yet deleted from the outbox
+        self._cursor = 0  # highest row id handed to paho on this connection
+        self._gen = 0  # bumped on every connect/disconnect; a send from an older generation is stale
+        self._more = True  # the outbox may hold rows past the cursor
+        self._appends = 0
+        self._connected = False
+        self._ever_connected = False
+        self._started = False
+        self._stopping = False
+        self._sender_exit = False
+        self._sender: threading.Thread | None = None
+
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.published = 0  # result messages handed to paho (replays included)
+        self.acked = 0  # result messages acknowledged by the broker
+        self.rejected = 0  # MQTT 5 PUBACKs with a failure reason code (kept in the outbox)
+
+        self._client = self._make_client(resolve_password(cfg))
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def _make_client(self, password: str | None) -> Any:
+        mqtt = self._mqtt
+        cfg = self.cfg
+        client_id = cfg.client_id or f"edge-agent-{self.device_id}"
+        if cfg.protocol == "5":
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=True,
+            )
+        if cfg.username:
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            self._configure_tls(client, cfg.tls)
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_max_s, cfg.reconnect_min_s))
+        client.max_inflight_messages_set(self._window + 8)  # our window, plus room for status/stats
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    @staticmethod
+    def _configure_tls(client: Any, tls: TlsConfig) -> None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(
+                    f"mqtt.tls.{name}: {path} does not exist; fix the path or copy the file there"
+                )
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                f"mqtt.tls: cannot load the TLS files (ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
+                f"key_file={tls.key_file}): {exc}; they must be PEM and the key must match the certificate"
+            ) from exc
+        if tls.insecure:
+            client.tls_insecure_set(True)
+
+    def topic(self, *parts: str) -> str:
+        """``<prefix>/<device_id>/<parts...>``."""
+        return "/".join((self.cfg.topic_prefix, self.device_id, *parts))
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; a broker that is down now is retried with backoff, not fatal."""
+        if self._started:
+            return
+        self._started = True
+        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self, drain_timeout: float) -> None:
+        """Send what the outbox holds (up to ``drain_timeout`` s), publish retained ``offline``, disconnect.
+
+        Rows not acknowledged by then stay in the outbox for the next start.
+        """
+        if not self._started or self._stopping:
+            return
+        drained = self.flush(drain_timeout) if drain_timeout > 0 else self.outbox.depth() == 0
+        self._stopping = True
+        if self._connected:
+            info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+            self._claim(info.mid, None, self._gen)
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError):
+                log.warning("could not publish 'offline' on %s before disconnecting", self.status_topic)
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._cond:
+            self._connected = False
+            self._sender_exit = True
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=10.0)
+        if not drained:
+            log.warning(
+                "%d results are still in the outbox %s; they are sent after the next start",
+                self.outbox.depth(),
+                self.outbox.path,
+            )
+
+    @property
+    def connected(self) -> bool:
+        """True only between a successful CONNACK and the next disconnect."""
+        return self._connected
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every outbox row is acknowledged and deleted; False when ``timeout`` s passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.outbox.depth() > 0 or self._acked_rows:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    # -- publishing ----------------------------------------------------------------------------------------
+    def publish_result(self, topic: str, payload: bytes, qos: int) -> None:
+        """QoS >= 1: durable (outbox first, sent in order by the sender thread). QoS 0: sent now, or lost."""
+        if qos <= 0:
+            self.publish_now(topic, payload, 0)
+            return
+        self.outbox.append(topic, payload, qos)
+        with self._cond:
+            self._appends += 1
+            self._more = True
+            if self._connected:
+                self._cond.notify_all()
+
+    def publish_result_many(self, items: list[tuple[str, bytes, int]]) -> None:
+        """Several results in one outbox transaction (sensor pipelines producing bursts)."""
+        durable = [item for item in items if item[2] > 0]
+        for topic, payload, qos in items:
+            if qos <= 0:
+                self.publish_now(topic, payload, 0)
+        if durable:
+            self.outbox.append_many(durable)
+            with self._cond:
+                self._appends += 1
+                self._more = True
+                self._cond.notify_all()
+
+    def publish_now(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Best effort (stats, status): sent only while connected, never stored. True when handed to paho."""
+        if not self._connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._claim(info.mid, None, self._gen)
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """The ``mqtt`` object of the stats payload."""
+        with self._cond:
+            return {
+                "connected": self._connected,
+                "reconnects": self.reconnects,
+                "last_error": self.last_error,
+                "published": self.published,
+                "acked": self.acked,
+                "inflight": self._inflight_rows,
+            }
+
+    # -- mid bookkeeping -----------------------------------------------------------------------------------
+    def _claim(self, mid: int, row_id: int | None, gen: int) -> None:
+        """Record who owns ``mid`` after ``publish`` returned; the PUBACK may already have arrived."""
+        with self._cond:
+            if mid in self._early:
+                self._early.discard(mid)
+                if row_id is not None:
+                    self._acked_rows.append(row_id)
+                    self._cond.notify_all()
+            elif gen == self._gen:
+                self._inflight[mid] = row_id
+                if row_id is not None:
+                    self._inflight_rows += 1
+            else:
+                # Sent on a connection that has since been replaced: the replay covers the row; absorb any
+                # late PUBACK so the mid cannot later acknowledge a different message.
+                self._inflight[mid] = None
+            if row_id is not None and gen == self._gen:
+                self._cursor = max(self._cursor, row_id)
+
+    # -- paho callbacks (network thread) ------------------------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            name = str(reason_code)
+            hint = _REFUSAL_HINTS.get(name, "check the broker's log")
+            self._set_error(f"broker {self.broker} refused the connection: {name.lower()}; {hint}")
+            return
+        # The outbox, not paho's memory, is the source of truth: drop paho's resend queue and replay pending
+        # rows from the outbox in id order (otherwise every in-flight message would go out twice).
+        client.drop_out_messages()
+        with self._cond:
+            self._inflight.clear()
+            self._inflight_rows = 0
+            self._early.clear()
+            self._cursor = 0
+            self._more = True
+            self._gen += 1
+            self._connected = True
+            if self._ever_connected:
+                self.reconnects += 1
+            self._ever_connected = True
+            self.last_error = None
+            self._cond.notify_all()
+            gen = self._gen
+        log.info("connected to MQTT broker %s; %d results pending", self.broker, self.outbox.depth())
+        info = client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._claim(info.mid, None, gen)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` block, so the exception is still current.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            self._set_error(
+                f"TLS handshake with broker {self.broker} failed: {exc}; check mqtt.tls.ca_file (and "
+                "cert_file/key_file, or mqtt.tls.insecure for a self-signed lab broker)"
+            )
+        else:
+            detail = f": {exc}" if exc else ""
+            self._set_error(f"cannot connect to broker {self.broker}{detail}; is it running and reachable?")
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        # Safe to call twice: it only clears state.
+        with self._cond:
+            was_connected = self._connected
+            self._connected = False
+            self._inflight.clear()
+            self._inflight_rows = 0
+            self._early.clear()
+            self._gen += 1
+            self._cond.notify_all()
+        if was_connected and not self._stopping:
+            self._set_error(f"lost the connection to broker {self.broker} ({reason_code}); reconnecting")
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        with self._cond:
+            if mid not in self._inflight:
+                self._early.add(mid)
+                return
+            row_id = self._inflight.pop(mid)
+            if row_id is None:
+                return
+            self._inflight_rows -= 1
+            if reason_code.is_failure:  # MQTT 5 only: the broker refused this message; keep it, count it
+                self.rejected += 1
+                self.last_error = (
+                    f"broker {self.broker} rejected a result (outbox row {row_id}): {reason_code}"
+                )
+            else:
+                self._acked_rows.append(row_id)
+            self._cond.notify_all()
+
+    def _set_error(self, message: str) -> None:
+        with self._cond:
+            changed = message != self.last_error
+            self.last_error = message
+        if changed:  # log each distinct problem once, not on every retry
+            log.error("%s", message)
+
+    # -- sender thread -------------------------------------------------------------------------------------
+    def _run_sender(self) -> None:
+        """Delete acked rows in batches, and hand pending rows to paho in id order within the window."""
+        while True:
+            with self._cond:
+                while not (
+                    self._acked_rows
+                    or self._sender_exit
+                    or (self._connected and self._more and self._inflight_rows < self._window)
+                ):
+                    self._cond.wait()
+                acks = self._acked_rows[:_ACK_BATCH]
+                del self._acked_rows[:_ACK_BATCH]
+                send = self._connected and self._more and self._inflight_rows < self._window
+                gen, cursor, appends = self._gen, self._cursor, self._appends
+                room = self._window - self._inflight_rows
+                exiting = self._sender_exit
+            if acks:
+                self._ack(acks)
+            if exiting:
+                if not self._acked_rows:
+                    return
+                continue
+            if send:
+                self._send(gen, cursor, appends, min(room, _SEND_BATCH))
+
+    def _ack(self, acks: list[int]) -> None:
+        try:
+            self.outbox.ack_many(acks)
+        except Exception as exc:  # the outbox is closed or broken: the rows are resent next time (same seq)
+            log.error("could not delete %d acknowledged rows from the outbox: %s", len(acks), exc)
+        with self._cond:
+            self.acked += len(acks)
+            self._cond.notify_all()
+
+    def _send(self, gen: int, cursor: int, appends: int, limit: int) -> None:
+        try:
+            rows = self.outbox.pending(limit=limit, after_id=cursor)
+        except Exception as exc:
+            self._set_error(f"cannot read the outbox {self.outbox.path}: {exc}")
+            time.sleep(1.0)
+            return
+        if len(rows) < limit:
+            with self._cond:
+                if gen == self._gen and appends == self._appends:
+                    self._more = False
+        for row in rows:
+            if gen != self._gen or not self._connected:
+                return
+            info = self._client.publish(row.topic, row.payload, qos=row.qos)
+            if info.rc == self._mqtt.MQTT_ERR_NO_CONN:
+                self._claim(info.mid, None, gen - 1)  # queued in paho, dropped on reconnect; replay resends
+                return
+            if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+                self._set_error(f"paho refused to queue a result: {self._mqtt.error_string(info.rc)}")
+                with self._cond:
+                    self._more = True
+                time.sleep(0.1)
+                return
+            self._claim(info.mid, row.id, gen)
+            self.published += 1
