@@ -1,10 +1,31 @@
-"""Camera source: a V4L2 device, a video file, or an rtsp/http/udp stream, read through OpenCV."""
+"""Camera source: a V4L2 device, a video file, or an rtsp/http/udp stream, read through OpenCV.
+
+Live sources (devices, streams) keep only the newest frame: a capture thread reads as fast as the camera
+delivers, so a slow model never builds a backlog, and frames the model never took are counted as skipped.
+A video file without an fps cap is a replay: every frame is delivered, in order, the reader waiting for
+the consumer, so a replay gives the same results every time. With an fps cap a file plays at that rate and
+behaves like a live source.
+
+A supervisor thread owns the reconnect loop and a watchdog: each connection attempt reads in its own
+thread, and an attempt that makes no progress for longer than the open/read timeout is abandoned (OpenCV's
+FFmpeg timeouts are not honoured by every demuxer, and a blocked ``read`` cannot be interrupted).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.errors import ConfigError, SourceError, missing_extra
+from edge_agent.sources.base import Backoff, Frame, Source
+
+log = logging.getLogger(__name__)
 
 
 class CameraSourceConfig(BaseModel):
@@ -12,13 +33,360 @@ class CameraSourceConfig(BaseModel):
 
     type: Literal["camera"] = "camera"
     url: str | int = Field(
-        description="/dev/video0, a camera index (0), a video file path, or rtsp://, http://, udp:// stream URL."
+        description="/dev/video0, a camera index (0), a video file path, or an rtsp://, http://, udp:// URL."
     )
-    fps: float | None = Field(default=None, gt=0, description="Cap on frames handed to the model; none = as fast as read.")
-    loop: bool = Field(default=False, description="Video files only: start again at the end instead of stopping.")
+    fps: float | None = Field(
+        default=None, gt=0, description="Cap on frames handed to the model; none = as fast as read."
+    )
+    loop: bool = Field(
+        default=False, description="Video files only: start again at the end instead of stopping."
+    )
     width: int | None = Field(default=None, gt=0, description="Requested capture width (devices only).")
     height: int | None = Field(default=None, gt=0, description="Requested capture height (devices only).")
-    open_timeout_s: float = Field(default=10.0, gt=0, description="Give up opening after this long, then retry.")
-    read_timeout_s: float = Field(default=5.0, gt=0, description="No frame for this long = stream lost; reconnect.")
-    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay; doubles each failure.")
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, description="Give up opening after this long, then retry."
+    )
+    read_timeout_s: float = Field(
+        default=5.0, gt=0, description="No frame for this long = stream lost; reconnect."
+    )
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First reconnect delay; doubles each failure."
+    )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+
+
+CameraKind = Literal["device", "file", "stream"]
+
+# Anything with a scheme is handed to FFmpeg as a network URL (rtsp, http(s), udp, tcp, rtmp, srt, ...).
+_URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# How much longer than OpenCV's own timeout the watchdog waits before abandoning an attempt.
+_WATCHDOG_GRACE_S = 1.0
+_POLL_S = 0.1
+
+
+def camera_kind(url: str | int) -> CameraKind:
+    """Tell a device (index or /dev path), a network stream (has a scheme) and a video file apart."""
+    if isinstance(url, int) or url.strip().isdigit() or url.startswith("/dev/"):
+        return "device"
+    if _URL_SCHEME.match(url):
+        return "stream"
+    return "file"
+
+
+def _import_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as exc:
+        raise missing_extra("opencv-python-headless", "camera", exc) from exc
+    return cv2
+
+
+class _Attempt:
+    """One connection: opened and read in its own thread; the supervisor watches ``progress``."""
+
+    def __init__(self) -> None:
+        self.abandoned = threading.Event()
+        self.done = threading.Event()
+        self.opened = False
+        self.progress = time.monotonic()  # last sign of life: opened, frame read, or waiting for the consumer
+        self.delivered = 0
+        self.outcome: Literal["eof", "error", "stopped"] = "stopped"
+        self.error: str | None = None
+
+
+class CameraSource(Source):
+    """Frames from OpenCV ``VideoCapture``; see the module docstring for the delivery rules."""
+
+    def __init__(self, cfg: CameraSourceConfig, window: object | None = None) -> None:
+        if window is not None:
+            raise ConfigError("window: applies to sensor sources only; remove it from the camera pipeline")
+        self.cfg = cfg
+        self.kind = camera_kind(cfg.url)
+        self._cv2 = _import_cv2()
+        self._label = str(cfg.url)
+        # A file replay without an fps cap delivers every frame; everything else keeps only the newest.
+        self._deliver_all = self.kind == "file" and cfg.fps is None
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._produced = 0
+        self._skipped = 0
+        self._reconnects = 0
+        self._connected = False
+        self._last_error: str | None = None
+        self._eof = False
+        self._stop = threading.Event()
+        self._halt = threading.Event()  # set by close()
+        self._thread: threading.Thread | None = None
+        self._preopened: tuple[Any, Any] | None = None  # (capture, first image) of a file checked at start
+
+    # -- Source interface -------------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> None:
+        self._stop = stop
+        if self.kind == "file":
+            self._preopened = self._open_file_checked()
+        elif (
+            self.kind == "device"
+            and str(self.cfg.url).startswith("/dev/")
+            and not Path(self.cfg.url).exists()
+        ):
+            raise SourceError(
+                f"camera url: device {self.cfg.url} does not exist: check the camera is plugged in "
+                "(ls /dev/video*, edge-agent probe) and the path in the config"
+            )
+        self._thread = threading.Thread(target=self._supervise, name=f"camera:{self._label}", daemon=True)
+        self._thread.start()
+
+    def read(self, timeout: float) -> Frame | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None:
+                remaining = deadline - time.monotonic()
+                if self._eof or self._halt.is_set() or remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame, self._latest = self._latest, None
+            self._cond.notify_all()  # a file reader may be waiting for the slot
+            return frame
+
+    def close(self) -> None:
+        self._halt.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self._preopened is not None:  # started but the supervisor never took it
+            self._preopened[0].release()
+            self._preopened = None
+
+    @property
+    def finished(self) -> bool:
+        with self._cond:
+            return self._eof and self._latest is None
+
+    @property
+    def stats(self) -> dict:
+        with self._cond:
+            return {
+                "frames": self._produced,
+                "skipped": self._skipped,
+                "reconnects": self._reconnects,
+                "connected": self._connected,
+                "last_error": self._last_error,
+            }
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def _open_file_checked(self) -> tuple[Any, Any]:
+        """A video file that is missing or undecodable is a config problem: fail at start, say what to do."""
+        path = Path(str(self.cfg.url)).expanduser()
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise SourceError(
+                f"camera url: video file {path} {what}: fix the path in the config "
+                "(or use /dev/videoN for a camera, rtsp:// or http:// for a stream)"
+            )
+        cap = self._open()
+        ok, image = (False, None)
+        if cap is not None and cap.isOpened():
+            ok, image = cap.read()
+        if not ok or image is None:
+            if cap is not None:
+                cap.release()
+            raise SourceError(
+                f"camera url: cannot decode video file {path}: check that it plays (ffprobe {path}) "
+                "or re-encode it, e.g. ffmpeg -i in.mov -c:v libx264 out.mp4"
+            )
+        return cap, image
+
+    def _open(self) -> Any:
+        cv2 = self._cv2
+        url = self.cfg.url
+        if self.kind == "device":
+            index_or_path: int | str = int(url) if isinstance(url, int) or url.strip().isdigit() else url
+            cap = cv2.VideoCapture(
+                index_or_path, cv2.CAP_V4L2 if isinstance(index_or_path, str) else cv2.CAP_ANY
+            )
+            if self.cfg.width:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
+            if self.cfg.height:
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height)
+            return cap
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout_s * 1000),
+        ]  # fmt: skip
+        path = str(Path(str(url)).expanduser()) if self.kind == "file" else str(url)
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+
+    # -- threads ----------------------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._halt.is_set()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait, waking early for stop or close; True when stopping."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._halt.wait(min(_POLL_S, remaining))
+        return True
+
+    def _supervise(self) -> None:
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        first = True
+        while not self._stopping():
+            if not first:
+                with self._cond:
+                    self._reconnects += 1
+            first = False
+            attempt = _Attempt()
+            preopened, self._preopened = self._preopened, None
+            threading.Thread(
+                target=self._read_attempt,
+                args=(attempt, preopened),
+                name=f"camera-read:{self._label}",
+                daemon=True,
+            ).start()
+            self._watch(attempt)
+            if attempt.outcome == "stopped":
+                return
+            if attempt.outcome == "eof":
+                with self._cond:
+                    self._eof = True
+                    self._connected = False
+                    self._cond.notify_all()
+                log.info("camera %s: end of file after %d frames", self._label, self._produced)
+                return
+            with self._cond:
+                self._connected = False
+                self._last_error = attempt.error
+            if self._stopping():
+                return
+            if attempt.delivered:
+                backoff.reset()
+            delay = backoff.next_delay()
+            log.warning("camera %s: %s; retrying in %.1f s", self._label, attempt.error, delay)
+            if self._sleep(delay):
+                return
+
+    def _watch(self, attempt: _Attempt) -> None:
+        """Wait for the attempt to end; abandon it when it stalls past its timeout or when stopping."""
+        while not attempt.done.wait(_POLL_S):
+            if self._stopping():
+                attempt.abandoned.set()
+                attempt.outcome = "stopped"
+                return
+            limit = (
+                self.cfg.read_timeout_s if attempt.opened else self.cfg.open_timeout_s
+            ) + _WATCHDOG_GRACE_S
+            if time.monotonic() - attempt.progress > limit:
+                attempt.abandoned.set()
+                attempt.outcome = "error"
+                attempt.error = (
+                    f"no frame for {limit:.0f} s"
+                    if attempt.opened
+                    else f"opening did not finish in {limit:.0f} s"
+                )
+                return
+
+    def _read_attempt(self, attempt: _Attempt, preopened: tuple[Any, Any] | None) -> None:
+        cap = None
+        try:
+            if preopened is not None:
+                cap, first_image = preopened
+            else:
+                cap, first_image = self._open(), None
+                if attempt.abandoned.is_set():
+                    return
+                if not cap.isOpened():
+                    attempt.outcome, attempt.error = "error", "cannot open (nothing there, or refused)"
+                    return
+            attempt.opened = True
+            attempt.progress = time.monotonic()
+            with self._cond:
+                self._connected = True
+            log.info("camera %s: opened", self._label)
+            cap = self._read_frames(cap, first_image, attempt)
+        except Exception as exc:  # an OpenCV error must not kill the supervisor; it retries
+            attempt.outcome, attempt.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            if cap is not None:
+                cap.release()
+            attempt.done.set()
+
+    def _read_frames(self, cap: Any, first_image: Any, attempt: _Attempt) -> Any:
+        """Read until the end, an error, or abandonment; returns the capture in use (files reopen to loop)."""
+        period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
+        next_due = time.monotonic()
+        pass_frames = 0  # frames in this pass over a file: a looping file that yields none is an error
+        pending = first_image
+        while not (self._stopping() or attempt.abandoned.is_set()):
+            if self.kind == "file" and period and not self._pace(next_due, attempt):
+                break
+            if pending is not None:
+                ok, image, pending = True, pending, None
+            else:
+                ok, image = cap.read()
+            now = time.monotonic()
+            if attempt.abandoned.is_set():
+                break
+            if not ok or image is None:
+                if self.kind != "file":
+                    attempt.outcome, attempt.error = "error", "stream ended or a read failed"
+                    return cap
+                if not self.cfg.loop:
+                    attempt.outcome = "eof"
+                    return cap
+                if pass_frames == 0:
+                    attempt.outcome, attempt.error = (
+                        "error",
+                        f"video file {self._label} has no readable frames",
+                    )
+                    return cap
+                cap.release()
+                cap, pass_frames = self._open(), 0
+                if not cap.isOpened():
+                    attempt.outcome, attempt.error = (
+                        "error",
+                        f"cannot reopen video file {self._label} to loop",
+                    )
+                    return cap
+                continue
+            attempt.progress = now
+            pass_frames += 1
+            if period:
+                if self.kind != "file" and now < next_due:
+                    continue  # live source over its fps cap: not offered, not counted as skipped
+                next_due = max(next_due + period, now)
+            if self._offer(image, attempt):
+                attempt.delivered += 1
+        return cap
+
+    def _pace(self, due: float, attempt: _Attempt) -> bool:
+        """File played at the fps cap: wait for the next frame's time; False when stopping."""
+        while (remaining := due - time.monotonic()) > 0:
+            if self._stopping() or attempt.abandoned.is_set():
+                return False
+            self._halt.wait(min(_POLL_S, remaining))
+            attempt.progress = time.monotonic()
+        return True
+
+    def _offer(self, image: Any, attempt: _Attempt) -> bool:
+        with self._cond:
+            if self._deliver_all:
+                while self._latest is not None:
+                    if self._stopping() or attempt.abandoned.is_set():
+                        return False
+                    self._cond.wait(_POLL_S)
+                    attempt.progress = time.monotonic()
+            elif self._latest is not None:
+                self._skipped += 1  # the consumer never took the previous frame
+            if attempt.abandoned.is_set():
+                return False
+            self._latest = Frame(image, "image", self._produced, time.time(), time.monotonic())
+            self._produced += 1
+            self._cond.notify_all()
+            return True

@@ -1,0 +1,90 @@
+"""What every source hands the pipeline (``Frame``), the interface it implements (``Source``), and the
+small helpers sources share: reconnect backoff and rate-limited warnings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One unit of model input: an image (BGR uint8, as OpenCV returns it) or a window of samples."""
+
+    data: np.ndarray  # image: BGR uint8 (H,W,3) or (H,W); samples: float32 window (size, channels)
+    kind: Literal["image", "samples"]
+    index: int  # frames/windows produced so far by this source (0 for the first one)
+    captured_at: float  # time.time() when captured (epoch s)
+    captured_mono: float  # time.monotonic() when captured (for latency)
+
+
+class Source(ABC):
+    """A camera or sensor. ``start`` raises ``SourceError`` only for problems a retry cannot fix (a missing
+    file); everything transient (a stream down, a port gone) is retried in the background and reported in
+    ``stats`` (``connected``, ``last_error``, ``reconnects``)."""
+
+    @abstractmethod
+    def start(self, stop: threading.Event) -> None: ...
+
+    @abstractmethod
+    def read(self, timeout: float) -> Frame | None:
+        """The newest frame (camera) or next window (sensors); None when nothing came within ``timeout``."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def finished(self) -> bool:
+        """True once a non-looping file reached its end and everything it produced was read."""
+
+    @property
+    @abstractmethod
+    def stats(self) -> dict:
+        """{"frames", "skipped", "reconnects", "connected", "last_error"} (+ source-specific counters)."""
+
+
+class Backoff:
+    """Exponential reconnect delay: ``minimum`` doubling up to ``maximum``, back to ``minimum`` on success."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = max(maximum, minimum)
+        self._next = minimum
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.minimum
+
+
+class RateLimitedWarning:
+    """Log a recurring problem (bad lines, failed reads) at most once per ``interval_s``, with a count of
+    what was suppressed in between, so a noisy sensor cannot flood the journal."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval_s
+        self._last = -float("inf")
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            msg += f" ({suppressed} similar messages suppressed)"
+        self._logger.warning(msg, *args)

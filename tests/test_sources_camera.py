@@ -1,0 +1,194 @@
+"""Camera source against real video files and real ffmpeg streams on loopback, read through real OpenCV."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ConfigError, SourceError
+from edge_agent.sources.camera import CameraSource, CameraSourceConfig, camera_kind
+from edge_agent.sources.factory import create_source
+from edge_agent.sources.window import WindowConfig
+from tests.fixtures.streams import decode_frame_number
+
+pytest.importorskip("cv2")
+
+# Short timeouts so that stream failures are noticed within seconds; generous waits for a loaded machine.
+FAST = {"open_timeout_s": 3.0, "read_timeout_s": 1.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
+WAIT_S = 20.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def open_source() -> Iterator[Callable[..., CameraSource]]:
+    """Factory: a started CameraSource; stopped and closed at teardown."""
+    stop = threading.Event()
+    sources: list[CameraSource] = []
+
+    def make(url: str | int, **fields: object) -> CameraSource:
+        source = create_source(CameraSourceConfig(url=url, **fields))
+        assert isinstance(source, CameraSource)
+        sources.append(source)
+        source.start(stop)
+        return source
+
+    yield make
+    stop.set()
+    for source in sources:
+        source.close()
+
+
+def read_numbers(source: CameraSource, count: int) -> list[int]:
+    numbers = []
+    while len(numbers) < count:
+        frame = source.read(timeout=WAIT_S)
+        assert frame is not None, f"no frame within {WAIT_S} s; stats {source.stats}"
+        numbers.append(decode_frame_number(frame.data))
+    return numbers
+
+
+def test_kind_of_url() -> None:
+    assert camera_kind(0) == camera_kind("1") == camera_kind("/dev/video0") == "device"
+    assert camera_kind("rtsp://cam/stream") == camera_kind("udp://127.0.0.1:5000") == "stream"
+    assert camera_kind("http://127.0.0.1:8080/") == "stream"
+    assert camera_kind("recordings/door.mp4") == "file"
+
+
+def test_file_delivers_every_frame_in_order_then_finishes(open_source, test_video: Path) -> None:
+    source = open_source(str(test_video))
+    frames = []
+    while not source.finished:
+        frame = source.read(timeout=WAIT_S)
+        if frame is None:
+            assert source.finished, f"no frame within {WAIT_S} s before the end; stats {source.stats}"
+            break
+        if len(frames) % 10 == 0:
+            time.sleep(0.05)  # a slow consumer must not lose frames of a file replay
+        frames.append(frame)
+    assert [decode_frame_number(f.data) for f in frames] == list(range(50))
+    assert [f.index for f in frames] == list(range(50))
+    first = frames[0]
+    assert first.kind == "image" and first.data.shape == (64, 64, 3) and first.data.dtype.name == "uint8"
+    assert source.stats["frames"] == 50 and source.stats["skipped"] == 0
+    assert source.read(timeout=0.1) is None
+
+
+def test_file_loops(open_source, test_video: Path) -> None:
+    source = open_source(str(test_video), loop=True)
+    numbers = read_numbers(source, 120)
+    assert numbers == list(range(50)) * 2 + list(range(20))
+    assert not source.finished
+    assert source.stats["reconnects"] == 0
+
+
+def test_fps_cap_on_file(open_source, test_video: Path) -> None:
+    source = open_source(str(test_video), loop=True, fps=10)
+    read_numbers(source, 1)
+    start_frames, t0 = source.stats["frames"], time.monotonic()
+    time.sleep(2.0)
+    rate = (source.stats["frames"] - start_frames) / (time.monotonic() - t0)
+    # 10 fps asked; the file alone would go at hundreds per second
+    assert 3 <= rate <= 13, rate
+
+
+def test_missing_file_is_a_source_error_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "door.mp4"
+    source = create_source(CameraSourceConfig(url=str(missing)))
+    with pytest.raises(SourceError, match=str(missing)):
+        source.start(threading.Event())
+    source.close()
+
+
+def test_undecodable_file_is_a_source_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.avi"
+    bogus.write_text("this is not a video\n" * 100)
+    source = create_source(CameraSourceConfig(url=str(bogus)))
+    with pytest.raises(SourceError, match=r"cannot decode video file .*notes\.avi"):
+        source.start(threading.Event())
+    source.close()
+
+
+def test_camera_takes_no_window(test_video: Path) -> None:
+    with pytest.raises(ConfigError, match="window"):
+        create_source(CameraSourceConfig(url=str(test_video)), WindowConfig(size=4, hop=2))
+
+
+@pytest.mark.parametrize("protocol", ["udp", "http"])
+def test_stream_is_read(open_source, ffmpeg_stream, protocol: str) -> None:
+    stream = ffmpeg_stream(protocol)
+    source = open_source(stream.url, **FAST)
+    numbers = read_numbers(source, 10)
+    assert all(0 <= n < 100 for n in numbers)
+    steps = [(b - a) % 100 for a, b in itertools.pairwise(numbers)]
+    assert all(s >= 1 for s in steps), numbers  # newer each time (the 100-frame video loops)
+    assert source.stats["connected"] is True
+    assert source.stats["frames"] >= 10
+
+
+def test_slow_consumer_gets_newest_frames(open_source, ffmpeg_stream) -> None:
+    stream = ffmpeg_stream("udp")
+    source = open_source(stream.url, **FAST)
+    read_numbers(source, 1)
+    ages, numbers = [], []
+    for _ in range(5):
+        time.sleep(0.3)  # a slow model: ~7 frames arrive meanwhile at 25 fps
+        frame = source.read(timeout=WAIT_S)
+        assert frame is not None
+        ages.append(time.monotonic() - frame.captured_mono)
+        numbers.append(decode_frame_number(frame.data))
+    assert source.stats["skipped"] > 0
+    # newest-frame: what we get was captured just now, not 0.3 s ago in a queue
+    assert min(ages) < 0.2, ages
+    assert max((b - a) % 100 for a, b in itertools.pairwise(numbers)) > 1, numbers
+
+
+def test_fps_cap_on_stream(open_source, ffmpeg_stream) -> None:
+    stream = ffmpeg_stream("udp")
+    source = open_source(stream.url, fps=5, **FAST)
+    read_numbers(source, 1)
+    start_frames, t0 = source.stats["frames"], time.monotonic()
+    time.sleep(2.0)
+    rate = (source.stats["frames"] - start_frames) / (time.monotonic() - t0)
+    assert rate <= 7, rate  # the stream runs at 25 fps
+    assert rate >= 1, rate
+
+
+@pytest.mark.parametrize("protocol", ["udp", "http"])
+def test_stream_dies_and_returns(open_source, ffmpeg_stream, protocol: str) -> None:
+    stream = ffmpeg_stream(protocol)
+    source = open_source(stream.url, **FAST)
+    read_numbers(source, 3)
+    stream.stop()
+    assert wait_until(lambda: not source.stats["connected"]), source.stats
+    assert source.stats["last_error"]
+    stream.start()
+    assert wait_until(lambda: source.stats["connected"]), source.stats
+    frames_before = source.stats["frames"]
+    read_numbers(source, 3)
+    assert source.stats["frames"] > frames_before
+    assert source.stats["reconnects"] >= 1
+
+
+def test_stream_down_at_start_is_not_fatal(open_source, ffmpeg_stream) -> None:
+    stream = ffmpeg_stream("http")
+    stream.stop()
+    source = open_source(stream.url, **FAST)  # no SourceError: a camera may come up after the daemon
+    assert wait_until(lambda: source.stats["reconnects"] >= 1), source.stats
+    assert source.stats["connected"] is False and source.stats["last_error"]
+    assert source.read(timeout=0.2) is None
+    stream.start()
+    assert read_numbers(source, 2)
+    assert source.stats["connected"] is True
