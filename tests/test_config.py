@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, load_config, parse_config, read_mqtt_password
+from edge_agent.config import AgentConfig, load_config, parse_config
 from edge_agent.errors import ConfigError
 
 GOOD = """
@@ -248,47 +248,6 @@ def test_parse_config_without_base_dir_keeps_relative_paths() -> None:
 
     cfg = parse_config(yaml.safe_load(GOOD))
     assert cfg.pipelines[0].model.path == Path("models/door.tflite")
-
-
-def test_mqtt_password_sources(tmp_path: Path) -> None:
-    secret = tmp_path / "pw"
-    secret.write_text("s3cret\nignored\n")
-    cfg = load_config(
-        write(
-            tmp_path,
-            GOOD.replace("topic_prefix: edge", "topic_prefix: edge\n  username: u\n  password_file: pw"),
-        )
-    )
-    assert read_mqtt_password(cfg.mqtt) == "s3cret"
-    secret.unlink()
-    with pytest.raises(ConfigError, match=r"mqtt.password_file: .*pw does not exist"):
-        read_mqtt_password(cfg.mqtt)
-
-    cfg = load_config(
-        write(
-            tmp_path,
-            GOOD.replace("topic_prefix: edge", "topic_prefix: edge\n  username: u\n  password_env: EA_PW"),
-        )
-    )
-    assert read_mqtt_password(cfg.mqtt, {"EA_PW": "from-env"}) == "from-env"
-    with pytest.raises(ConfigError, match="EA_PW is not set"):
-        read_mqtt_password(cfg.mqtt, {})
-
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "mqtt-password").write_text("from-systemd")
-    cfg = load_config(
-        write(
-            tmp_path,
-            GOOD.replace(
-                "topic_prefix: edge",
-                "topic_prefix: edge\n  username: u\n  password_credential: mqtt-password",
-            ),
-        )
-    )
-    assert read_mqtt_password(cfg.mqtt, {"CREDENTIALS_DIRECTORY": str(creds)}) == "from-systemd"
-    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
-        read_mqtt_password(cfg.mqtt, {})
 
 
 def test_every_field_has_a_description() -> None:
