@@ -1,0 +1,142 @@
+"""Counters and latency percentiles for the stats topic, cheap enough to call per frame.
+
+Latencies go into fixed-size numpy ring buffers (one per stage): recording is an index write under a lock,
+and the percentiles are computed only when the stats payload is built (every ``stats_interval_s``), over the
+last ``window`` results, so a slow minute an hour ago does not hide today's p99.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edge_agent.publish.payloads import LATENCY_STAGES
+
+DEFAULT_WINDOW = 1024  # results per percentile window: ~34 s at 30 fps, enough samples for a stable p99
+
+
+class LatencyWindow:
+    """The last ``size`` samples (milliseconds) of one stage; p50/p99 over them. Thread-safe."""
+
+    def __init__(self, size: int = DEFAULT_WINDOW):
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._buf = np.zeros(size, dtype=np.float64)
+        self._next = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._buf[self._next] = ms
+            self._next = (self._next + 1) % self._buf.size
+            if self._count < self._buf.size:
+                self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def percentiles(self, qs: tuple[float, ...] = (50.0, 99.0)) -> dict[str, float | None]:
+        """``{"p50": ms, "p99": ms}`` (rounded to µs); None for each when no sample was recorded yet."""
+        with self._lock:
+            samples = self._buf[: self._count].copy()
+        keys = [f"p{q:g}" for q in qs]
+        if samples.size == 0:
+            return dict.fromkeys(keys)
+        values = np.percentile(samples, qs)
+        return {k: round(float(v), 3) for k, v in zip(keys, values, strict=True)}
+
+
+class RateMeter:
+    """Events per second over the last ``size`` events (e.g. frames -> fps), from monotonic timestamps."""
+
+    def __init__(self, size: int = 64):
+        self._times = np.zeros(size, dtype=np.float64)
+        self._next = 0
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            self._times[self._next] = t
+            self._next = (self._next + 1) % self._times.size
+            self._count = min(self._count + 1, self._times.size)
+
+    def rate(self, now: float | None = None) -> float:
+        """Events/s between the oldest kept event and ``now``; 0.0 with fewer than two events."""
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            if self._count < 2:
+                return 0.0
+            # When full, the slot about to be overwritten holds the oldest event.
+            oldest = self._times[self._next] if self._count == self._times.size else self._times[0]
+            count = self._count
+        span = t - oldest
+        return round((count - 1) / span, 3) if span > 0 else 0.0
+
+
+class PipelineStats:
+    """Per-pipeline counters and per-stage latency windows; ``snapshot()`` is the stats payload entry."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW, stages: tuple[str, ...] = LATENCY_STAGES):
+        self.stages = stages
+        self.latency = {stage: LatencyWindow(window) for stage in stages}
+        self.fps = RateMeter()
+        self._lock = threading.Lock()
+        self.frames = 0  # frames/windows processed by the model
+        self.skipped = 0  # frames the source dropped because the model was busy (from the source's stats)
+        self.results = 0  # results produced by the postprocessor
+        self.published = 0  # results handed to the publisher (after the publish policy)
+        self.errors = 0  # frames that failed (bad input, invoke error) and were skipped
+
+    def count(self, **increments: int) -> None:
+        """``count(frames=1, results=1)``: add to the named counters atomically."""
+        with self._lock:
+            for name, n in increments.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def frame_done(
+        self, latency_ms: dict[str, float], *, result: bool = True, published: bool = False
+    ) -> None:
+        """Record one processed frame: its per-stage latencies, the fps tick and the counters."""
+        for stage, ms in latency_ms.items():
+            window = self.latency.get(stage)
+            if window is not None:
+                window.add(ms)
+        self.fps.tick()
+        with self._lock:
+            self.frames += 1
+            self.results += int(result)
+            self.published += int(published)
+
+    def snapshot(
+        self, *, source: dict[str, Any], model: dict[str, Any], skipped: int | None = None
+    ) -> dict[str, Any]:
+        """The ``pipelines[name]`` object of the stats payload.
+
+        ``source``: the source's stats (connected, reconnects, last_error are kept); ``model``: {name, sha256,
+        backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one.
+        """
+        with self._lock:
+            counters = {
+                "frames": self.frames,
+                "skipped": self.skipped if skipped is None else int(skipped),
+                "results": self.results,
+                "published": self.published,
+                "errors": self.errors,
+            }
+        return {
+            "fps": self.fps.rate(),
+            **counters,
+            "latency_ms": {stage: w.percentiles() for stage, w in self.latency.items() if len(w)},
+            "source": {
+                "connected": bool(source.get("connected", False)),
+                "reconnects": int(source.get("reconnects", 0)),
+                "last_error": source.get("last_error"),
+            },
+            "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
+        }

@@ -1,0 +1,214 @@
+"""Outbox and SeqCounter: order, acks, bounds with counted drops, durability across reopen and SIGKILL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.publish.outbox import Outbox, SeqCounter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "outbox.db"
+
+
+def test_append_pending_ack_in_id_order(db: Path) -> None:
+    with Outbox(db) as ob:
+        ids = [ob.append("t/a", f"m{i}".encode(), 1) for i in range(5)]
+        assert ids == sorted(ids) and len(set(ids)) == 5
+        assert ob.depth() == 5
+        assert ob.size_bytes() == sum(len(f"m{i}") for i in range(5))
+        pending = ob.pending(limit=10)
+        assert [m.id for m in pending] == ids
+        assert [m.payload for m in pending] == [f"m{i}".encode() for i in range(5)]
+        assert all(m.topic == "t/a" and m.qos == 1 for m in pending)
+        assert [m.id for m in ob.pending(limit=2, after_id=ids[1])] == ids[2:4]
+
+        ob.ack(ids[2])
+        ob.ack(ids[2])  # twice: ignored
+        ob.ack(999_999)  # unknown: ignored
+        assert [m.id for m in ob.pending()] == [ids[0], ids[1], ids[3], ids[4]]
+        assert ob.depth() == 4
+        ob.ack_many([ids[0], ids[4]])
+        assert [m.id for m in ob.pending()] == [ids[1], ids[3]]
+        assert ob.size_bytes() == 4
+
+
+def test_append_many_is_one_batch_in_order(db: Path) -> None:
+    with Outbox(db) as ob:
+        ids = ob.append_many([("t", b"x" * i, 1) for i in range(1, 101)])
+        assert len(ids) == 100 and ids == sorted(ids)
+        assert [len(m.payload) for m in ob.pending(limit=200)] == list(range(1, 101))
+        assert ob.append_many([]) == []
+
+
+def test_ids_never_reused_after_full_drain(db: Path) -> None:
+    """The publisher's cursor relies on ids only growing, also after the table was emptied and reopened."""
+    with Outbox(db) as ob:
+        first = ob.append_many([("t", b"a", 1), ("t", b"b", 1)])
+        ob.ack_many(first)
+        assert ob.depth() == 0
+    with Outbox(db) as ob:
+        assert ob.append("t", b"c", 1) > max(first)
+
+
+def test_count_bound_drops_oldest_and_counts(db: Path) -> None:
+    with Outbox(db, max_messages=10) as ob:
+        ids = [ob.append("t", str(i).encode(), 1) for i in range(25)]
+        assert ob.depth() == 10
+        assert ob.dropped == 15
+        assert [m.id for m in ob.pending(limit=100)] == ids[-10:]
+        more = ob.append_many([("t", b"x", 1)] * 30)  # a batch larger than the bound keeps its newest rows
+        assert ob.depth() == 10
+        assert [m.id for m in ob.pending(limit=100)] == more[-10:]
+        assert ob.dropped == 45
+        assert ob.stats() == {"depth": 10, "bytes": 10, "dropped": 45}
+    with Outbox(db, max_messages=10) as ob:  # the drop count is persisted
+        assert ob.dropped == 45
+        assert ob.depth() == 10
+
+
+def test_byte_bound_drops_oldest(db: Path) -> None:
+    with Outbox(db, max_messages=1000, max_bytes=1000) as ob:
+        for _ in range(10):
+            ob.append("t", b"x" * 300, 1)
+        assert ob.size_bytes() <= 1000
+        assert ob.depth() == 3
+        assert ob.dropped == 7
+        big = ob.append("t", b"y" * 5000, 1)  # larger than the bound alone: kept (never drop the newest)
+        assert [m.id for m in ob.pending()] == [big]
+        assert ob.dropped == 10
+
+
+def test_reopen_keeps_rows_and_bytes(db: Path) -> None:
+    ob = Outbox(db)
+    ids = ob.append_many([("a/b", b"one", 1), ("a/b", b"two", 2)])
+    ob.close()
+    ob.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        ob.append("a", b"x", 1)
+    with Outbox(db) as again:
+        assert again.depth() == 2 and again.size_bytes() == 6
+        assert [(m.id, m.payload, m.qos) for m in again.pending()] == [
+            (ids[0], b"one", 1),
+            (ids[1], b"two", 2),
+        ]
+
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from edge_agent.publish.outbox import Outbox, SeqCounter
+ob = Outbox(Path(sys.argv[1]))
+seq = SeqCounter(ob, "door")
+for i in range(int(sys.argv[2])):
+    ob.append("edge/dev/door/result", str(seq.next()).encode(), 1)
+print(seq.next(), flush=True)   # the last number handed out before the kill
+time.sleep(60)                  # killed here, with the connection open
+"""
+
+
+def _append_then_sigkill(db: Path, n: int) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db), str(n)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.strip(), "child printed nothing"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return int(line)
+
+
+def test_rows_and_seq_survive_sigkill(db: Path) -> None:
+    last = _append_then_sigkill(db, 50)
+    with Outbox(db) as ob:
+        rows = ob.pending(limit=100)
+        assert len(rows) == 50
+        seqs = [int(m.payload) for m in rows]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 50
+        seq = SeqCounter(ob, "door")
+        assert seq.next() > last  # never re-issued, even though the child never closed anything
+    last2 = _append_then_sigkill(db, 10)
+    assert last2 > last
+    with Outbox(db) as ob:
+        assert ob.depth() == 60
+
+
+def test_seq_strictly_increasing_across_reopen_and_per_pipeline(db: Path) -> None:
+    seen: list[int] = []
+    for _ in range(3):
+        counter = SeqCounter(db, "cam", block=7)
+        seen += [counter.next() for _ in range(10)]
+        counter.close()
+    assert all(b > a for a, b in itertools.pairwise(seen))
+    other = SeqCounter(db, "sensor", block=7)
+    assert other.next() == 1  # independent per pipeline
+    other.close()
+
+
+def test_seq_shares_the_outbox_file(db: Path) -> None:
+    with Outbox(db) as ob:
+        a = SeqCounter(ob, "p")
+        first = a.next()
+        ob.append("t", b"x", 1)
+        assert a.next() == first + 1
+        a.close()
+
+
+def test_concurrent_append_and_ack(db: Path) -> None:
+    """The inference thread appends while the network thread acks: no lost rows, counters exact."""
+    n = 2000
+    acked: list[int] = []
+    with Outbox(db) as ob:
+        done = threading.Event()
+
+        def acker() -> None:
+            after = 0
+            while not (done.is_set() and ob.depth() == 0):
+                rows = ob.pending(limit=50, after_id=after)
+                if rows:
+                    ob.ack_many([m.id for m in rows])
+                    acked.extend(m.id for m in rows)
+                    after = rows[-1].id
+                else:
+                    time.sleep(0.001)
+
+        t = threading.Thread(target=acker)
+        t.start()
+        ids = [ob.append("t", b"p", 1) for _ in range(n)]
+        done.set()
+        t.join(timeout=30)
+        assert not t.is_alive()
+        assert acked == ids
+        assert ob.depth() == 0 and ob.size_bytes() == 0
+
+
+def test_unwritable_state_dir_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="outbox database"):
+        Outbox(blocker / "outbox.db")
+
+
+def test_corrupt_database_is_a_config_error(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match="not usable"):
+        Outbox(db)
