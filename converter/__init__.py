@@ -1,1 +1,1 @@
-"""edge-convert: Keras -> quantized TFLite with a manifest and a quality gate (host side; imports TensorFlow)."""
+"""edge-convert: Keras -> quantized TFLite with a manifest and a quality gate (host side)."""

@@ -1,0 +1,632 @@
+"""``edge-convert``: quantize a Keras model for the device, check it against the float model.
+
+TensorFlow is imported only inside the commands (after ``--verbose`` is known), so ``--help`` is instant
+and bad arguments fail before the slow import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from converter import quiet, report
+from edge_agent import __version__
+from edge_agent.cli import run_cli
+from edge_agent.errors import ConfigError, DataError, ModelError, QualityGateError
+
+TASKS = ("classification", "detection", "regression", "anomaly", "segmentation")
+MODES = ("int8", "float16", "dynamic", "int16x8", "float32")
+
+
+def warn(message: str) -> None:
+    click.echo(f"edge-convert: warning: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-convert")
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own output and debug logging.")
+def cli(verbose: bool) -> None:
+    """Turn a Keras model into a quantized TFLite model with a manifest, checked against the float model."""
+    quiet.set_verbose(verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def parse_number(text: str, option: str) -> float:
+    """A float or a fraction such as 1/255."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{option} {text!r}: expected a number such as 0.0039 or 1/255") from None
+
+
+def parse_list(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    return [parse_number(part, option) for part in text.split(",")]
+
+
+def read_labels(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--labels {path}: cannot read it ({exc})") from None
+    if not labels:
+        raise ConfigError(f"--labels {path}: holds no labels; write one label per line")
+    return labels
+
+
+def parse_postprocess(items: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--postprocess {item!r}: expected KEY=VALUE, e.g. top_k=3 or threshold=0.5")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def build_preprocess(
+    input_shape: tuple[int | None, ...],
+    scale: str | None,
+    mean: str | None,
+    std: str | None,
+    color: str | None,
+    resize: str,
+) -> Any:
+    """The manifest's preprocess section for an image input, checked against its channel count."""
+    from edge_agent.manifest import Preprocess
+
+    channels = input_shape[-1]
+    color = color or ("gray" if channels == 1 else "rgb")
+    if (color == "gray") != (channels == 1):
+        raise ConfigError(
+            f"--color {color} does not fit the model input {list(input_shape)} ({channels} channel(s))"
+        )
+    means = parse_list(mean, "--mean") or [0.0]
+    stds = parse_list(std, "--std") or [1.0]
+    for option, values in (("--mean", means), ("--std", stds)):
+        if len(values) not in (1, channels):
+            raise ConfigError(f"{option}: give 1 value or {channels} (one per channel), not {len(values)}")
+    if any(s == 0 for s in stds):
+        raise ConfigError("--std must not be 0")
+    return Preprocess(
+        color=color,
+        resize=resize,
+        scale=parse_number(scale, "--scale") if scale is not None else 1.0,
+        mean=means,
+        std=stds,
+    )
+
+
+def check_range(x: np.ndarray, pre: Any, source: str) -> None:
+    """Warn when array calibration data cannot come out of the declared preprocessing (0..255 pixels)."""
+    mean = np.asarray(pre.mean, dtype=np.float64)
+    std = np.asarray(pre.std, dtype=np.float64)
+    ends = np.stack([(0 * pre.scale - mean) / std, (255 * pre.scale - mean) / std])
+    low, high = float(ends.min()), float(ends.max())
+    span = high - low
+    if (
+        float(x.min()) < low - 0.05 * span
+        or float(x.max()) > high + 0.05 * span
+        or float(x.max() - x.min()) < 0.2 * span
+    ):
+        warn(
+            f"calibration data {source} spans {float(x.min()):.3g}..{float(x.max()):.3g} but camera frames "
+            f"will be preprocessed to {low:.3g}..{high:.3g} (--scale/--mean/--std); "
+            "check those options match training"
+        )
+
+
+def infer_scaling(x: np.ndarray, pre: Any, source: str) -> Any:
+    """Without --scale/--mean/--std, read the pixel scaling off preprocessed calibration arrays:
+    0..1 -> scale 1/255; -1..1 -> (p - 127.5) / 127.5; 0..255 -> raw pixels. Says what it chose."""
+    low, high = float(x.min()), float(x.max())
+    if low >= -0.01 and high <= 1.01:
+        choice, fields = "--scale 1/255", {"scale": 1 / 255}
+    elif low >= -1.01 and high <= 1.01:
+        choice, fields = "--mean 127.5 --std 127.5", {"mean": [127.5], "std": [127.5]}
+    elif low >= 0 and high <= 255.5:
+        choice, fields = "--scale 1", {}
+    else:
+        warn(
+            f"calibration data {source} spans {low:.3g}..{high:.3g}, not a pixel range: "
+            "give --scale/--mean/--std "
+            "so that the device turns 0..255 pixels into what the model was trained on"
+        )
+        return pre
+    click.echo(
+        f"edge-convert: note: calibration data {source} spans {low:.3g}..{high:.3g}, "
+        "so camera frames will be "
+        f"preprocessed as {choice} (give --scale/--mean/--std to choose yourself)",
+        err=True,
+    )
+    return pre.model_copy(update=fields)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"edge_agent": __version__}
+    for key, dist in (("tensorflow", "tensorflow"), ("keras", "keras"), ("ai_edge_litert", "ai-edge-litert")):
+        try:
+            found[key] = version(dist)
+        except PackageNotFoundError:
+            if key == "tensorflow":
+                with contextlib.suppress(PackageNotFoundError):
+                    found[key] = version("tensorflow-cpu")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The .tflite to write; the manifest goes beside it (.json).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="int8",
+    show_default=True,
+    help="int8: full-integer; int16x8: 16-bit activations; dynamic: int8 weights; float16; float32.",
+)
+@click.option(
+    "--io",
+    "io_type",
+    type=click.Choice(["int8", "uint8", "int16", "float32"]),
+    default=None,
+    help="Input/output tensor type. Default: int8 for --mode int8, int16 for int16x8, else float32.",
+)
+@click.option(
+    "--calib",
+    default=None,
+    metavar="PATH|random",
+    help="Calibration data: image folder, .npy, .npz (array x), .csv rows; 'random' when you have none.",
+)
+@click.option("--calib-samples", type=click.IntRange(1), default=300, show_default=True)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, one per line, in class-index order.",
+)
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True)
+@click.option(
+    "--name", default=None, help="Model name in the manifest and results (default: output file stem)."
+)
+@click.option("--scale", default=None, help="Pixel multiplier applied first, e.g. 1/255.")
+@click.option(
+    "--mean", default=None, help="Subtracted after scaling: one value or one per channel (comma list)."
+)
+@click.option(
+    "--std", default=None, help="Divisor after the mean: one value or one per channel (comma list)."
+)
+@click.option(
+    "--color",
+    type=click.Choice(["rgb", "bgr", "gray"]),
+    default=None,
+    help="Channel order the model was trained on (default: gray for 1 channel, rgb for 3).",
+)
+@click.option(
+    "--resize", type=click.Choice(["stretch", "letterbox", "crop"]), default="stretch", show_default=True
+)
+@click.option(
+    "--input-kind",
+    type=click.Choice(["image", "tensor"]),
+    default=None,
+    help="Default: image for a rank-4 input with 1 or 3 channels, else tensor.",
+)
+@click.option(
+    "--output-role",
+    "output_roles",
+    multiple=True,
+    metavar="NAME=ROLE",
+    help="Set an output's role (NAME: tensor name or index), e.g. 0=logits.",
+)
+@click.option(
+    "--postprocess",
+    "postprocess_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Postprocessor option stored in the manifest, e.g. top_k=3, threshold=0.4.",
+)
+@click.option(
+    "--eval",
+    "eval_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Labelled held-out data: .npz (x, y), .csv (last column y) or a folder of class folders.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    metavar="POINTS",
+    help="Quality gate: fail (exit 8, files kept, manifest marked) when accuracy drops more.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Interpreter threads for evaluation and latency.",
+)
+def quantize(
+    model: Path,
+    out: Path,
+    mode: str,
+    io_type: str | None,
+    calib: str | None,
+    calib_samples: int,
+    labels_file: Path | None,
+    task: str,
+    name: str | None,
+    scale: str | None,
+    mean: str | None,
+    std: str | None,
+    color: str | None,
+    resize: str,
+    input_kind: str | None,
+    output_roles: tuple[str, ...],
+    postprocess_items: tuple[str, ...],
+    eval_path: Path | None,
+    max_accuracy_drop: float | None,
+    seed: int,
+    threads: int,
+) -> None:
+    """Convert MODEL (.keras, .h5 or SavedModel directory) to a quantized OUT.tflite plus OUT.json."""
+    from converter.output import check_writable
+    from converter.quantize import NEEDS_CALIBRATION, resolve_io_type
+
+    # everything that can be checked without TensorFlow, first
+    if out.suffix != ".tflite":
+        raise ConfigError(
+            f"-o {out}: the output must end in .tflite (the manifest is written beside it as .json)"
+        )
+    check_writable(out)
+    io_type = resolve_io_type(mode, io_type)
+    if mode in NEEDS_CALIBRATION and calib is None:
+        raise ConfigError(
+            f"--mode {mode} needs calibration data: --calib with an image folder, .npy, .npz or .csv "
+            "of typical "
+            "inputs (or --calib random to accept unknown accuracy)"
+        )
+    if max_accuracy_drop is not None and eval_path is None:
+        raise ConfigError("--max-accuracy-drop needs --eval with labelled held-out data")
+    if max_accuracy_drop is not None and task != "classification":
+        raise ConfigError("--max-accuracy-drop applies to classification models")
+    labels = read_labels(labels_file)
+    postprocess = parse_postprocess(postprocess_items)
+
+    from converter import calibration as cal
+    from converter.loading import detect_kind, load_float_model
+
+    detect_kind(model)
+    fm = load_float_model(model)
+    shape = fm.input_shape
+    kind = input_kind or ("image" if len(shape) == 4 and shape[-1] in (1, 3) else "tensor")
+    if kind == "image" and (len(shape) != 4 or shape[-1] not in (1, 3)):
+        raise ConfigError(
+            f"--input-kind image needs an (N, H, W, 1 or 3) input, the model's is {list(shape)}"
+        )
+    pre = build_preprocess(shape, scale, mean, std, color, resize) if kind == "image" else None
+    explicit_scaling = scale is not None or mean is not None or std is not None
+    if task == "classification" and labels and len(fm.output_shapes) == 1:
+        classes = fm.output_shapes[0][-1]
+        if classes is not None and classes != len(labels):
+            raise ConfigError(
+                f"--labels {labels_file}: has {len(labels)} labels but the model outputs {classes} classes; "
+                "give one label per class, one per line, in class-index order"
+            )
+
+    progress = sys.stderr
+    samples = None
+    if calib == "random":
+        warn(
+            "--calib random: quantization ranges come from random data, "
+            "so the accuracy of this model is unknown"
+        )
+        samples = cal.random_calibration(shape, calib_samples, pre, seed)
+    elif calib is not None:
+        calib_path = Path(calib)
+        if not calib_path.exists():
+            raise DataError(f"--calib {calib}: no such file or folder")
+        samples = cal.load_calibration(calib_path, shape, calib_samples, pre, seed, progress)
+        if pre is not None and not calib_path.is_dir():
+            if explicit_scaling:
+                check_range(samples.x, pre, calib_path.name)
+            else:
+                pre = infer_scaling(samples.x, pre, calib_path.name)
+                explicit_scaling = True
+    if pre is not None and not explicit_scaling:
+        warn("no --scale/--mean/--std given: the device will feed raw 0..255 pixels to this model")
+    held_out = cal.load_labelled(eval_path, shape, pre, labels, progress) if eval_path is not None else None
+
+    result = _quantize(
+        fm=fm, out=out, mode=mode, io_type=io_type, samples=samples, held_out=held_out, labels=labels,
+        task=task, name=name or out.stem, kind=kind, pre=pre, output_roles=output_roles,
+        postprocess=postprocess, max_accuracy_drop=max_accuracy_drop, threads=threads,
+    )  # fmt: skip
+    click.echo(result["summary"])
+    if not result["gate_passed"]:
+        gate = result["gate"]
+        raise QualityGateError(
+            f"quality gate failed: accuracy dropped {gate['accuracy_drop_points']:.2f} points "
+            f"(allowed {gate['max_accuracy_drop_points']:g}); "
+            f"{out} and its manifest were written and marked failed. "
+            "Try more or more typical --calib data, --mode int16x8 or dynamic, or quantization-aware training"
+        )
+
+
+def _quantize(
+    *,
+    fm: Any,
+    out: Path,
+    mode: str,
+    io_type: str,
+    samples: Any,
+    held_out: Any,
+    labels: list[str] | None,
+    task: str,
+    name: str,
+    kind: str,
+    pre: Any,
+    output_roles: tuple[str, ...],
+    postprocess: dict[str, Any],
+    max_accuracy_drop: float | None,
+    threads: int,
+) -> dict[str, Any]:
+    from converter import manifest as mf
+    from converter.evaluate import apply_gate, evaluate
+    from converter.litert import LiteModel
+    from converter.output import write_files
+    from converter.quantize import convert
+
+    x_calib = samples.x if samples is not None else None
+    reference_bytes = convert(fm, "float32", "float32", None)
+    model_bytes = reference_bytes if mode == "float32" else convert(fm, mode, io_type, x_calib)
+    reference = LiteModel(reference_bytes, threads)
+    lite = LiteModel(model_bytes, threads)
+    try:
+        lite.run_raw_zeros()
+    except Exception as exc:
+        raise ModelError(
+            f"the converted model does not run on ai-edge-litert ({exc}); run with --verbose"
+        ) from None
+
+    overrides = mf.parse_role_overrides(output_roles, lite.outputs)
+    probe = x_calib[:64] if x_calib is not None else (held_out.x[:64] if held_out is not None else None)
+    softmax = fm.ends_in_softmax()
+    sample_outputs = None
+    if probe is not None:
+        float_probe = fm.predict(probe)
+        if task == "classification" and not softmax and len(float_probe) == 1:
+            p = float_probe[0].reshape(len(probe), -1)
+            softmax = bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        sample_outputs = lite.run(probe[0])
+    roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
+    mf.check_labels(labels, task, lite, roles, "labels")
+
+    evaluation: dict[str, Any] = {
+        "size_bytes": {"float32_tflite": len(reference_bytes), "tflite": len(model_bytes)},
+        "size_ratio": round(len(model_bytes) / len(reference_bytes), 4),
+    }
+    ev = None
+    gate_passed = True
+    if held_out is not None:
+        ev = evaluate(fm, lite, held_out, task, reference=reference)
+        gate_passed = apply_gate(ev, max_accuracy_drop)
+        evaluation.update(ev.to_dict())
+
+    import hashlib
+
+    sha = hashlib.sha256(model_bytes).hexdigest()
+    manifest = mf.build(
+        name=name, task=task, lite=lite, model_file=out.name, sha256=sha, mode=mode, labels=labels, kind=kind,
+        preprocess=pre.model_dump() if pre is not None else None, roles=roles, postprocess=postprocess,
+        calibration=samples.summary if samples is not None else None,
+        evaluation=evaluation,
+        versions=versions(),
+    )  # fmt: skip
+    mf.validate(manifest)
+    manifest_path = out.with_suffix(".json")
+    write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
+    summary = _summary(
+        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite
+    )
+    return {"summary": summary, "gate_passed": gate_passed, "gate": ev.gate if ev else None}
+
+
+def _summary(
+    out: Path,
+    manifest_path: Path,
+    mode: str,
+    io_type: str,
+    ref_size: int,
+    size: int,
+    ev: Any,
+    roles: list[str],
+    lite: Any,
+) -> str:
+    t_in, t_out = lite.inputs[0], lite.outputs
+    lines = [
+        f"wrote {out} and {manifest_path.name}",
+        f"mode {mode}, input {t_in.dtype} {list(t_in.shape)}, "
+        + "output "
+        + ", ".join(f"{r} {t.dtype} {list(t.shape)}" for r, t in zip(roles, t_out, strict=False)),
+        "",
+    ]
+    rows = [["size", report.size(ref_size), report.size(size), f"{size / ref_size * 100:.1f}% of float32"]]
+    if ev is not None:
+        if ev.accuracy_float is not None:
+            rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized),
+                         f"drop {ev.accuracy_drop_points:.2f} points"])  # fmt: skip
+            rows.append(["top-1 agreement", "", report.pct(ev.top1_agreement), ""])
+        if ev.mae_float is not None:
+            rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), ""])
+        rows.append(
+            ["output diff mean/max", "", f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}", ""]
+        )
+        lat = ev.latency_ms
+        rows.append(["latency (median)", report.ms(lat.get("float32_tflite")), report.ms(lat.get("tflite")),
+                     f"Keras: {report.ms(lat.get('float_model'))}"])  # fmt: skip
+        if ev.gate is not None:
+            verdict = "PASSED" if ev.gate["passed"] else "FAILED"
+            rows.append(
+                ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
+            )
+    headers = ["", "float32 tflite", f"{mode} tflite", ""]
+    if ev is not None:
+        lines.insert(2, f"evaluated on {ev.samples} samples of {ev.data}")
+    lines.append(report.table(headers, rows))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@cli.command("evaluate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("tflite", type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Labelled data: .npz (x, y), .csv (last column y) or a folder of class folders.",
+)
+@click.option(
+    "--task", type=click.Choice(TASKS), default=None, help="Default: from the manifest, else classification."
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results here."
+)
+def evaluate_command(
+    model: Path, tflite: Path, data_path: Path, task: str | None, threads: int, json_path: Path | None
+) -> None:
+    """Compare the float MODEL with its converted TFLITE on labelled DATA."""
+    from converter.calibration import load_labelled
+    from converter.evaluate import evaluate
+    from converter.inspection import check_tflite_file, read_manifest
+    from converter.litert import LiteModel
+    from converter.loading import detect_kind, load_float_model
+    from converter.output import check_writable, write_files
+
+    if json_path is not None:
+        check_writable(json_path)
+    check_tflite_file(tflite)
+    detect_kind(model)
+    manifest = read_manifest(tflite)
+    task = task or (manifest or {}).get("task", "classification")
+    labels = (manifest or {}).get("labels")
+    fm = load_float_model(model)
+    pre = None
+    if data_path.is_dir():
+        if not manifest or "preprocess" not in manifest:
+            raise DataError(
+                f"evaluation data {data_path}: image folders need the preprocessing "
+                "from the model's manifest "
+                f"({tflite.with_suffix('.json').name} beside {tflite.name}); or give a .npz"
+            )
+        from edge_agent.manifest import Preprocess
+
+        pre = Preprocess.model_validate(manifest["preprocess"])
+    data = load_labelled(data_path, fm.input_shape, pre, labels, sys.stderr)
+    lite = LiteModel(tflite, threads)
+    ev = evaluate(fm, lite, data, task)
+    sizes = {"float_model": _path_size(model), "tflite": tflite.stat().st_size}
+    result = {"model": str(model), "tflite": str(tflite), "task": task, **ev.to_dict(), "size_bytes": sizes}
+    rows = []
+    if ev.accuracy_float is not None:
+        rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized)])
+        rows.append(["accuracy drop", "", f"{ev.accuracy_drop_points:.2f} points"])
+        rows.append(["top-1 agreement", "", report.pct(ev.top1_agreement)])
+    if ev.mae_float is not None:
+        rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized)])
+    rows.append(["output diff mean", "", f"{ev.output_mean_abs_diff:.4g}"])
+    rows.append(["output diff max", "", f"{ev.output_max_abs_diff:.4g}"])
+    rows.append(["file size", report.size(sizes["float_model"]), report.size(sizes["tflite"])])
+    rows.append(
+        [
+            "latency (median)",
+            report.ms(ev.latency_ms.get("float_model")),
+            report.ms(ev.latency_ms.get("tflite")),
+        ]
+    )
+    click.echo(f"{ev.samples} samples of {data_path.name}, task {task}")
+    click.echo(report.table(["", f"float ({fm.kind})", "tflite (ai-edge-litert)"], rows))
+    if json_path is not None:
+        write_files({json_path: (json.dumps(result, indent=2) + "\n").encode()})
+
+
+def _path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+
+
+@cli.command("inspect")
+@click.argument("tflite", type=click.Path(path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Manifest to check (default: the .json beside the model).",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report here."
+)
+def inspect_command(tflite: Path, manifest_path: Path | None, json_path: Path | None) -> None:
+    """Show TFLITE's tensors, ops, whether it runs on ai-edge-litert, and whether its manifest matches."""
+    from converter.inspection import inspect_tflite
+    from converter.output import check_writable, write_files
+
+    if json_path is not None:
+        check_writable(json_path)
+    info = inspect_tflite(tflite, manifest_path)
+    click.echo(info.text())
+    if json_path is not None:
+        write_files({json_path: (json.dumps(info.to_dict(), indent=2) + "\n").encode()})
+    if info.problems:
+        raise ModelError(f"{tflite}: " + "; ".join(info.problems))
+
+
+def main() -> None:
+    run_cli(cli, "edge-convert")
+
+
+if __name__ == "__main__":
+    main()

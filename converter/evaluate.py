@@ -1,0 +1,146 @@
+"""Float model vs converted model on held-out data: accuracy, top-1 agreement, output error, latency,
+and the quality gate that turns an accuracy drop into a failed conversion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from converter.calibration import Labelled
+from converter.litert import LiteModel, Tensor
+from converter.loading import FloatModel
+from edge_agent.errors import DataError, ModelError
+
+
+@dataclass
+class Evaluation:
+    samples: int
+    data: str
+    accuracy_float: float | None = None  # fraction correct, classification only
+    accuracy_quantized: float | None = None
+    accuracy_drop_points: float | None = None  # (float - quantized) * 100
+    top1_agreement: float | None = None  # fraction of samples where both pick the same class
+    mae_float: float | None = None  # regression: mean absolute error against the targets
+    mae_quantized: float | None = None
+    output_mean_abs_diff: float = 0.0  # quantized (dequantized) vs float outputs
+    output_max_abs_diff: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)  # median per single-sample call
+    gate: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def pair_outputs(model: FloatModel, lite: LiteModel) -> list[int]:
+    """For each float output, the index of the TFLite output with the same shape (TFLite's output
+    order is not the model's, so match by shape, in order among equal shapes)."""
+    free = list(range(len(lite.outputs)))
+    pairs = []
+    for shape in model.output_shapes:
+        match = next((i for i in free if _same(shape, lite.outputs[i])), None)
+        if match is None:
+            raise ModelError(
+                f"{model.path}: the converted model has no output shaped like the float output {shape}; "
+                "was the .tflite made from this model?"
+            )
+        free.remove(match)
+        pairs.append(match)
+    return pairs
+
+
+def _same(shape: tuple[int | None, ...], tensor: Tensor) -> bool:
+    return len(shape) == len(tensor.shape) and all(
+        s is None or s == t for s, t in zip(shape[1:], tensor.shape[1:], strict=False)
+    )
+
+
+def class_targets(y: np.ndarray, classes: int, source: str) -> np.ndarray:
+    """Integer class ids in [0, classes); DataError naming the problem otherwise."""
+    y = np.asarray(y).reshape(len(y), -1)
+    if y.shape[1] != 1:
+        raise DataError(
+            f"evaluation data {source}: y must hold one class index per sample, got shape {y.shape}"
+        )
+    y = y[:, 0]
+    if not np.all(np.equal(np.mod(y, 1), 0)):
+        raise DataError(f"evaluation data {source}: y must hold integer class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= classes:
+        raise DataError(
+            f"evaluation data {source}: class indices range {y.min()}..{y.max()} "
+            f"but the model has {classes} classes"
+        )
+    return y
+
+
+def evaluate(
+    model: FloatModel,
+    lite: LiteModel,
+    data: Labelled,
+    task: str,
+    float_outputs: list[np.ndarray] | None = None,
+    latency: bool = True,
+    reference: LiteModel | None = None,
+) -> Evaluation:
+    """Compare ``lite`` with the float ``model`` on ``data``; ``reference`` (the float32 .tflite), when
+    given, is timed too so the latency gain is measured on the same runtime."""
+    pairs = pair_outputs(model, lite)
+    float_out = float_outputs if float_outputs is not None else model.predict(data.x)
+    lite_out = lite.predict(data.x)
+    quant = [lite_out[i] for i in pairs]
+    diffs = np.concatenate(
+        [np.abs(q.reshape(-1) - f.reshape(-1)) for q, f in zip(quant, float_out, strict=True)]
+    )
+    result = Evaluation(
+        samples=len(data.x),
+        data=data.source,
+        output_mean_abs_diff=round(float(diffs.mean()), 6),
+        output_max_abs_diff=round(float(diffs.max()), 6),
+    )
+    f0, q0 = float_out[0].reshape(len(data.x), -1), quant[0].reshape(len(data.x), -1)
+    if task == "classification":
+        y = class_targets(data.y, f0.shape[1], data.source)
+        float_top, quant_top = f0.argmax(axis=1), q0.argmax(axis=1)
+        result.accuracy_float = round(float(np.mean(float_top == y)), 6)
+        result.accuracy_quantized = round(float(np.mean(quant_top == y)), 6)
+        result.accuracy_drop_points = round((result.accuracy_float - result.accuracy_quantized) * 100, 4)
+        result.top1_agreement = round(float(np.mean(float_top == quant_top)), 6)
+    elif task == "regression" and data.y.size == f0.size:
+        y = np.asarray(data.y, dtype=np.float32).reshape(f0.shape)
+        result.mae_float = round(float(np.mean(np.abs(f0 - y))), 6)
+        result.mae_quantized = round(float(np.mean(np.abs(q0 - y))), 6)
+    if latency:
+        sample = data.x[0]
+        result.latency_ms["float_model"] = round(_median_ms(model.predict_one(), sample[None]), 4)
+        if reference is not None:
+            result.latency_ms["float32_tflite"] = round(reference.median_latency_ms(sample), 4)
+        result.latency_ms["tflite"] = round(lite.median_latency_ms(sample), 4)
+    return result
+
+
+def apply_gate(evaluation: Evaluation, max_accuracy_drop: float | None) -> bool:
+    """Record the quality gate in ``evaluation``; True when it passed (or none was set)."""
+    if max_accuracy_drop is None:
+        return True
+    if evaluation.accuracy_drop_points is None:
+        raise DataError("--max-accuracy-drop needs a classification model and labelled --eval data")
+    passed = evaluation.accuracy_drop_points <= max_accuracy_drop
+    evaluation.gate = {
+        "max_accuracy_drop_points": max_accuracy_drop,
+        "accuracy_drop_points": evaluation.accuracy_drop_points,
+        "passed": passed,
+    }
+    return passed
+
+
+def _median_ms(fn: Any, x: np.ndarray, runs: int = 30, warmup: int = 3) -> float:
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        fn(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

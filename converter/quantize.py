@@ -1,0 +1,155 @@
+"""Post-training quantization over ``tf.lite.TFLiteConverter``: one function per mode.
+
+int8 and int16x8 are full-integer modes calibrated on representative samples; dynamic quantizes the
+weights only; float16 halves the weights; float32 is the unquantized reference (its size is the
+baseline the converter reports the quantized size against).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TextIO
+
+import click
+import numpy as np
+
+from converter.loading import FloatModel
+from converter.quiet import captured_fds, import_tensorflow
+from edge_agent.errors import ConfigError, ModelError
+
+Mode = Literal["int8", "float16", "dynamic", "int16x8", "float32"]
+IoType = Literal["int8", "uint8", "int16", "float32"]
+MODES: tuple[str, ...] = ("int8", "float16", "dynamic", "int16x8", "float32")
+NEEDS_CALIBRATION = {"int8", "int16x8"}
+# Input/output types each mode can have; the first is the default.
+IO_TYPES: dict[str, tuple[str, ...]] = {
+    "int8": ("int8", "uint8", "float32"),
+    "int16x8": ("int16", "float32"),
+    "float16": ("float32",),
+    "dynamic": ("float32",),
+    "float32": ("float32",),
+}
+
+
+def resolve_io_type(mode: str, io_type: str | None) -> str:
+    """The I/O type for ``mode``: the user's choice when the mode allows it, else a ConfigError."""
+    allowed = IO_TYPES[mode]
+    if io_type is None:
+        return allowed[0]
+    if mode == "int16x8" and io_type == "int8":  # "integer I/O" for the 16-bit mode means int16
+        return "int16"
+    if io_type not in allowed:
+        raise ConfigError(
+            f"--io {io_type} is not possible with --mode {mode}; choose one of: {', '.join(allowed)}"
+        )
+    return io_type
+
+
+def _make_converter(tf: Any, model: FloatModel) -> Any:
+    if model.keras_model is not None:
+        return tf.lite.TFLiteConverter.from_keras_model(model.keras_model)
+    return tf.lite.TFLiteConverter.from_saved_model(str(model.path))
+
+
+def _representative(samples: np.ndarray, progress: TextIO | None) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def dataset() -> Iterator[list[np.ndarray]]:
+        with click.progressbar(samples, label="Calibrating", file=progress, show_pos=True) as bar:
+            for sample in bar:
+                yield [np.asarray(sample, dtype=np.float32)[None]]
+
+    return dataset
+
+
+def _setup_float32(
+    tf: Any, conv: Any, io_type: str, samples: np.ndarray | None, progress: TextIO | None
+) -> None:
+    """No optimization: the float reference."""
+
+
+def _setup_float16(
+    tf: Any, conv: Any, io_type: str, samples: np.ndarray | None, progress: TextIO | None
+) -> None:
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]
+
+
+def _setup_dynamic(
+    tf: Any, conv: Any, io_type: str, samples: np.ndarray | None, progress: TextIO | None
+) -> None:
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _setup_int8(
+    tf: Any, conv: Any, io_type: str, samples: np.ndarray | None, progress: TextIO | None
+) -> None:
+    assert samples is not None
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _representative(samples, progress)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = getattr(tf, io_type)
+    conv.inference_output_type = getattr(tf, io_type)
+
+
+def _setup_int16x8(
+    tf: Any, conv: Any, io_type: str, samples: np.ndarray | None, progress: TextIO | None
+) -> None:
+    assert samples is not None
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _representative(samples, progress)
+    conv.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+    ]
+    conv.inference_input_type = getattr(tf, io_type)
+    conv.inference_output_type = getattr(tf, io_type)
+
+
+SETUP = {
+    "float32": _setup_float32,
+    "float16": _setup_float16,
+    "dynamic": _setup_dynamic,
+    "int8": _setup_int8,
+    "int16x8": _setup_int16x8,
+}
+
+
+def convert(
+    model: FloatModel, mode: str, io_type: str, samples: np.ndarray | None, progress: TextIO | None = None
+) -> bytes:
+    """Convert ``model`` in ``mode``; returns the .tflite bytes. ModelError with the reason when the
+    converter cannot lower the model."""
+    if mode in NEEDS_CALIBRATION and samples is None:
+        raise ConfigError(f"--mode {mode} needs calibration data (--calib)")
+    tf = import_tensorflow()
+    with captured_fds() as capture:
+        try:
+            conv = _make_converter(tf, model)
+            SETUP[mode](tf, conv, io_type, samples, progress or capture.stderr)
+            result = conv.convert()
+            error = None
+        except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+            result, error = None, exc
+    if error is not None:
+        raise _explain(model, mode, error, capture.text) from None
+    return bytes(result)
+
+
+def _explain(model: FloatModel, mode: str, exc: BaseException, captured: str) -> ModelError:
+    """Turn a converter failure into one line saying what to do."""
+    recurrent = model.recurrent_layers_without_unroll()
+    if recurrent:
+        return ModelError(
+            f"{model.path}: the TFLite converter cannot lower recurrent layer(s) {', '.join(recurrent)}: "
+            "build them with unroll=True (e.g. keras.layers.LSTM(64, unroll=True)) "
+            "and a fixed sequence length, "
+            "retrain or copy the weights, then convert again"
+        )
+    text = f"{exc}\n{captured}"
+    errors = re.findall(r"error: (.+)", text)
+    ops = sorted(set(re.findall(r"'((?:tf|tfl)\.[A-Za-z0-9_]+)' op", text)))
+    detail = errors[0].strip() if errors else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    hint = f" (ops: {', '.join(ops)})" if ops else ""
+    return ModelError(
+        f"{model.path}: the TFLite converter cannot convert this model in mode {mode}{hint}: {detail[:300]}; "
+        "replace the unsupported layers, or run with --verbose to see the converter's full output"
+    )
