@@ -1,0 +1,116 @@
+"""``edge-agent check CONFIG``: validate a config (and load its models) without starting anything.
+
+Exit 0 when everything is fine, 2 for config problems (every one listed with its key path and value),
+3 when a model cannot be loaded or does not match its manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge_agent.config import AgentConfig, PipelineConfig, load_config
+from edge_agent.errors import ConfigError, DependencyError, ModelError
+from edge_agent.publish.mqtt import resolve_password
+from edge_agent.sources.camera import CameraSourceConfig
+
+
+def _source_summary(p: PipelineConfig) -> str:
+    s = p.source
+    if isinstance(s, CameraSourceConfig):
+        return f"camera {s.url}" + (f" @{s.fps:g} fps" if s.fps else "")
+    if s.type == "iio":
+        return f"iio {s.device} {','.join(s.channels)} @{s.rate_hz:g} Hz"
+    if s.type == "serial":
+        return f"serial {s.port}"
+    if s.type == "command":
+        return f"command {' '.join(s.argv)}"
+    return f"file {s.path}"
+
+
+def environment_problems(cfg: AgentConfig) -> list[str]:
+    """Files the config names that are not there (no device is opened, nothing is started)."""
+    problems: list[str] = []
+    try:
+        resolve_password(cfg.mqtt)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if cfg.mqtt.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            f = getattr(cfg.mqtt.tls, name)
+            if f is not None and not f.is_file():
+                problems.append(f"mqtt.tls.{name}: {f} does not exist")
+    for i, p in enumerate(cfg.pipelines):
+        s = p.source
+        if isinstance(s, CameraSourceConfig) and isinstance(s.url, str) and Path(s.url).is_absolute():
+            if not s.url.startswith("/dev/") and not Path(s.url).is_file():
+                problems.append(f"pipelines[{i}].source.url: video file {s.url} does not exist")
+        elif s.type == "file" and s.path != "-" and not s.follow and not Path(s.path).is_file():
+            problems.append(f"pipelines[{i}].source.path: {s.path} does not exist")
+    return problems
+
+
+def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
+    """Load every model through the runtime; returns (summary lines, problems)."""
+    from edge_agent.runtime import load_model
+
+    lines: list[str] = []
+    problems: list[str] = []
+    for i, p in enumerate(cfg.pipelines):
+        try:
+            model = load_model(p.model)
+        except (ModelError, DependencyError) as exc:
+            problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
+            continue
+        try:
+            m = model.manifest
+            delegate = model.delegate or "cpu"
+            fallback = f" (delegate fell back: {model.delegate_error})" if model.delegate_error else ""
+            lines.append(
+                f"  {p.name}: model {m.name} ({m.task}, {m.mode or 'unknown mode'}) "
+                f"sha256 {model.sha256[:12]} "
+                f"input {model.input.shape} {model.input.dtype} on {model.backend}/{delegate}{fallback}"
+            )
+        finally:
+            model.close()
+    return lines, problems
+
+
+@click.command("check")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--models/--no-models", default=True, show_default=True, help="Also load each model and check it."
+)
+def command(config: Path, models: bool) -> None:
+    """Validate CONFIG and, with --models, load each model and check it against its manifest."""
+    cfg = load_config(config)
+    problems = environment_problems(cfg)
+    if problems:
+        listing = "\n".join(f"  {line}" for line in problems)
+        raise ConfigError(f"{config}: {len(problems)} problem(s):\n{listing}")
+    click.echo(
+        f"{config}: OK: device '{cfg.device_id}', broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
+        f"state in {cfg.state_dir}, {len(cfg.pipelines)} pipeline(s)"
+    )
+    for p in cfg.pipelines:
+        click.echo(
+            f"  {p.name}: {_source_summary(p)} -> {p.model.path.name} -> {cfg.result_topic(p)} "
+            f"(qos {p.publish.qos}, {p.publish.policy})"
+        )
+    if not models:
+        missing = [
+            f"  pipelines[{i}].model.path: {p.model.path} does not exist"
+            for i, p in enumerate(cfg.pipelines)
+            if not p.model.path.is_file()
+        ]
+        if missing:
+            raise ModelError(f"{len(missing)} model problem(s):\n" + "\n".join(missing))
+        return
+    lines, model_problems = check_models(cfg)
+    for line in lines:
+        click.echo(line)
+    if model_problems:
+        listing = "\n".join(f"  {line}" for line in model_problems)
+        raise ModelError(f"{len(model_problems)} model problem(s):\n{listing}")
+    click.echo("models: OK")

@@ -1,0 +1,28 @@
+"""``edge-agent run CONFIG``: run the pipelines of a config until stopped (SIGTERM/SIGINT) or, for finite
+sources such as a video file, until every pipeline has ended and the outbox is drained."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from edge_agent.config import load_config
+
+
+@click.command("run")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def command(ctx: click.Context, config: Path) -> int:
+    """Run the pipelines of CONFIG until stopped."""
+    from edge_agent.daemon import Daemon
+
+    cfg = load_config(config)
+    root = logging.getLogger()
+    verbose = bool(ctx.parent and ctx.parent.params.get("verbose"))
+    if not verbose:
+        root.setLevel(cfg.log_level)
+    daemon = Daemon(cfg, config_path=config)
+    daemon.install_signal_handlers()
+    return daemon.run()

@@ -1,0 +1,402 @@
+"""The daemon's lifecycle, and nothing else: start order, one stop event, signals, reload, sd_notify, stats,
+and cleanup in reverse start order.
+
+Start: state dir + outbox -> publisher (connects in the background) -> models -> sources -> pipelines
+(one inference thread each) -> READY=1. The main thread then loops on ``stop.wait(tick)``: it applies
+signals (the handlers only set flags), pings the watchdog while every pipeline makes progress, publishes
+stats and keeps systemd's STATUS= current. Stop: STOPPING=1, set the stop event (sources stop, each pipeline
+finishes the frame in hand), drain the outbox up to ``drain_timeout_s``, publish ``offline``, close all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentConfig, PipelineConfig, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.2  # main loop period: signal latency, watchdog and stats resolution
+JOIN_TIMEOUT_S = 10.0  # longest a pipeline may take to finish its frame in hand on stop
+
+
+class Watchdog:
+    """Decides whether to send WATCHDOG=1: only when every pipeline still running has turned its loop since
+    the last ping (a pipeline idle on a silent source turns every read timeout, so it counts as alive; one
+    stuck in invoke does not). Ended pipelines do not hold the ping back: the daemon exits when all ended."""
+
+    def __init__(self, interval_s: float | None) -> None:
+        self.interval_s = interval_s
+        self._last_ping = -float("inf")
+        self._seen: dict[str, int] = {}
+
+    def due(self, now: float) -> bool:
+        return self.interval_s is not None and now - self._last_ping >= self.interval_s
+
+    def healthy(self, pipelines: list[Any]) -> list[str]:
+        """Names of running pipelines that made no progress since the last ping (empty = healthy)."""
+        return [
+            p.name
+            for p in pipelines
+            if p.state in ("starting", "running") and p.progress == self._seen.get(p.name, -1)
+        ]
+
+    def pinged(self, now: float, pipelines: list[Any]) -> None:
+        self._last_ping = now
+        self._seen = {p.name: p.progress for p in pipelines}
+
+
+class Daemon:
+    """Owns every component of one ``edge-agent run``."""
+
+    def __init__(
+        self, cfg: AgentConfig, config_path: Path | None = None, notifier: Notifier | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.outbox: Any = None
+        self.publisher: Any = None
+        self.pipelines: list[Any] = []
+        self._seqs: list[Any] = []
+        self._sources: list[Any] = []
+        self._threads: list[threading.Thread] = []
+        self._stop_requested = False
+        self._reload_requested = False
+        self._started_mono = time.monotonic()
+        self._status = ""
+        self._stall_logged: set[str] = set()
+        self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
+
+    # -- signals (handlers only set flags; the main loop acts on them) ---------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop_requested = True
+
+    def request_reload(self, *_: Any) -> None:
+        self._reload_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, serve until stopped or every pipeline ended, stop. Returns the process exit code."""
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown(drain=False)
+            raise
+        try:
+            code = self.serve()
+        finally:
+            self.shutdown(drain=True)
+        return code
+
+    def start(self) -> None:
+        from edge_agent.publish.mqtt import MqttPublisher
+        from edge_agent.publish.outbox import Outbox, SeqCounter
+        from edge_agent.runtime import load_model
+        from edge_agent.sources.factory import create_source
+
+        cfg = self.cfg
+        self._set_status("starting")
+        state_dir = _prepare_state_dir(cfg.state_dir)
+        self.outbox = Outbox(
+            state_dir / "outbox.sqlite3", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
+        )
+        pending = self.outbox.depth()
+        if pending:
+            log.info("outbox %s holds %d results from before; they are sent first", self.outbox.path, pending)
+        self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
+        self.publisher.start()
+
+        models = []
+        try:
+            for p in cfg.pipelines:
+                models.append(load_model(p.model))
+            stages = [self._stages(p, m) for p, m in zip(cfg.pipelines, models, strict=True)]
+        except BaseException:
+            for m in models:
+                _quietly(m.close, f"closing model {m.path}")
+            raise
+        self._stages_list = stages  # closed through the pipelines from here on
+
+        for p in cfg.pipelines:
+            source = create_source(p.source, p.window)
+            self._sources.append(source)
+            source.start(self.stop_event)
+
+        for p, st, source in zip(cfg.pipelines, stages, self._sources, strict=True):
+            seq = SeqCounter(self.outbox, p.name)
+            self._seqs.append(seq)
+            self.pipelines.append(self._make_pipeline(p, st, source, seq))
+        for pipe in self.pipelines:
+            t = threading.Thread(
+                target=pipe.run, args=(self.stop_event,), name=f"pipeline-{pipe.name}", daemon=True
+            )
+            self._threads.append(t)
+            t.start()
+        names = ", ".join(
+            f"{p.name} ({p.stages.info['name']} on {p.stages.info['backend']})" for p in self.pipelines
+        )
+        log.info(
+            "running %d pipeline(s): %s; broker %s:%d",
+            len(self.pipelines),
+            names,
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+        )
+        self.notifier.ready(self._status_line())
+
+    def serve(self) -> int:
+        """The main loop, in the main thread. Returns when asked to stop or when every pipeline ended."""
+        next_stats = time.monotonic() + min(self.cfg.mqtt.stats_interval_s, 5.0)  # a first report early
+        while not self.stop_event.wait(TICK_S):
+            if self._stop_requested:
+                log.info("stop requested; finishing in-flight results")
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            now = time.monotonic()
+            self._check_watchdog(now)
+            if now >= next_stats:
+                self.publish_stats()
+                next_stats = now + self.cfg.mqtt.stats_interval_s
+            self._set_status(self._status_line())
+            if all(p.state in ("finished", "stopped", "failed") for p in self.pipelines):
+                log.info("every pipeline has ended")
+                break
+        failed = [p for p in self.pipelines if p.state == "failed"]
+        if failed:
+            return max(p.error.exit_code if p.error else 1 for p in failed)
+        return 0
+
+    def shutdown(self, drain: bool) -> None:
+        """Stop everything in reverse start order, each step in its own try so one failure skips nothing."""
+        self.notifier.stopping("stopping: draining the outbox" if drain else "stopping")
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(JOIN_TIMEOUT_S)
+            if t.is_alive():
+                log.error("%s did not finish within %.0f s; leaving it behind", t.name, JOIN_TIMEOUT_S)
+        if drain and self.pipelines:
+            _quietly(self.publish_stats, "publishing the last stats")
+        for source in reversed(self._sources):
+            _quietly(source.close, f"closing source {source!r}")
+        for pipe, t in zip(self.pipelines, self._threads, strict=False):
+            if not t.is_alive():
+                _quietly(pipe.stages.model.close, f"closing the model of {pipe.name}")
+        if not self.pipelines:
+            for st in getattr(self, "_stages_list", []):
+                _quietly(st.model.close, "closing a model")
+        if self.publisher is not None:
+            timeout = self.cfg.drain_timeout_s if drain else 0.0
+            _quietly(lambda: self.publisher.stop(timeout), "stopping the MQTT client")
+        for seq in reversed(self._seqs):
+            _quietly(seq.close, "closing a seq counter")
+        if self.outbox is not None:
+            depth = _quietly(self.outbox.depth, "reading the outbox depth")
+            _quietly(self.outbox.close, "closing the outbox")
+            log.info("stopped; %s results left in the outbox", depth)
+        self.notifier.close()
+        self.publisher = None
+        self.outbox = None
+        self._sources.clear()
+        self._threads.clear()
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the config and reload every pipeline's model. A model that fails to load (or does not fit
+        its source) keeps the old one running; the outbox and the broker connection are untouched."""
+        from edge_agent.runtime import load_model
+
+        self.notifier.reloading()
+        log.info("reloading %s", self.config_path)
+        try:
+            new_cfg = load_config(self.config_path) if self.config_path is not None else self.cfg
+        except ConfigError as exc:
+            log.error("reload: the new config is invalid, keeping the running one: %s", exc)
+            self.notifier.ready("reload failed (config invalid); running the previous config")
+            return
+        self._warn_restart_only_changes(new_cfg)
+        by_name = {p.name: p for p in new_cfg.pipelines}
+        for pipe in self.pipelines:
+            pcfg = by_name.get(pipe.name)
+            if pcfg is None or pipe.state not in ("starting", "running"):
+                continue
+            try:
+                model = load_model(pcfg.model)
+            except EdgeAgentError as exc:
+                self._reload_failed(pipe, exc)
+                continue
+            try:
+                stages = self._stages(pcfg, model)
+            except EdgeAgentError as exc:
+                model.close()
+                self._reload_failed(pipe, exc)
+                continue
+            pipe.replace_model(stages)
+            pipe.set_publish(pcfg.publish)
+            log.info(
+                "reload: pipeline %s will run %s (sha256 %s)",
+                pipe.name,
+                stages.info["name"],
+                model.sha256[:12],
+            )
+        self.cfg = self.cfg.model_copy(
+            update={"pipelines": [by_name.get(p.name, p) for p in self.cfg.pipelines]}
+        )
+        self.notifier.ready(self._status_line())
+
+    def _reload_failed(self, pipe: Any, exc: EdgeAgentError) -> None:
+        old = pipe.stages.info
+        pipe.last_error = f"reload failed, still running {old['name']} (sha256 {old['sha256'][:12]}): {exc}"
+        log.error(
+            "reload: pipeline %s keeps its old model %s (sha256 %s): %s",
+            pipe.name,
+            old["name"],
+            old["sha256"][:12],
+            exc,
+        )
+
+    def _warn_restart_only_changes(self, new: AgentConfig) -> None:
+        old = self.cfg
+        changed = [
+            k for k in ("device_id", "mqtt", "state_dir", "outbox") if getattr(old, k) != getattr(new, k)
+        ]
+        old_p = {p.name: p for p in old.pipelines}
+        new_p = {p.name: p for p in new.pipelines}
+        changed += [f"pipeline {n} added" for n in new_p.keys() - old_p.keys()]
+        changed += [f"pipeline {n} removed" for n in old_p.keys() - new_p.keys()]
+        changed += [
+            f"pipelines.{n}.{part}"
+            for n in new_p.keys() & old_p.keys()
+            for part in ("source", "window", "evidence")
+            if getattr(new_p[n], part) != getattr(old_p[n], part)
+        ]
+        if changed:
+            log.warning(
+                "reload: these changes need a restart (systemctl restart edge-agent) and are not applied: %s",
+                ", ".join(changed),
+            )
+
+    # -- health ----------------------------------------------------------------------------------------------
+    def _check_watchdog(self, now: float) -> None:
+        stall = self.cfg.watchdog.stall_after_s
+        for p in self.pipelines:
+            stuck = p.state == "running" and now - p.last_progress > stall
+            if stuck and p.name not in self._stall_logged:
+                log.error(
+                    "pipeline %s has made no progress for %.0f s (stuck in the model?)",
+                    p.name,
+                    now - p.last_progress,
+                )
+                self._stall_logged.add(p.name)
+            elif not stuck:
+                self._stall_logged.discard(p.name)
+        if not self.watchdog.due(now):
+            return
+        lagging = self.watchdog.healthy(self.pipelines)
+        if lagging:
+            log.debug("watchdog: no ping, no progress in %s", ", ".join(lagging))
+            return
+        self.notifier.watchdog()
+        self.watchdog.pinged(now, self.pipelines)
+
+    def stats_payload(self) -> bytes:
+        from edge_agent.publish.payloads import stats_payload
+
+        return stats_payload(
+            device=self.cfg.device_id,
+            uptime_s=time.monotonic() - self._started_mono,
+            pipelines={p.name: p.snapshot() for p in self.pipelines},
+            mqtt=self.publisher.stats(),
+            outbox=self.outbox.stats(),
+        )
+
+    def publish_stats(self) -> None:
+        if self.publisher is None:
+            return
+        self.publisher.publish_now(self.publisher.topic("stats"), self.stats_payload(), qos=0)
+
+    def _status_line(self) -> str:
+        parts = []
+        pub = self.publisher
+        if pub is not None:
+            parts.append(
+                "broker connected" if pub.connected else f"broker down: {pub.last_error or 'connecting'}"
+            )
+        for p in self.pipelines:
+            err = p.last_error or p.source.stats.get("last_error")
+            parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
+        if self.outbox is not None:
+            parts.append(f"outbox {self.outbox.depth()}")
+        return "; ".join(parts)
+
+    def _set_status(self, text: str) -> None:
+        if text != self._status:
+            self._status = text
+            self.notifier.status(text)
+
+    # -- construction helpers --------------------------------------------------------------------------------
+    def _stages(self, p: PipelineConfig, model: Any) -> Any:
+        from edge_agent.pipeline import ModelStages
+
+        kind = "image" if p.source.type == "camera" else "samples"
+        try:
+            return ModelStages(model, kind, None)
+        except ConfigError as exc:
+            raise ConfigError(f"pipelines.{p.name}.model: {exc}") from None
+
+    def _make_pipeline(self, p: PipelineConfig, stages: Any, source: Any, seq: Any) -> Any:
+        from edge_agent.pipeline import Pipeline
+
+        evidence = None
+        if p.evidence.enabled:
+            from edge_agent.evidence import EvidenceStore
+
+            evidence = EvidenceStore(self.cfg.state_dir / "evidence" / p.name, p.evidence)
+        return Pipeline(
+            name=p.name,
+            device_id=self.cfg.device_id,
+            topic=self.cfg.result_topic(p),
+            source=source,
+            stages=stages,
+            publisher=self.publisher,
+            seq=seq,
+            publish=p.publish,
+            evidence=evidence,
+        )
+
+
+def _prepare_state_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except OSError as exc:
+        raise ConfigError(
+            f"state_dir: cannot create {path} ({exc.strerror}); create it or fix state_dir"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"state_dir: {path} is not writable by this user; fix its owner or state_dir")
+    return path
+
+
+def _quietly(fn: Callable[[], Any], what: str) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # cleanup goes on: one failing component must not skip the others
+        log.warning("%s failed: %s", what, exc)
+        return None
