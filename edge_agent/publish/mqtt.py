@@ -142,14 +142,32 @@ def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt") -> str | None:
     return None
 
 
-_REFUSAL_HINTS = {
-    "Bad user name or password": "check mqtt.username and the password file/env/credential",
-    "Not authorized": "check mqtt.username, the password, and the broker's ACL for this client",
-    "Client identifier not valid": "check mqtt.client_id",
-    "Identifier rejected": "check mqtt.client_id",
-    "Unsupported protocol version": "set mqtt.protocol to one the broker supports",
-    "Server unavailable": "the broker is up but not accepting clients; check its log",
-}
+def _credentials_hint(cfg: MqttConfig) -> str:
+    """Where the credentials came from, for a refusal message."""
+    if cfg.username is None:
+        return "the broker wants a login: set mqtt.username and mqtt.password_file"
+    source = (
+        f"mqtt.password_file ({cfg.password_file})"
+        if cfg.password_file
+        else f"mqtt.password_env ({cfg.password_env})"
+        if cfg.password_env
+        else f"mqtt.password_credential ({cfg.password_credential})"
+        if cfg.password_credential
+        else "the password (none is configured)"
+    )
+    return f"check mqtt.username ({cfg.username!r}) and {source}"
+
+
+def _refusal_hint(name: str, cfg: MqttConfig) -> str:
+    # mosquitto 2 answers a wrong password with "not authorized" (CONNACK 5), not "bad user name or password".
+    if name in ("Bad user name or password", "Not authorized"):
+        return _credentials_hint(cfg) + ", and the broker's ACL"
+    return {
+        "Client identifier not valid": "check mqtt.client_id",
+        "Identifier rejected": "check mqtt.client_id",
+        "Unsupported protocol version": "set mqtt.protocol to one the broker supports",
+        "Server unavailable": "the broker is up but not accepting clients; check its log",
+    }.get(name, "check the broker's log")
 
 
 class MqttPublisher:
@@ -374,7 +392,7 @@ class MqttPublisher:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             name = str(reason_code)
-            hint = _REFUSAL_HINTS.get(name, "check the broker's log")
+            hint = _refusal_hint(name, self.cfg)
             self._set_error(f"broker {self.broker} refused the connection: {name.lower()}; {hint}")
             return
         # The outbox, not paho's memory, is the source of truth: drop paho's resend queue and replay pending

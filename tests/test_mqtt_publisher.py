@@ -1,0 +1,433 @@
+"""MqttPublisher against a real mosquitto: delivery, status/Last Will, outages, crashes, TLS, passwords."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.publish.mqtt import MqttConfig, MqttPublisher, TlsConfig
+from edge_agent.publish.outbox import Outbox, SeqCounter
+from edge_agent.publish.payloads import result_payload
+from tests.fixtures.broker import Mosquitto, Subscriber, free_port, validate_payload
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "pi-test"
+SHA = "ab" * 32
+LAT = {"capture_age": 1.0, "preprocess": 0.5, "invoke": 3.0, "postprocess": 0.1, "total": 4.6}
+RESULT_TOPIC = f"edge/{DEVICE}/door/result"
+STATUS_TOPIC = f"edge/{DEVICE}/status"
+
+
+def payload(seq: int) -> bytes:
+    fields = {"label": "open", "class_id": 1, "score": 0.9}
+    return result_payload(device=DEVICE, pipeline="door", seq=seq, model_name="door", model_sha256=SHA,
+                          fields=fields, latency_ms=LAT, frame_index=seq)  # fmt: skip
+
+
+def seqs(sub: Subscriber) -> list[int]:
+    return [json.loads(p)["seq"] for p in sub.payloads(RESULT_TOPIC)]
+
+
+def has_all(expected: set[int]):
+    def check(msgs: list) -> bool:
+        got = {json.loads(p)["seq"] for t, p, _ in msgs if t == RESULT_TOPIC}
+        return expected <= got
+
+    return check
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    ob = Outbox(tmp_path / "state" / "outbox.db")
+    yield ob
+    ob.close()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[MqttPublisher]]:
+    """Publishers registered here are stopped at teardown even when the test fails."""
+    made: list[MqttPublisher] = []
+    yield made
+    for pub in made:
+        pub.stop(drain_timeout=0)
+
+
+def start_publisher(cfg: MqttConfig, outbox: Outbox, registry: list[MqttPublisher]) -> MqttPublisher:
+    pub = MqttPublisher(cfg, DEVICE, outbox)
+    registry.append(pub)
+    pub.start()
+    return pub
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_results_arrive_valid_in_order_and_status_is_retained(
+    mosquitto, subscriber, outbox, publishers
+) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    assert pub.topic("door", "result") == RESULT_TOPIC
+    counter = SeqCounter(outbox, "door")
+    sent = [counter.next() for _ in range(50)]
+    for s in sent:
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    assert pub.flush(timeout=15), pub.stats()
+    sub.wait_for(has_all(set(sent)), timeout=10)
+    for raw in sub.payloads(RESULT_TOPIC):
+        validate_payload(raw, "result")
+    assert seqs(sub) == sent  # one connection, no outage: exactly once, in order
+    assert outbox.depth() == 0
+    stats = pub.stats()
+    assert stats["connected"] is True and stats["acked"] == 50 and stats["last_error"] is None
+    # A subscriber that arrives later still learns the device is online (retained).
+    late = subscriber(broker, STATUS_TOPIC)
+    late.wait_for(lambda m: (STATUS_TOPIC, b"online", True) in m, timeout=5)
+
+
+def test_clean_stop_drains_and_publishes_offline(mosquitto, subscriber, outbox) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = MqttPublisher(broker.mqtt_config(), DEVICE, outbox)
+    pub.start()
+    wait_until(lambda: pub.connected, 10, "connect")
+    for s in range(1, 201):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    pub.stop(drain_timeout=15)  # returns only after the drain
+    assert outbox.depth() == 0
+    assert not pub.connected
+    sub.wait_for(has_all(set(range(1, 201))), timeout=10)
+    sub.wait_for(lambda m: (STATUS_TOPIC, b"offline", False) in m, timeout=5)
+    late = subscriber(broker, STATUS_TOPIC)
+    late.wait_for(lambda m: (STATUS_TOPIC, b"offline", True) in m, timeout=5)
+    pub.stop(drain_timeout=1)  # a second stop is harmless
+
+
+def test_qos0_skips_the_outbox(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.connected, 10, "connect")
+    pub.publish_result(RESULT_TOPIC, payload(7), qos=0)
+    assert outbox.depth() == 0
+    sub.wait_for(has_all({7}), timeout=5)
+    assert pub.publish_now(pub.topic("stats"), b"{}", qos=0) is True
+    sub.wait_for(lambda m: any(t == f"edge/{DEVICE}/stats" for t, _, _ in m), timeout=5)
+
+
+def test_mqtt5(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(protocol="5"), outbox, publishers)
+    for s in range(1, 11):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    assert pub.flush(timeout=10)
+    sub.wait_for(has_all(set(range(1, 11))), timeout=5)
+
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from edge_agent.publish.mqtt import MqttConfig, MqttPublisher
+from edge_agent.publish.outbox import Outbox
+cfg = MqttConfig.model_validate_json(sys.argv[1])
+outbox = Outbox(Path(sys.argv[2]))
+pub = MqttPublisher(cfg, sys.argv[3], outbox)
+pub.start()
+for i in range(int(sys.argv[4])):
+    pub.publish_result(f"edge/{sys.argv[3]}/door/result", json.dumps({"seq": i + 1}).encode(), 1)
+if sys.argv[5] == "wait-connected":
+    deadline = time.monotonic() + 10
+    while not pub.connected and time.monotonic() < deadline:
+        time.sleep(0.01)
+print("connected" if pub.connected else "disconnected", outbox.depth(), flush=True)
+time.sleep(120)   # SIGKILLed here: no stop(), no clean disconnect
+"""
+
+
+def run_child(cfg: MqttConfig, db: Path, n: int, mode: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, cfg.model_dump_json(), str(db), DEVICE, str(n), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    if not line:
+        proc.kill()
+        raise AssertionError(f"child failed: {proc.stderr.read()}")  # type: ignore[union-attr]
+    return proc, line
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_last_will_offline_when_the_process_is_killed(mosquitto, subscriber, tmp_path: Path) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, STATUS_TOPIC)
+    proc, line = run_child(broker.mqtt_config(), tmp_path / "outbox.db", 0, "wait-connected")
+    try:
+        assert line.startswith("connected")
+        sub.wait_for(lambda m: (STATUS_TOPIC, b"online", False) in m, timeout=5)
+    finally:
+        sigkill(proc)
+    sub.wait_for(lambda m: (STATUS_TOPIC, b"offline", False) in m, timeout=10)
+    late = subscriber(broker, STATUS_TOPIC)  # the Will is retained
+    late.wait_for(lambda m: (STATUS_TOPIC, b"offline", True) in m, timeout=5)
+
+
+def test_results_of_a_killed_daemon_are_sent_after_restart(mosquitto, subscriber, tmp_path: Path) -> None:
+    """A daemon that cannot reach its broker is SIGKILLed with 300 results queued: the next run sends all."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    db = tmp_path / "outbox.db"
+    dead = broker.mqtt_config(port=free_port())  # nothing listens there
+    proc, line = run_child(dead, db, 300, "no-wait")
+    sigkill(proc)
+    assert line == "disconnected 300"
+    with Outbox(db) as outbox:
+        assert outbox.depth() == 300
+        pub = MqttPublisher(broker.mqtt_config(), DEVICE, outbox)
+        pub.start()
+        try:
+            assert pub.flush(timeout=20), pub.stats()
+        finally:
+            pub.stop(drain_timeout=5)
+    sub.wait_for(has_all(set(range(1, 301))), timeout=10)
+    assert seqs(sub) == list(range(1, 301))  # replayed in seq order
+
+
+def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, outbox, publishers) -> None:
+    """~15 results/s; the broker is SIGKILLed for 3 s and comes back: every seq arrives, the outbox drains."""
+    broker = mosquitto(persistent=True)
+    # A persistent session, so the *test* does not miss what the broker delivers before it resubscribes.
+    sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
+    time.sleep(1.2)  # the broker autosaves every second: the observer's subscription is on disk
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.connected, 10, "connect")
+    counter = SeqCounter(outbox, "door")
+    sent: list[int] = []
+    killed = revived = False
+    errors_seen: list[str | None] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 7.0:
+        s = counter.next()
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+        sent.append(s)
+        elapsed = time.monotonic() - t0
+        if not killed and elapsed > 1.5:
+            broker.stop(kill=True)
+            killed = True
+        if killed and not revived and elapsed > 4.5:
+            errors_seen.append(pub.last_error)
+            assert not pub.connected  # never lies about being connected
+            assert outbox.depth() > 0
+            broker.start()
+            revived = True
+        time.sleep(1 / 15)
+    assert killed and revived
+    assert errors_seen[0] and "127.0.0.1" in errors_seen[0]
+    assert pub.flush(timeout=20), pub.stats()
+    assert outbox.depth() == 0
+    sub.wait_for(has_all(set(sent)), timeout=15)
+    got = seqs(sub)
+    assert set(got) == set(sent)  # duplicates allowed (QoS 1), only with the same seq: no stranger values
+    assert pub.stats()["reconnects"] >= 1
+    for raw in sub.payloads(RESULT_TOPIC)[:5]:
+        validate_payload(raw)
+
+
+def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto(persistent=True)
+    sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
+    broker.stop(kill=False)  # clean shutdown: the observer's session is saved
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    for s in range(1, 21):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    wait_until(lambda: pub.last_error is not None, 5, "last_error")
+    assert "cannot connect to broker 127.0.0.1" in pub.last_error
+    assert not pub.connected and outbox.depth() == 20
+    broker.start()
+    assert pub.flush(timeout=15), pub.stats()
+    sub.wait_for(has_all(set(range(1, 21))), timeout=10)
+    assert pub.connected and pub.last_error is None
+
+
+def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publishers) -> None:
+    n = 20_000
+    broker = mosquitto()
+    sub = subscriber(broker, RESULT_TOPIC)
+    outbox.append_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, n + 1)])
+    cfg = broker.mqtt_config(max_inflight=64)
+    pub = start_publisher(cfg, outbox, publishers)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, pub.stats()["inflight"], len(pub._client._out_messages))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert pub.flush(timeout=60), pub.stats()
+    finally:
+        stop.set()
+        sampler.join()
+    assert 0 < peak <= 64 + 8  # our window (+ status/stats room), not 20,000 messages in paho's memory
+    sub.wait_for(lambda m: len(m) >= n, timeout=30)
+    assert seqs(sub) == list(range(1, n + 1))
+
+
+# -- TLS ---------------------------------------------------------------------------------------------------
+def test_tls_broker(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto(tls=True)
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    for s in range(1, 6):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    assert pub.flush(timeout=10), pub.stats()
+    sub.wait_for(has_all(set(range(1, 6))), timeout=5)
+
+
+def test_tls_with_client_certificate(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto(tls=True, client_cert=True)
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    assert pub.flush(timeout=10), pub.stats()
+    sub.wait_for(has_all({1}), timeout=5)
+
+
+def test_tls_with_the_wrong_ca_is_reported(mosquitto, outbox, publishers, tmp_path: Path) -> None:
+    broker = mosquitto(tls=True)
+    other = Mosquitto(tmp_path / "other-ca", tls=True)  # a different CA, never started
+    cfg = broker.mqtt_config(tls=TlsConfig(ca_file=other.tls.ca_cert))
+    pub = start_publisher(cfg, outbox, publishers)
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert "TLS handshake" in pub.last_error and "mqtt.tls.ca_file" in pub.last_error
+    assert not pub.connected and outbox.depth() == 1
+
+
+def test_missing_tls_file_is_a_config_error(outbox, tmp_path: Path) -> None:
+    cfg = MqttConfig(tls=TlsConfig(ca_file=tmp_path / "nope.crt"))
+    with pytest.raises(ConfigError, match=r"mqtt\.tls\.ca_file: .*nope\.crt does not exist"):
+        MqttPublisher(cfg, DEVICE, outbox)
+
+
+def test_corrupt_tls_file_is_a_config_error(outbox, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.crt"
+    bad.write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
+        MqttPublisher(MqttConfig(tls=TlsConfig(ca_file=bad)), DEVICE, outbox)
+
+
+# -- passwords ---------------------------------------------------------------------------------------------
+def test_password_file(mosquitto, subscriber, outbox, publishers, tmp_path: Path) -> None:
+    broker = mosquitto(users={"observer": "watch", "agent": "s3cret"})
+    sub = subscriber(broker, "edge/#", username="observer", password="watch")
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret\n# anything after the first line is ignored\n")
+    pub = start_publisher(broker.mqtt_config(username="agent", password_file=pw), outbox, publishers)
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    assert pub.flush(timeout=10), pub.stats()
+    sub.wait_for(has_all({1}), timeout=5)
+
+
+def test_password_credential_and_env(
+    mosquitto, subscriber, outbox, publishers, tmp_path, monkeypatch
+) -> None:
+    broker = mosquitto(users={"agent": "s3cret"})
+    sub = subscriber(broker, "edge/#", username="agent", password="s3cret")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    pub = start_publisher(
+        broker.mqtt_config(username="agent", password_credential="mqtt-password"), outbox, publishers
+    )
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    assert pub.flush(timeout=10), pub.stats()
+    pub.stop(drain_timeout=1)
+    monkeypatch.setenv("EDGE_MQTT_PW", "s3cret")
+    pub2 = start_publisher(
+        broker.mqtt_config(username="agent", password_env="EDGE_MQTT_PW"), outbox, publishers
+    )
+    pub2.publish_result(RESULT_TOPIC, payload(2), qos=1)
+    assert pub2.flush(timeout=10), pub2.stats()
+    sub.wait_for(has_all({1, 2}), timeout=5)
+
+
+def test_wrong_password_is_reported_retried_and_loses_nothing(
+    mosquitto, subscriber, outbox, publishers, tmp_path: Path
+) -> None:
+    broker = mosquitto(users={"observer": "watch", "agent": "right"})
+    sub = subscriber(
+        broker, "edge/#", username="observer", password="watch", client_id="obs", clean_session=False
+    )
+    pw = tmp_path / "pw"
+    pw.write_text("wrong")
+    pub = start_publisher(broker.mqtt_config(username="agent", password_file=pw), outbox, publishers)
+    for s in range(1, 11):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    msg = pub.last_error
+    # mosquitto 2 says "not authorized" for a wrong password; other brokers say "bad user name or password".
+    assert f"broker 127.0.0.1:{broker.port} refused the connection: not authorized" in msg
+    assert f"check mqtt.username ('agent') and mqtt.password_file ({pw})" in msg
+    time.sleep(1.0)
+    assert not pub.connected and outbox.depth() == 10
+    assert pub.stats()["connected"] is False
+    # The admin fixes the broker side; the publisher, still retrying, gets in and delivers everything.
+    broker.set_users({"observer": "watch", "agent": "wrong"})
+    assert pub.flush(timeout=15), pub.stats()
+    sub.wait_for(has_all(set(range(1, 11))), timeout=5)
+    assert pub.connected and pub.last_error is None and pub.stats()["acked"] == 10
+
+
+def test_missing_password_file_names_the_field(outbox, tmp_path: Path) -> None:
+    cfg = MqttConfig(username="agent", password_file=tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: .*missing does not exist"):
+        MqttPublisher(cfg, DEVICE, outbox)
+
+
+def test_empty_password_file_names_the_field(outbox, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: .* is empty"):
+        MqttPublisher(MqttConfig(username="agent", password_file=empty), DEVICE, outbox)
+
+
+def test_missing_env_and_credential_name_the_field(outbox, monkeypatch) -> None:
+    monkeypatch.delenv("EDGE_NO_SUCH_VAR", raising=False)
+    with pytest.raises(ConfigError, match=r"mqtt\.password_env: environment variable EDGE_NO_SUCH_VAR"):
+        MqttPublisher(MqttConfig(username="a", password_env="EDGE_NO_SUCH_VAR"), DEVICE, outbox)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match=r"mqtt\.password_credential: CREDENTIALS_DIRECTORY is not set"):
+        MqttPublisher(MqttConfig(username="a", password_credential="pw"), DEVICE, outbox)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/nonexistent-creds")
+    with pytest.raises(ConfigError, match=r"mqtt\.password_credential: credential 'pw' not found"):
+        MqttPublisher(MqttConfig(username="a", password_credential="pw"), DEVICE, outbox)
