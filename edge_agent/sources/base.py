@@ -68,23 +68,28 @@ class Backoff:
 
 
 class RateLimitedWarning:
-    """Log a recurring problem (bad lines, failed reads) at most once per ``interval_s``, with a count of
-    what was suppressed in between, so a noisy sensor cannot flood the journal."""
+    """Log a recurring problem (bad lines, a chatty stderr) at most ``burst`` times per ``interval_s``, with
+    a count of what was suppressed in between, so a noisy sensor cannot flood the journal."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0, burst: int = 1) -> None:
         self._logger = logger
         self._interval = interval_s
-        self._last = -float("inf")
+        self._burst = burst
+        self._window_start = -float("inf")
+        self._logged = 0
         self._suppressed = 0
         self._lock = threading.Lock()
 
     def __call__(self, msg: str, *args: object) -> None:
         with self._lock:
             now = time.monotonic()
-            if now - self._last < self._interval:
+            if now - self._window_start >= self._interval:
+                self._window_start, self._logged = now, 0
+            if self._logged >= self._burst:
                 self._suppressed += 1
                 return
-            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+            self._logged += 1
+            suppressed, self._suppressed = self._suppressed, 0
         if suppressed:
-            msg += f" ({suppressed} similar messages suppressed)"
+            msg += f" ({suppressed} similar messages suppressed before this one)"
         self._logger.warning(msg, *args)
