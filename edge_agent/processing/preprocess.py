@@ -151,12 +151,10 @@ class ImagePreprocessor:
                 rh = max(1, round(fw * H / W))
                 y0 = (fh - rh) // 2
         # Shrinking by an integer factor first with INTER_AREA (averaging, no aliasing) hits OpenCV's
-        # fast path; the remaining < 2x step is INTER_LINEAR. A plain INTER_AREA from 640x480 to 224x224
-        # costs 0.8 ms here, the two steps 0.2 ms. The few trimmed edge pixels are part of the transform.
-        factor = max(1, min(rw // W, rh // H))
-        if factor > 1:
-            rw -= rw % factor
-            rh -= rh % factor
+        # fast path; the remaining step is INTER_LINEAR when < 2x. A plain INTER_AREA from 640x480 to
+        # 224x224 costs 0.8 ms here, the two steps 0.2 ms. Only exact divisors: no pixel is dropped.
+        largest = max(1, min(rw // W, rh // H))
+        factor = next((f for f in range(largest, 1, -1) if rw % f == 0 and rh % f == 0), 1)
         if self.pre.resize == "letterbox":
             s = min(W / rw, H / rh)
             nw, nh = min(W, max(1, round(rw * s))), min(H, max(1, round(rh * s)))
@@ -202,14 +200,8 @@ class ImagePreprocessor:
             )
         nw, nh = geo.size
         if img.shape[1] != nw or img.shape[0] != nh:
-            shrink = img.shape[1] > nw or img.shape[0] > nh
-            img = cv2.resize(
-                img,
-                (nw, nh),
-                interpolation=cv2.INTER_AREA
-                if shrink and geo.area_factor == 1 and (img.shape[1] >= 2 * nw or img.shape[0] >= 2 * nh)
-                else cv2.INTER_LINEAR,
-            )
+            big_shrink = img.shape[1] >= 2 * nw or img.shape[0] >= 2 * nh  # no integer pre-shrink fitted
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if big_shrink else cv2.INTER_LINEAR)
         if self.color == "gray":
             if img.ndim == 3:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
