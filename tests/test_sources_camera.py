@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError, SourceError
-from edge_agent.sources.camera import CameraSource, CameraSourceConfig, camera_kind
+from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt, camera_kind
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.streams import decode_frame_number
@@ -192,3 +194,71 @@ def test_stream_down_at_start_is_not_fatal(open_source, ffmpeg_stream) -> None:
     stream.start()
     assert read_numbers(source, 2)
     assert source.stats["connected"] is True
+
+
+def test_stream_that_hangs_is_dropped_and_reopened(open_source, ffmpeg_stream) -> None:
+    stream = ffmpeg_stream("udp")
+    source = open_source(stream.url, **FAST)
+    read_numbers(source, 3)
+    stream.pause()  # no packets, nothing closed: only a timeout can tell
+    assert wait_until(lambda: not source.stats["connected"]), source.stats
+    stream.resume()
+    assert wait_until(lambda: source.stats["connected"]), source.stats
+    frames_before = source.stats["frames"]
+    read_numbers(source, 3)
+    assert source.stats["frames"] > frames_before and source.stats["reconnects"] >= 1
+
+
+def test_watchdog_abandons_an_attempt_without_progress(test_video: Path) -> None:
+    # OpenCV's own timeouts are not honoured by every backend; the watchdog must not rely on them
+    source = CameraSource(CameraSourceConfig(url=str(test_video), read_timeout_s=0.2, open_timeout_s=0.3))
+    attempt = _Attempt()
+    attempt.opened = True
+    attempt.progress -= 5.0  # a read that has been blocked for 5 s
+    started = time.monotonic()
+    source._watch(attempt)
+    assert time.monotonic() - started < 1.0
+    assert attempt.abandoned.is_set() and attempt.outcome == "error"
+    assert attempt.error is not None and "no frame" in attempt.error
+
+
+def test_missing_device_is_a_source_error() -> None:
+    device = "/dev/video97"
+    if Path(device).exists():
+        pytest.skip(f"{device} exists here")
+    source = create_source(CameraSourceConfig(url=device))
+    with pytest.raises(SourceError, match=device):
+        source.start(threading.Event())
+    source.close()
+
+
+def test_without_opencv_the_error_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['cv2'] = None  # as if opencv-python-headless were not installed\n"
+        "from edge_agent.errors import DependencyError\n"
+        "from edge_agent.sources.camera import CameraSourceConfig\n"
+        "from edge_agent.sources.factory import create_source\n"
+        "try:\n"
+        "    create_source(CameraSourceConfig(url='/dev/video0'))\n"
+        "except DependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "pip install 'edge-agent[camera]'" in out.stdout
+
+
+def test_sensor_sources_do_not_import_opencv(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("1\n")
+    code = (
+        "import sys, threading\n"
+        "from edge_agent.sources import SourceConfig\n"
+        "from edge_agent.sources.factory import create_source\n"
+        "from edge_agent.sources.file_tail import FileSourceConfig\n"
+        f"source = create_source(FileSourceConfig(path={str(data)!r}))\n"
+        "source.start(threading.Event())\n"
+        "print(source.read(timeout=10).data.tolist(), 'cv2' in sys.modules, 'serial' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["[[1.0]]", "False", "False"]

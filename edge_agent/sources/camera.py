@@ -62,6 +62,7 @@ _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # How much longer than OpenCV's own timeout the watchdog waits before abandoning an attempt.
 _WATCHDOG_GRACE_S = 1.0
 _POLL_S = 0.1
+_RELEASE_WAIT_S = 2.0
 
 
 def camera_kind(url: str | int) -> CameraKind:
@@ -118,6 +119,7 @@ class CameraSource(Source):
         self._halt = threading.Event()  # set by close()
         self._thread: threading.Thread | None = None
         self._preopened: tuple[Any, Any] | None = None  # (capture, first image) of a file checked at start
+        self._attempt: _Attempt | None = None
 
     # -- Source interface -------------------------------------------------------------------------
 
@@ -155,6 +157,10 @@ class CameraSource(Source):
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if self._attempt is not None:
+            # let the reader release the device, so a reload can open it again at once; a read stuck in
+            # OpenCV cannot be interrupted, so do not wait for it forever
+            self._attempt.done.wait(_RELEASE_WAIT_S)
         if self._preopened is not None:  # started but the supervisor never took it
             self._preopened[0].release()
             self._preopened = None
@@ -242,7 +248,7 @@ class CameraSource(Source):
                 with self._cond:
                     self._reconnects += 1
             first = False
-            attempt = _Attempt()
+            attempt = self._attempt = _Attempt()
             preopened, self._preopened = self._preopened, None
             threading.Thread(
                 target=self._read_attempt,
