@@ -431,3 +431,76 @@ def test_missing_env_and_credential_name_the_field(outbox, monkeypatch) -> None:
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/nonexistent-creds")
     with pytest.raises(ConfigError, match=r"mqtt\.password_credential: credential 'pw' not found"):
         MqttPublisher(MqttConfig(username="a", password_credential="pw"), DEVICE, outbox)
+
+
+def test_login_required_but_none_configured(mosquitto, outbox, publishers) -> None:
+    broker = mosquitto(users={"agent": "s3cret"})
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert "refused the connection" in pub.last_error and "set mqtt.username" in pub.last_error
+    assert not pub.connected
+
+
+# -- lifecycle edges ---------------------------------------------------------------------------------------
+def test_stop_with_the_broker_unreachable_is_prompt_and_keeps_rows(outbox) -> None:
+    cfg = MqttConfig(port=free_port(), reconnect_min_s=5, reconnect_max_s=30)
+    pub = MqttPublisher(cfg, DEVICE, outbox)
+    pub.start()
+    for s in range(1, 6):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    assert pub.flush(timeout=0.3) is False
+    t0 = time.monotonic()
+    pub.stop(drain_timeout=0.5)
+    assert time.monotonic() - t0 < 5.0  # not stuck in paho's 5 s reconnect wait
+    assert outbox.depth() == 5 and not pub.connected
+
+
+def test_disconnect_callback_twice_then_recovery(mosquitto, subscriber, outbox, publishers) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    broker = mosquitto(persistent=True)
+    sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.connected, 10, "connect")
+    broker.stop(kill=False)
+    wait_until(lambda: not pub.connected, 10, "the disconnect")
+    rc = ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=0x80)
+    flags = mqtt.DisconnectFlags(is_disconnect_packet_from_server=False)
+    pub._client.on_disconnect(pub._client, None, flags, rc, None)  # as if paho reported it again
+    pub._client.on_disconnect(pub._client, None, flags, rc, None)
+    assert not pub.connected and "lost the connection" in (pub.last_error or "")
+    for s in range(1, 6):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+    broker.start()
+    assert pub.flush(timeout=15), pub.stats()
+    sub.wait_for(has_all(set(range(1, 6))), timeout=10)
+    assert pub.stats()["reconnects"] == 1
+
+
+def test_several_pipelines_publish_concurrently(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    names = [f"p{i}" for i in range(4)]
+
+    def produce(name: str) -> None:
+        counter = SeqCounter(outbox.path, name)
+        topic = pub.topic(name, "result")
+        for _ in range(300):
+            s = counter.next()
+            raw = result_payload(device=DEVICE, pipeline=name, seq=s, model_name="m", model_sha256=SHA,
+                                 fields={"values": {"t": 1.0}}, latency_ms=LAT)  # fmt: skip
+            pub.publish_result(topic, raw, qos=1)
+        counter.close()
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert pub.flush(timeout=20), pub.stats()
+    msgs = sub.wait_for(lambda m: len(m) >= 1 + 4 * 300, timeout=15)  # status + results
+    for name in names:
+        got = [json.loads(p)["seq"] for t, p, _ in msgs if t == f"edge/{DEVICE}/{name}/result"]
+        assert got == list(range(1, 301)), name  # per pipeline: complete and in seq order
