@@ -1,0 +1,297 @@
+"""scripts/bench: edge-agent end to end, next to the bare interpreter and to what users do without it.
+
+One run, one machine, same model and thread count, every measurement in its own child process:
+  limit      bench_limit.py: bare ai-edge-litert loop (set_tensor/invoke/get_tensor, preprocessed input)
+  pipeline   bench_pipeline.py: ``edge-agent run`` on a video file at full speed, QoS 1 via the outbox
+             to a private mosquitto (bench_broker.py), measured by a subscriber
+  keras      bench_keras.py: the same Keras model in TensorFlow (eager and tf.function)
+  tflite-rt  bench_limit.py: tflite-runtime on the same .tflite, when --tflite-runtime-python is given
+  sensor     bench_pipeline.py: a small dense model on windows of a CSV file source, QoS 1 via the outbox
+Limit and pipeline runs alternate, so that other load on the machine hits both alike; each number is the
+median over --runs. Models are made once into --work (no download). Output: a table, and --json FILE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from bench_broker import Broker
+from bench_pipeline import PipelineRun, run_daemon, write_config, write_sensor_csv
+from bench_report import (
+    IMAGE_MODELS,
+    WHAT_IS_MEASURED,
+    check_targets,
+    machine,
+    print_table,
+    summarize_model,
+    summarize_sensor,
+    versions,
+)
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent-bench"
+SENSOR_MODEL = "sensor_dense_int8"
+
+
+def say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def run_json(cmd: list[str], what: str, timeout: float, env: dict | None = None) -> dict:
+    """Run a worker; its last stdout line is JSON. Failures come back as {"error": ...}, never raise."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"{what}: no answer within {timeout:.0f} s"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": f"{what}: exit {done.returncode}: {(done.stdout + done.stderr).strip()[-600:]}"}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------------------- the parts
+
+
+def make_models(work: Path, which: list[str], frames: int) -> dict:
+    say(f"models: making or reusing {', '.join(which)} in {work}")
+    got = run_json(
+        [sys.executable, str(HERE / "bench_models.py"), "--out", str(work), "--frames", str(frames), *which],
+        "making models",
+        timeout=1800,
+    )
+    if "error" in got:
+        raise click.ClickException(got["error"])
+    return got
+
+
+def limit_run(
+    model: str, threads: int, seconds: float, python: str = sys.executable, runtime: str = "litert"
+) -> dict:
+    return run_json(
+        [
+            python,
+            str(HERE / "bench_limit.py"),
+            model,
+            "--runtime",
+            runtime,
+            "--threads",
+            str(threads),
+            "--seconds",
+            str(seconds),
+        ],
+        f"{runtime} loop on {Path(model).name}",
+        timeout=seconds * 10 + 120,
+    )
+
+
+def keras_run(keras_path: str, threads: int, seconds: float) -> dict:
+    return run_json(
+        [
+            sys.executable,
+            str(HERE / "bench_keras.py"),
+            keras_path,
+            "--threads",
+            str(threads),
+            "--seconds",
+            str(seconds),
+        ],
+        f"Keras in TensorFlow on {Path(keras_path).name}",
+        timeout=seconds * 20 + 300,
+    )
+
+
+def pipeline_run(work: Path, broker: Broker, name: str, model: str, video: str, threads: int) -> PipelineRun:
+    cfg = write_config(work, broker, name, {"type": "camera", "url": video}, Path(model), threads)
+    return run_daemon(work, broker, name, cfg, expect=None, timeout=600)
+
+
+def sensor_run(
+    work: Path, broker: Broker, model: str, csv: Path, window: int, hop: int, threads: int, expect: int
+) -> PipelineRun:
+    source = {"type": "file", "path": str(csv), "format": "csv"}
+    cfg = write_config(
+        work, broker, "sensor", source, Path(model), threads, window={"size": window, "hop": hop}
+    )
+    return run_daemon(work, broker, "sensor", cfg, expect=expect, timeout=600)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--quick", is_flag=True, help="Seconds, for CI's smoke run: digits + sensor only, 1 run, short loops."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_WORK,
+    show_default=True,
+    help="Cache of the models and videos (made once; nothing is downloaded).",
+)
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    help="Interpreter threads (litert, tflite-runtime, TF intra-op).",
+)
+@click.option("--runs", type=int, default=None, help="Runs per measurement (median); default 3, --quick 1.")
+@click.option("--seconds", type=float, default=None, help="Length of each bare loop; default 5, --quick 1.")
+@click.option(
+    "--models",
+    "only",
+    default=None,
+    help="Comma list of models (mobilenet_v2_int8,mobilenet_v2_float32,digits_int8).",
+)
+@click.option("--no-keras", is_flag=True, help="Skip Keras in TensorFlow (the slowest part).")
+@click.option("--no-sensor", is_flag=True, help="Skip the sensor case.")
+@click.option("--frames", default=1500, show_default=True, help="Frames of the 640x480 camera video.")
+@click.option(
+    "--sensor-windows", type=int, default=None, help="Windows in the sensor CSV; default 20000, --quick 3000."
+)
+@click.option(
+    "--tflite-runtime-python",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A python with tflite-runtime (numpy<2) to add the tflite-runtime row.",
+)
+def main(
+    quick: bool,
+    json_path: Path | None,
+    work: Path,
+    threads: int,
+    runs: int | None,
+    seconds: float | None,
+    only: str | None,
+    no_keras: bool,
+    no_sensor: bool,
+    frames: int,
+    sensor_windows: int | None,
+    tflite_runtime_python: str | None,
+) -> None:
+    """Measure edge-agent end to end next to the bare interpreter loop and Keras in TensorFlow."""
+    runs = runs or (1 if quick else 3)
+    seconds = seconds or (1.0 if quick else 5.0)
+    sensor_windows = sensor_windows or (3000 if quick else 20000)
+    keys = list(IMAGE_MODELS) if not quick else ["digits_int8"]
+    if only:
+        keys = [k.strip() for k in only.split(",") if k.strip()]
+        unknown = set(keys) - set(IMAGE_MODELS)
+        if unknown:
+            raise click.BadParameter(f"unknown model(s) {sorted(unknown)}; choose from {list(IMAGE_MODELS)}")
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    which = (
+        (["mobilenet", "camera"] if any(k.startswith("mobilenet") for k in keys) else [])
+        + (["digits"] if "digits_int8" in keys else [])
+        + ([] if no_sensor else ["sensor"])
+    )
+    made = make_models(work, which, frames)
+    video_of = {k: made["camera"]["video"] if k.startswith("mobilenet") else made[k]["video"] for k in keys}
+
+    scratch = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))
+    broker = Broker(scratch).start()
+    say(f"broker: private mosquitto on 127.0.0.1:{broker.port}; scratch {scratch}")
+    models: dict = {}
+    sensor: dict | None = None
+    try:
+        for key in keys:
+            limits, pipes, keras, tflrt = [], [], [], []
+            for i in range(runs):
+                say(f"{key}: run {i + 1}/{runs}: bare loop ({seconds:.0f} s)")
+                limits.append(limit_run(made[key]["tflite"], threads, seconds))
+                say(f"{key}: run {i + 1}/{runs}: edge-agent run on {Path(video_of[key]).name}")
+                pipes.append(
+                    pipeline_run(
+                        scratch, broker, key.replace("_", "-"), made[key]["tflite"], video_of[key], threads
+                    ).as_dict()
+                )
+                if tflite_runtime_python:
+                    say(f"{key}: run {i + 1}/{runs}: tflite-runtime loop")
+                    tflrt.append(
+                        limit_run(
+                            made[key]["tflite"], threads, seconds, tflite_runtime_python, "tflite-runtime"
+                        )
+                    )
+            keras_path = made[key].get("keras")
+            if keras_path and not no_keras:
+                same = next(
+                    (models[k]["runs"]["keras"] for k in models if made[k].get("keras") == keras_path), None
+                )
+                if same:  # int8 and float32 come from the same Keras model: measure it once
+                    keras = same
+                else:
+                    for i in range(runs):
+                        say(f"{key}: run {i + 1}/{runs}: Keras in TensorFlow")
+                        keras.append(keras_run(keras_path, threads, seconds * 2))
+            models[key] = summarize_model(key, limits, pipes, keras, tflrt)
+        if not no_sensor:
+            sensor = run_sensor(scratch, broker, made[SENSOR_MODEL], threads, runs, seconds, sensor_windows)
+    finally:
+        broker.stop()
+
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **machine(),
+        "threads": threads,
+        "runs": runs,
+        "quick": quick,
+        "loop_seconds": seconds,
+        "versions": versions(),
+        "models": models,
+        "sensor": sensor,
+        "what_is_measured": WHAT_IS_MEASURED,
+    }
+    if tflite_runtime_python:
+        report["versions"]["tflite-runtime"] = next(
+            (
+                r["runs"]["tflite_runtime"][0].get("version")
+                for r in models.values()
+                if r["runs"]["tflite_runtime"]
+            ),
+            None,
+        )
+    report["targets"] = check_targets(models, sensor)
+    report["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    print_table(report)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        say(f"\nJSON: {json_path}")
+    if not any(r["errors"] for r in models.values()) and not (sensor and sensor["errors"]):
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        say(f"logs kept in {scratch}")
+
+
+def run_sensor(
+    scratch: Path, broker: Broker, made: dict, threads: int, runs: int, seconds: float, windows: int
+) -> dict:
+    window, channels = made["window"], made["channels"]
+    hop = window // 2  # 50% overlap, the usual for activity windows
+    rows = window + hop * (windows - 1)
+    csv = scratch / f"sensor-{rows}.csv"
+    write_sensor_csv(csv, rows, channels)
+    limits, pipes = [], []
+    for i in range(runs):
+        say(f"sensor: run {i + 1}/{runs}: bare loop")
+        limits.append(limit_run(made["tflite"], threads, seconds))
+        say(f"sensor: run {i + 1}/{runs}: edge-agent run on {csv.name} ({windows} windows)")
+        pipes.append(
+            sensor_run(scratch, broker, made["tflite"], csv, window, hop, threads, windows).as_dict()
+        )
+    what = f"dense int8 model on {window}x{channels} windows (hop {hop}) of a CSV file source, no rate limit"
+    return summarize_sensor(what, windows, limits, pipes)
+
+
+if __name__ == "__main__":
+    main()

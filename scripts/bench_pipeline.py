@@ -1,0 +1,235 @@
+"""edge-agent end to end: ``edge-agent run CONFIG`` in a subprocess on a file source at full speed, every
+result published with QoS 1 through the outbox to a private mosquitto, measured from outside by a
+subscriber (receive times), by polling the daemon's peak RSS, and from the payloads' own fields.
+
+What is measured, exactly:
+- ``fps``: results received by the subscriber per second, steady state (the first ``WARMUP`` results,
+  which include the model's first invocations, are left out).
+- ``e2e``: frame capture -> subscriber receive. The payload's ``ts`` is the time the payload was built
+  (right after postprocessing; ISO 8601, milliseconds, truncated) and ``latency_ms.total`` is capture ->
+  end of postprocessing on the daemon's monotonic clock, so e2e = (receive - ts) + total. The truncation
+  makes each value up to 1 ms too high, never too low. mosquitto forwards a QoS 1 PUBLISH to subscribers
+  as it receives it and sends the daemon its PUBACK, so this is capture -> broker acknowledgement plus one
+  loopback hop to the subscriber. ``publish_ms`` is the (receive - ts) part alone: outbox, paho, broker.
+- ``stages_ms``: p50/p99 of each ``latency_ms`` stage the daemon reports in the payloads.
+- ``rss_mb``: the daemon's VmHWM (kernel's peak resident set), polled every 20 ms until it exits.
+- ``startup_s``: from just before ``Popen`` to the first result's receive time (interpreter start, imports,
+  config, model load, broker connect, first frame, first inference, first publish).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from bench_broker import Broker, Received, Recorder
+from bench_limit import percentile
+
+DEVICE = "bench"
+WARMUP = 10  # first results left out of the steady-state numbers (first invocations, connection set-up)
+
+
+@dataclass
+class PipelineRun:
+    name: str
+    exit_code: int | None
+    results: int
+    fps: float
+    e2e_p50_ms: float
+    e2e_p99_ms: float
+    stages_ms: dict[str, dict[str, float]]
+    rss_mb: float
+    startup_s: float
+    wall_s: float
+    stopped_by: str  # "itself" (finished its file) or "bench" (expected results received, or timeout)
+    last_stats: dict = field(default_factory=dict)  # the last stats payload the daemon published
+    error: str | None = None
+    source_frames: int | None = None  # frames/windows the source produced (from the stats payload)
+    skipped: int | None = None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def agent_command() -> list[str]:
+    exe = Path(sys.executable).with_name("edge-agent")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_agent.cli"]
+
+
+def write_config(
+    work: Path, broker: Broker, name: str, source: dict, model: Path, threads: int, window: dict | None = None
+) -> Path:
+    state = work / f"state-{name}"
+    if state.exists():  # a fresh outbox each run: nothing pending from an earlier one
+        for p in sorted(state.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+    pipeline: dict = {
+        "name": name,
+        "source": source,
+        "model": {"path": str(model), "num_threads": threads},
+        "publish": {"qos": 1, "policy": "every"},
+    }
+    if window:
+        pipeline["window"] = window
+    config = {
+        "device_id": DEVICE,
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "stats_interval_s": 1.0},
+        "state_dir": str(state),
+        "drain_timeout_s": 60,
+        "pipelines": [pipeline],
+    }
+    path = work / f"config-{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _ts_epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def run_daemon(
+    work: Path, broker: Broker, name: str, config: Path, *, expect: int | None, timeout: float
+) -> PipelineRun:
+    """Run the daemon until it ends by itself (its file source finished and the outbox drained), or until
+    ``expect`` results arrived and nothing more came for 3 s, or ``timeout``; then measure."""
+    record = work / f"received-{name}.txt"
+    recorder = Recorder(broker, [f"edge/{DEVICE}/{name}/result", f"edge/{DEVICE}/stats"], record).start()
+    log_path = work / f"agent-{name}.log"
+    env = dict(os.environ)
+    rss = 0.0
+    stopped_by = "itself"
+    with log_path.open("wb") as log:
+        t0 = time.time()
+        proc = subprocess.Popen(
+            [*agent_command(), "run", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        deadline = time.monotonic() + timeout
+        seen, seen_at = 0, time.monotonic()
+        next_count = time.monotonic() + 0.5
+        while proc.poll() is None:
+            hwm = _vm_hwm_mb(proc.pid)
+            if hwm is not None:
+                rss = max(rss, hwm)
+            now = time.monotonic()
+            if now >= next_count:  # results so far, from the recorder's file (cheap: count topic markers)
+                next_count = now + 0.5
+                count = record.read_bytes().count(b"/result ") if record.exists() else 0
+                if count != seen:
+                    seen, seen_at = count, now
+                if expect is not None and seen >= expect and now - seen_at > 3.0:
+                    stopped_by = "bench"
+                    proc.send_signal(signal.SIGTERM)
+            if now > deadline:
+                stopped_by = "bench (timeout)"
+                proc.send_signal(signal.SIGTERM)
+                deadline = now + 30
+                timeout = -1
+            time.sleep(0.02)
+        exit_code = proc.returncode
+    wall = time.time() - t0
+    records = recorder.stop()
+    return summarize(name, records, t0, rss, wall, exit_code, stopped_by, log_path)
+
+
+def summarize(
+    name: str,
+    records: list[Received],
+    t0: float,
+    rss: float,
+    wall: float,
+    exit_code: int | None,
+    stopped_by: str,
+    log_path: Path,
+) -> PipelineRun:
+    results = [r for r in records if r.topic.endswith("/result")]
+    stats = [r.payload for r in records if r.topic.endswith("/stats")]
+    error = None
+    if exit_code not in (0, None) or len(results) < 2:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        error = f"exit code {exit_code}, {len(results)} results; log tail:\n{tail}"
+    if len(results) < 2:
+        return PipelineRun(
+            name,
+            exit_code,
+            len(results),
+            0.0,
+            0.0,
+            0.0,
+            {},
+            rss,
+            0.0,
+            wall,
+            stopped_by,
+            stats[-1] if stats else {},
+            error,
+        )
+    results.sort(key=lambda r: r.recv_at)
+    k = min(WARMUP, len(results) // 10)
+    steady = results[k:]
+    span = steady[-1].recv_at - steady[0].recv_at
+    fps = (len(steady) - 1) / span if span > 0 else 0.0
+    publish = [(r.recv_at - _ts_epoch(r.payload["ts"])) * 1000 for r in steady if "ts" in r.payload]
+    e2e = [
+        (r.recv_at - _ts_epoch(r.payload["ts"])) * 1000 + float(r.payload["latency_ms"]["total"])
+        for r in steady
+        if "ts" in r.payload and "total" in (r.payload.get("latency_ms") or {})
+    ]
+    stages: dict[str, list[float]] = {}
+    for r in steady:
+        for stage, ms in (r.payload.get("latency_ms") or {}).items():
+            stages.setdefault(stage, []).append(float(ms))
+    if publish:
+        stages["publish"] = publish
+    stages_ms = {s: {"p50": percentile(v, 50), "p99": percentile(v, 99)} for s, v in stages.items()}
+    source = next(iter((stats[-1].get("pipelines") or {}).values()), {}) if stats else {}
+    return PipelineRun(
+        name=name,
+        exit_code=exit_code,
+        results=len(results),
+        fps=fps,
+        e2e_p50_ms=percentile(e2e, 50) if e2e else 0.0,
+        e2e_p99_ms=percentile(e2e, 99) if e2e else 0.0,
+        stages_ms=stages_ms,
+        rss_mb=rss,
+        startup_s=results[0].recv_at - t0,
+        wall_s=wall,
+        stopped_by=stopped_by,
+        last_stats=stats[-1] if stats else {},
+        error=error,
+        source_frames=source.get("frames"),
+        skipped=source.get("skipped"),
+    )
+
+
+def write_sensor_csv(path: Path, rows: int, channels: int) -> None:
+    """Accelerometer-like samples (ax, ay, az): a walk at 2 Hz with noise, as a CSV with a header."""
+    import numpy as np
+
+    if path.exists() and path.stat().st_size > 0:
+        return
+    t = np.arange(rows) / 100.0
+    rng = np.random.default_rng(1)
+    data = np.sin(2 * np.pi * 2.0 * t)[:, None] + rng.normal(0, 0.1, (rows, channels))
+    data[:, -1] += 1.0
+    names = ["ax", "ay", "az"][:channels] if channels <= 3 else [f"c{i}" for i in range(channels)]
+    tmp = path.with_suffix(".tmp")
+    np.savetxt(tmp, data, fmt="%.4f", delimiter=",", header=",".join(names), comments="")
+    tmp.rename(path)

@@ -1,0 +1,80 @@
+"""CI smoke run of the end-to-end benchmark: ``scripts/bench --quick --json F`` runs the real thing (bare
+loop, ``edge-agent run`` against a private mosquitto, Keras in TensorFlow, the sensor case) briefly, and
+its JSON has every key with sane values. No thresholds: a benchmark is not a test."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_KEYS = (
+    "limit_fps",
+    "pipeline_fps",
+    "pipeline_vs_limit",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "limit_p99_ms",
+    "keras_ms",
+    "keras_vs_pipeline",
+    "rss_mb",
+    "startup_s",
+)
+
+
+def positive(value: object) -> bool:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    work = request.config.cache.mkdir("edge-agent-bench")  # models made once, kept across sessions
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = dict(os.environ, EDGE_AGENT_PYTHON=sys.executable)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "--json", str(out), "--work", str(work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_quick_json_has_every_model_key_with_positive_values(quick_run: tuple[dict, str]) -> None:
+    report, _ = quick_run
+    row = report["models"]["digits_int8"]
+    bad = {k: row.get(k) for k in MODEL_KEYS if not positive(row.get(k))}
+    assert not bad, f"missing or not positive: {bad}; errors: {row.get('errors')}"
+    assert row["errors"] == []
+    assert row["pipeline_vs_limit"] == pytest.approx(row["pipeline_fps"] / row["limit_fps"])
+    assert row["e2e_p99_ms"] >= row["e2e_p50_ms"]
+    # the digits video is a replay: every frame is delivered, so every frame gives a published result
+    assert row["results"] == row["runs"]["pipeline"][0]["results"] > 10
+    assert set(row["stages_ms"]) >= {"invoke", "total", "publish"}
+
+
+@pytest.mark.slow
+def test_quick_json_has_the_sensor_case_and_the_run_context(quick_run: tuple[dict, str]) -> None:
+    report, stdout = quick_run
+    sensor = report["sensor"]
+    assert positive(sensor["sensor_results_per_s"]), sensor.get("errors")
+    assert 0 < sensor["results"] <= sensor["expected_results"]
+    assert sensor["errors"] == []
+    assert report["threads"] == 1 and report["cores"] >= 1 and report["cpu"]
+    assert report["date"].startswith("20")
+    versions = report["versions"]
+    assert versions.get("ai-edge-litert") and (versions.get("tensorflow-cpu") or versions.get("tensorflow"))
+    assert report["targets"], "the targets are checked and reported (never asserted)"
+    assert "targets:" in stdout and "digits_int8" in stdout
