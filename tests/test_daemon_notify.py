@@ -1,0 +1,70 @@
+"""sd_notify from a real ``edge-agent run``: READY=1, WATCHDOG=1 while the inference loop turns, silence
+when it is stuck (a test-only postprocessor plugin that blocks, installed through the real entry-point
+group), pings again once it moves, STOPPING=1 on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tests.daemon_harness import Agents, NotifySocket, install_stuck_plugin, write_config
+
+WATCHDOG_USEC = 1_000_000  # WatchdogSec=1: the daemon pings every 0.5 s
+
+
+def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8, test_video) -> None:
+    broker = mosquitto()
+    plugin_dir = install_stuck_plugin(tmp_path / "plugin")
+    block, marker = tmp_path / "block", tmp_path / "stuck-marker"
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        [
+            {
+                "name": "cam",
+                "source": {"type": "camera", "url": str(test_video), "loop": True, "fps": 20},
+                "model": {
+                    "path": str(color_int8.path),
+                    "postprocess": {"type": "stuck", "block_file": str(block), "marker": str(marker)},
+                },
+            }
+        ],
+        watchdog={"stall_after_s": 1.0},
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = {
+        "NOTIFY_SOCKET": str(notify.path),
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
+        "PYTHONPATH": str(plugin_dir),
+    }
+    try:
+        with Agents(tmp_path) as agents:
+            agent = agents.start(config, env)
+            notify.wait_for("READY=1", timeout=30)
+            assert any(line.startswith("STATUS=") for _, line in notify.received)
+            # running: pings keep coming (>= 3 in 3 s at one per 0.5 s)
+            pings = [t for t, line in notify.poll(3.0) if line == "WATCHDOG=1"]
+            assert len(pings) >= 3, notify.received
+
+            # stuck: the postprocessor blocks; after at most one ping already due, systemd hears nothing
+            block.touch()
+            while not marker.exists():
+                notify.poll(0.05)
+                assert agent.proc.poll() is None, agent.log()
+            stuck_at = time.monotonic()
+            window = notify.poll(3.0)
+            late = [t for t, line in window if line == "WATCHDOG=1" and t - stuck_at > 0.6]
+            assert late == [], f"watchdog pinged while the loop was stuck: {window}"
+            agent.wait_log("pipeline cam has made no progress", timeout=5)
+
+            # unstuck: pings resume
+            block.unlink()
+            resumed = notify.poll(3.0)
+            assert any(line == "WATCHDOG=1" for _, line in resumed), resumed
+
+            agent.send(signal.SIGTERM)
+            notify.wait_for("STOPPING=1", timeout=15)
+            assert agent.wait(30) == 0, agent.log()
+    finally:
+        notify.close()

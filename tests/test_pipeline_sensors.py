@@ -1,0 +1,149 @@
+"""Sensor pipelines end to end: IIO (a sysfs-shaped folder), a CSV file and a command's stdout, each through
+windowing, a real int8 regression model (known weights, so the answer is computed on paper), real mosquitto
+and a separate subscriber. Raw samples never appear in a payload."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.daemon_harness import Agents, results, write_config
+from tests.fixtures.broker import validate_payload
+from tests.fixtures.tflite_models import REGRESSION_BIAS, REGRESSION_KERNEL
+
+# regression_int8: y = x @ K + b on 6 inputs; a window of 2 samples x 3 channels, flattened sample-major.
+WINDOW = {"size": 2, "hop": 2}
+TOLERANCE = 0.08  # int8 rounding: ~1/255 per input (x3 summed, x0.5 for temperature) plus one output step
+
+
+def expected(window: np.ndarray) -> dict[str, float]:
+    y = window.reshape(1, 6) @ REGRESSION_KERNEL + REGRESSION_BIAS
+    return {"load": float(y[0, 0]), "temperature": float(y[0, 1])}
+
+
+def check_values(payload: dict, window: np.ndarray) -> None:
+    want = expected(window)
+    got = payload["values"]
+    for name, value in want.items():
+        assert abs(got[name] - value) < TOLERANCE, (name, got, want)
+
+
+def assert_no_raw_samples(messages: list[tuple[str, bytes, bool]], samples: np.ndarray) -> None:
+    """No payload carries the sample values themselves (as numbers in any field), and all are small."""
+    raw = {f"{v:.6g}" for v in samples.ravel() if v not in (0.0, 1.0)}
+    for topic, payload, _ in messages:
+        assert len(payload) < 4096, (topic, len(payload))
+        if topic.endswith("/result"):
+            obj = json.loads(payload)
+            numbers = {f"{v:.6g}" for v in _numbers(obj.get("values", {}))}
+            assert not numbers & raw, (topic, obj)
+
+
+def _numbers(obj: object) -> list[float]:
+    if isinstance(obj, dict):
+        return [n for v in obj.values() for n in _numbers(v)]
+    if isinstance(obj, list):
+        return [n for v in obj for n in _numbers(v)]
+    return [float(obj)] if isinstance(obj, int | float) and not isinstance(obj, bool) else []
+
+
+SAMPLES = np.array(
+    [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.9, 0.8, 0.7], [0.2, 0.2, 0.2], [0.5, 0.1, 0.3], [0.3, 0.9, 0.6]],
+    dtype=np.float32,
+)
+
+
+def run_to_end(
+    tmp_path: Path, broker, subscriber, model: Path, source: dict
+) -> list[tuple[str, bytes, bool]]:
+    sub = subscriber(broker, "edge/#")
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        [{"name": "sensor", "source": source, "window": WINDOW, "model": {"path": str(model)}}],
+    )
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        assert agent.wait(60) == 0, agent.log()
+    n = len(SAMPLES) // WINDOW["hop"]
+    return sub.wait_for(lambda m: len(results(m)) >= n and any(p == b"offline" for _, p, _ in m), timeout=10)
+
+
+def test_csv_file_source_to_results(tmp_path: Path, mosquitto, subscriber, regression_int8) -> None:
+    csv = tmp_path / "samples.csv"
+    csv.write_text("a,b,c\n" + "\n".join(",".join(f"{v:g}" for v in row) for row in SAMPLES) + "\n")
+    broker = mosquitto()
+    source = {"type": "file", "path": str(csv), "fields": ["a", "b", "c"]}
+    messages = run_to_end(tmp_path, broker, subscriber, regression_int8.path, source)
+    got = results(messages, "sensor")
+    assert [r["seq"] for r in got] == sorted({r["seq"] for r in got})  # strictly increasing, no duplicates
+    assert len(got) == 3
+    for r, start in zip(got, range(0, len(SAMPLES), 2), strict=True):
+        validate_payload(r, "result")
+        check_values(r, SAMPLES[start : start + 2])
+    assert_no_raw_samples(messages, SAMPLES)
+
+
+def test_command_source_to_results(tmp_path: Path, mosquitto, subscriber, regression_int8) -> None:
+    lines = "\\n".join(",".join(f"{v:g}" for v in row) for row in SAMPLES)
+    argv = [sys.executable, "-c", f"print('{lines}')"]
+    broker = mosquitto()
+    source = {"type": "command", "argv": argv, "restart": False}
+    messages = run_to_end(tmp_path, broker, subscriber, regression_int8.path, source)
+    got = results(messages, "sensor")
+    assert len(got) == 3
+    for r, start in zip(got, range(0, len(SAMPLES), 2), strict=True):
+        validate_payload(r, "result")
+        check_values(r, SAMPLES[start : start + 2])
+    assert_no_raw_samples(messages, SAMPLES)
+
+
+def make_iio_device(root: Path, raw: list[int], scale: float) -> Path:
+    """An IIO accelerometer as the kernel shows it in sysfs: name, in_accel_{x,y,z}_raw, shared scale."""
+    dev = root / "iio:device0"
+    dev.mkdir(parents=True)
+    (dev / "name").write_text("adxl345\n")
+    for axis, value in zip("xyz", raw, strict=True):
+        (dev / f"in_accel_{axis}_raw").write_text(f"{value}\n")
+    (dev / "in_accel_scale").write_text(f"{scale}\n")
+    return dev
+
+
+def test_iio_source_to_results_until_sigterm(tmp_path: Path, mosquitto, subscriber, regression_int8) -> None:
+    raw, scale = [100, 250, 400], 0.001  # 0.1, 0.25, 0.4 after scaling
+    make_iio_device(tmp_path / "iio", raw, scale)
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    source = {"type": "iio", "device": "adxl345", "channels": ["accel_x", "accel_y", "accel_z"],
+              "rate_hz": 50, "sysfs_root": str(tmp_path / "iio")}  # fmt: skip
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        [
+            {
+                "name": "vib",
+                "source": source,
+                "window": WINDOW,
+                "model": {"path": str(regression_int8.path)},
+                "publish": {"qos": 1},
+            }
+        ],
+    )
+    sample = np.array(raw, dtype=np.float32) * scale
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        sub.wait_for(lambda m: len(results(m, "vib")) >= 5, timeout=30)
+        agent.send(signal.SIGTERM)
+        assert agent.wait(30) == 0, agent.log()
+    messages = sub.wait_for(lambda m: any(p == b"offline" for _, p, _ in m), timeout=10)
+    got = results(messages, "vib")
+    seqs = [r["seq"] for r in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps, no duplicates within one run
+    for r in got:
+        validate_payload(r, "result")
+        check_values(r, np.stack([sample, sample]))
+    assert_no_raw_samples(messages, np.stack([sample]))
