@@ -504,3 +504,27 @@ def test_several_pipelines_publish_concurrently(mosquitto, subscriber, outbox, p
     for name in names:
         got = [json.loads(p)["seq"] for t, p, _ in msgs if t == f"edge/{DEVICE}/{name}/result"]
         assert got == list(range(1, 301)), name  # per pipeline: complete and in seq order
+
+
+def test_tls_insecure_skips_only_the_host_name_check(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto(tls=True, server_san="DNS:broker.elsewhere.example")  # cert does not name 127.0.0.1
+    strict = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: strict.last_error is not None, 10, "last_error")
+    assert "TLS handshake" in strict.last_error and not strict.connected
+    strict.stop(drain_timeout=0)
+    cfg = broker.mqtt_config(tls=TlsConfig(ca_file=broker.tls.ca_cert, insecure=True))
+    lax = start_publisher(cfg, outbox, publishers)
+    lax.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    assert lax.flush(timeout=10), lax.stats()
+
+
+def test_publish_result_many_batches_in_order(mosquitto, subscriber, outbox, publishers) -> None:
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub.publish_result_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, 101)])
+    wait_until(lambda: pub.connected, 10, "connect")  # QoS 0 is sent only while connected
+    pub.publish_result_many([(RESULT_TOPIC, payload(500), 0)])  # QoS 0 in a batch: sent, not stored
+    assert pub.flush(timeout=10), pub.stats()
+    sub.wait_for(has_all({*range(1, 101), 500}), timeout=10)
+    assert [s for s in seqs(sub) if s != 500] == list(range(1, 101))
