@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 from edge_agent.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -358,8 +358,8 @@ class Daemon:
         kind = "image" if p.source.type == "camera" else "samples"
         try:
             return ModelStages(model, kind, None)
-        except ConfigError as exc:
-            raise ConfigError(f"pipelines.{p.name}.model: {exc}") from None
+        except ModelError as exc:
+            raise ModelError(f"pipeline {p.name}: {exc}") from None
 
     def _make_pipeline(self, p: PipelineConfig, stages: Any, source: Any, seq: Any) -> Any:
         from edge_agent.pipeline import Pipeline

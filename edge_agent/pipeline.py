@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from edge_agent.config import PublishConfig
-from edge_agent.errors import ConfigError, DataError, EdgeAgentError
+from edge_agent.errors import DataError, EdgeAgentError, ModelError
 from edge_agent.publish.payloads import result_payload
 from edge_agent.sources.base import Frame, RateLimitedWarning, Source
 from edge_agent.stats import PipelineStats
@@ -94,17 +94,17 @@ class ModelStages:
         manifest = model.manifest
         if data_kind == "image":
             if spec.kind != "image":
-                raise ConfigError(
+                raise ModelError(
                     f"model {model.path}: its input is a tensor {spec.shape}, but the source is a camera; "
                     "use a sensor source, or set model.input_kind: image (with model.preprocess)"
                 )
             if manifest.preprocess is None:
-                raise ConfigError(f"model {model.path}: an image input needs a 'preprocess' section")
+                raise ModelError(f"model {model.path}: an image input needs a 'preprocess' section")
             self.image_pre: Any = ImagePreprocessor(spec, manifest.preprocess)
             self.tensor_pre: Any = None
         else:
             if spec.kind == "image":
-                raise ConfigError(
+                raise ModelError(
                     f"model {model.path}: its input is an image {spec.shape}, but the source gives sensor "
                     "samples; use a camera source, or set model.input_kind: tensor"
                 )

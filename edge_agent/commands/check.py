@@ -53,6 +53,7 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
     """Load every model through the runtime; returns (summary lines, problems)."""
+    from edge_agent.pipeline import ModelStages
     from edge_agent.runtime import load_model
 
     lines: list[str] = []
@@ -62,6 +63,12 @@ def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
             model = load_model(p.model)
         except (ModelError, DependencyError) as exc:
             problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
+            continue
+        try:
+            ModelStages(model, "image" if p.source.type == "camera" else "samples")
+        except (ModelError, ConfigError) as exc:
+            problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
+            model.close()
             continue
         try:
             m = model.manifest

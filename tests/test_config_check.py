@@ -1,0 +1,118 @@
+"""``edge-agent check`` and ``edge-agent run`` start-up errors as a user sees them: the exit code and
+one clear message on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from edge_agent.errors import ConfigError, ModelError, SourceError
+
+
+def edge_agent(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def base(model: Path, video: Path | str) -> dict:
+    return {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [
+            {"name": "cam", "source": {"type": "camera", "url": str(video)}, "model": {"path": str(model)}}
+        ],
+    }
+
+
+def test_check_ok_prints_summary_and_loads_models(tmp_path: Path, color_int8, test_video) -> None:
+    proc = edge_agent("check", str(write(tmp_path, base(color_int8.path, test_video))), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK: device 'checkdev'" in proc.stdout
+    assert "cam: camera" in proc.stdout and "edge/checkdev/cam/result (qos 1, every)" in proc.stdout
+    assert "input [1, 32, 32, 3] int8 on litert" in proc.stdout
+    assert "models: OK" in proc.stdout
+
+
+def test_check_lists_every_config_error_and_exits_2(tmp_path: Path, color_int8, test_video) -> None:
+    cfg = base(color_int8.path, test_video)
+    cfg["pipelines"][0]["publish"] = {"qos": 3, "policy": "often"}
+    cfg["mqtt"]["port"] = 0
+    cfg["pipelines"][0]["source"]["fsp"] = 10
+    proc = edge_agent("check", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    for line in (
+        "pipelines[0].publish.qos: input should be 0, 1 or 2 (got 3)",
+        "pipelines[0].publish.policy: input should be 'every', 'on_change' or 'interval' (got 'often')",
+        "mqtt.port: input should be greater than or equal to 1 (got 0)",
+        "pipelines[0].source.fsp: unknown key; did you mean 'fps'?",
+    ):
+        assert line in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_missing_files_exit_2(tmp_path: Path, color_int8) -> None:
+    cfg = base(color_int8.path, tmp_path / "nope.mp4")
+    cfg["mqtt"] |= {"username": "u", "password_file": "missing-password"}
+    proc = edge_agent("check", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    assert f"pipelines[0].source.url: video file {tmp_path / 'nope.mp4'} does not exist" in proc.stderr
+    assert "mqtt.password_file" in proc.stderr and "missing-password does not exist" in proc.stderr
+
+
+def test_check_yaml_error_and_missing_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipelines:\n  - name: [x\n")
+    proc = edge_agent("check", str(bad), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code and "YAML syntax error at line" in proc.stderr
+    proc = edge_agent("check", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code and "none.yaml: config file not found" in proc.stderr
+
+
+def test_check_corrupt_model_exit_3(tmp_path: Path, color_int8, test_video) -> None:
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"\x00" * 64)
+    proc = edge_agent("check", str(write(tmp_path, base(broken, test_video))), cwd=tmp_path)
+    assert proc.returncode == ModelError.exit_code, proc.stderr
+    assert "pipelines[0].model" in proc.stderr and "broken.tflite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # --no-models: only that the file is there
+    assert edge_agent("check", "--no-models", str(tmp_path / "config.yaml"), cwd=tmp_path).returncode == 0
+
+
+def test_check_model_that_does_not_fit_the_source(tmp_path: Path, regression_int8, test_video) -> None:
+    """A tensor model behind a camera: found by check, not at the first frame."""
+    proc = edge_agent("check", str(write(tmp_path, base(regression_int8.path, test_video))), cwd=tmp_path)
+    assert proc.returncode == ModelError.exit_code, proc.stdout + proc.stderr
+    assert "but the source is a camera" in proc.stderr
+
+
+def test_run_startup_errors_are_one_line(tmp_path: Path, color_int8, test_video) -> None:
+    # a video file that does not exist
+    proc = edge_agent("run", str(write(tmp_path, base(color_int8.path, tmp_path / "gone.avi"))), cwd=tmp_path)
+    assert proc.returncode == SourceError.exit_code, proc.stderr
+    assert "gone.avi" in proc.stderr and "Traceback" not in proc.stderr
+    # a corrupt model
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"TFL3" * 8)
+    proc = edge_agent("run", str(write(tmp_path, base(broken, test_video))), cwd=tmp_path)
+    assert proc.returncode == ModelError.exit_code, proc.stderr
+    assert "broken.tflite" in proc.stderr and "Traceback" not in proc.stderr
+    # a bad config
+    proc = edge_agent("run", str(write(tmp_path, {"pipelines": []})), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    assert "pipelines: list should have at least 1 item" in proc.stderr and "Traceback" not in proc.stderr
