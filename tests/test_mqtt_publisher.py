@@ -528,3 +528,30 @@ def test_publish_result_many_batches_in_order(mosquitto, subscriber, outbox, pub
     assert pub.flush(timeout=10), pub.stats()
     sub.wait_for(has_all({*range(1, 101), 500}), timeout=10)
     assert [s for s in seqs(sub) if s != 500] == list(range(1, 101))
+
+
+def test_mqtt5_respects_the_brokers_receive_maximum(mosquitto, subscriber, outbox, publishers) -> None:
+    """A v5 broker announcing Receive Maximum 10 would drop a client with 256 unacknowledged messages."""
+    broker = mosquitto(extra_config=("max_inflight_messages 10",))
+    sub = subscriber(broker, RESULT_TOPIC)
+    outbox.append_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, 2001)])
+    pub = start_publisher(broker.mqtt_config(protocol="5", max_inflight=256), outbox, publishers)
+    peak = 0
+    deadline = time.monotonic() + 30
+    while outbox.depth() > 0 and time.monotonic() < deadline:
+        peak = max(peak, pub.stats()["inflight"])
+        time.sleep(0.001)
+    assert pub.flush(timeout=10), pub.stats()
+    assert 0 < peak <= 8
+    assert pub.stats()["reconnects"] == 0
+    sub.wait_for(lambda m: len(m) >= 2000, timeout=10)
+    assert seqs(sub) == list(range(1, 2001))
+
+
+def test_invalid_topic_is_refused_before_the_outbox(outbox) -> None:
+    from edge_agent.errors import DataError
+
+    pub = MqttPublisher(MqttConfig(), DEVICE, outbox)
+    with pytest.raises(DataError, match=r"topic 'edge/\+/result'"):
+        pub.publish_result("edge/+/result", b"{}", qos=1)
+    assert outbox.depth() == 0

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, DataError
 from edge_agent.publish.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -321,8 +321,16 @@ class MqttPublisher:
         return True
 
     # -- publishing ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_topic(topic: str) -> None:
+        # Checked before the outbox: a row paho can never send would block every result behind it.
+        if not topic or "+" in topic or "#" in topic or len(topic.encode()) > 65535:
+            raise DataError(f"cannot publish to topic {topic!r}: MQTT topic names must be non-empty, "
+                            "without '+' or '#'; check the pipeline's publish.topic")  # fmt: skip
+
     def publish_result(self, topic: str, payload: bytes, qos: int) -> None:
         """QoS >= 1: durable (outbox first, sent in order by the sender thread). QoS 0: sent now, or lost."""
+        self._check_topic(topic)
         if qos <= 0:
             self.publish_now(topic, payload, 0)
             return
@@ -335,6 +343,8 @@ class MqttPublisher:
 
     def publish_result_many(self, items: list[tuple[str, bytes, int]]) -> None:
         """Several results in one outbox transaction (sensor pipelines producing bursts)."""
+        for topic, _, _ in items:
+            self._check_topic(topic)
         durable = [item for item in items if item[2] > 0]
         for topic, payload, qos in items:
             if qos <= 0:
@@ -348,6 +358,7 @@ class MqttPublisher:
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Best effort (stats, status): sent only while connected, never stored. True when handed to paho."""
+        self._check_topic(topic)
         if not self._connected:
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -398,7 +409,16 @@ class MqttPublisher:
         # The outbox, not paho's memory, is the source of truth: drop paho's resend queue and replay pending
         # rows from the outbox in id order (otherwise every in-flight message would go out twice).
         client.drop_out_messages()
+        # MQTT 5: never have more unacknowledged messages than the broker's Receive Maximum (it would close
+        # the connection); keep room for the retained status messages.
+        receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        window = (
+            self.cfg.max_inflight
+            if receive_max is None
+            else max(1, min(self.cfg.max_inflight, receive_max - 2))
+        )
         with self._cond:
+            self._window = window
             self._inflight.clear()
             self._inflight_rows = 0
             self._early.clear()
@@ -492,7 +512,12 @@ class MqttPublisher:
                     return
                 continue
             if send:
-                self._send(gen, cursor, appends, min(room, _SEND_BATCH))
+                try:
+                    self._send(gen, cursor, appends, min(room, _SEND_BATCH))
+                except Exception as exc:  # keep the thread alive whatever happens; say so and retry
+                    log.exception("sending results failed")
+                    self._set_error(f"sending results failed: {exc}")
+                    time.sleep(1.0)
 
     def _ack(self, acks: list[int]) -> None:
         try:
