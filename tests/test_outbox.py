@@ -64,8 +64,8 @@ def test_ids_never_reused_after_full_drain(db: Path) -> None:
         assert ob.append("t", b"c", 1) > max(first)
 
 
-def test_count_bound_drops_oldest_and_counts(db: Path) -> None:
-    with Outbox(db, max_messages=10) as ob:
+def test_count_bound_drops_oldest_and_counts(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="edge_agent.publish.outbox"), Outbox(db, max_messages=10) as ob:
         ids = [ob.append("t", str(i).encode(), 1) for i in range(25)]
         assert ob.depth() == 10
         assert ob.dropped == 15
@@ -75,6 +75,8 @@ def test_count_bound_drops_oldest_and_counts(db: Path) -> None:
         assert [m.id for m in ob.pending(limit=100)] == more[-10:]
         assert ob.dropped == 45
         assert ob.stats() == {"depth": 10, "bytes": 10, "dropped": 45}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "is full (max_messages=10" in warnings[0]  # once, not per dropped row
     with Outbox(db, max_messages=10) as ob:  # the drop count is persisted
         assert ob.dropped == 45
         assert ob.depth() == 10

@@ -10,6 +10,7 @@ The same database holds the per-pipeline seq reservations (``SeqCounter``).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from edge_agent.errors import ConfigError
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGES = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEQ_BLOCK = 1000
@@ -126,8 +128,22 @@ class Outbox:
                 conn.execute("ROLLBACK")
                 raise
             self._depth, self._bytes = depth, size
-            self._dropped += dropped
+            if dropped:
+                self._warn_dropped(dropped)
             return ids
+
+    def _warn_dropped(self, dropped: int) -> None:
+        before = self._dropped
+        self._dropped += dropped
+        if before == 0 or before // 1000 != self._dropped // 1000:  # first drop, then every 1,000th
+            log.warning(
+                "outbox %s is full (max_messages=%d, max_bytes=%d): dropped the oldest results, %d so far; "
+                "is the broker reachable? raise outbox.max_messages/max_bytes to keep more",
+                self.path,
+                self.max_messages,
+                self.max_bytes,
+                self._dropped,
+            )
 
     def _drop_oldest(
         self, cur: sqlite3.Cursor, depth: int, size: int, keep_from: int
