@@ -1,0 +1,182 @@
+"""The daemon (a real ``edge-agent run`` subprocess) under the failures it is built for: the broker gone for
+10 s, the daemon SIGKILLed and restarted, a wrong broker password, a corrupt model on SIGHUP. Results go
+through the durable outbox (QoS 1) to real mosquitto and a separate subscriber."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tests.daemon_harness import Agents, NotifySocket, results, stats, write_config
+from tests.fixtures.broker import validate_payload
+
+FPS = 15
+
+
+def camera_pipeline(model: Path, video: Path, **extra) -> dict:
+    return {"name": "cam", "source": {"type": "camera", "url": str(video), "loop": True, "fps": FPS},
+            "model": {"path": str(model)}, "publish": {"qos": 1}, **extra}  # fmt: skip
+
+
+def outbox_seqs(state_dir: Path) -> set[int]:
+    """Seqs of the results still in the outbox (read-only, as the daemon left it)."""
+    db = state_dir / "outbox.sqlite3"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return {json.loads(bytes(p))["seq"] for (p,) in rows}
+
+
+def seq_copies(messages) -> dict[int, set[bytes]]:
+    copies: dict[int, set[bytes]] = defaultdict(set)
+    for topic, payload, _ in messages:
+        if topic.endswith("/result"):
+            copies[json.loads(payload)["seq"]].add(payload)
+    return copies
+
+
+def test_broker_down_10s_every_seq_arrives(
+    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+) -> None:
+    broker = mosquitto(persistent=True)
+    sub = subscriber(broker, "edge/testdev/#", client_id="outage-sub", clean_session=False)
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, test_video)])
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        before = len(sub.wait_for(lambda m: len(results(m)) >= FPS, timeout=30))
+        broker.stop()  # kill -9: an outage, not a clean shutdown
+        time.sleep(10)  # the outage itself (the scenario), not an assertion
+        assert agent.proc.poll() is None, agent.log()
+        depth = len(outbox_seqs(tmp_path / "state"))
+        assert depth >= FPS * 5, f"only {depth} results queued during a 10 s outage at {FPS} fps"
+        broker.start()
+        sub.wait_for(lambda m: len(results(m)) >= before + depth + FPS, timeout=60)
+        assert agent.stop() == 0, agent.log()
+    final = stats(sub.wait_for(lambda m: any(p == b"offline" for _, p, _ in m), timeout=10))[-1]
+    published = final["pipelines"]["cam"]["published"]
+    copies = seq_copies(sub.snapshot())
+    missing = set(range(1, published + 1)) - copies.keys()
+    assert not missing, f"{len(missing)} of {published} seqs never arrived: {sorted(missing)[:20]}"
+    assert max(copies) == published
+    assert all(len(c) == 1 for c in copies.values()), "a duplicate differs from the original"
+    assert final["outbox"]["depth"] == 0 or outbox_seqs(tmp_path / "state") == set()
+    assert final["mqtt"]["reconnects"] >= 1
+    for obj in results(sub.snapshot())[:50]:
+        validate_payload(obj, "result")
+
+
+def test_sigkill_and_restart_lose_nothing(
+    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+) -> None:
+    broker = mosquitto(persistent=True)
+    sub = subscriber(broker, "edge/testdev/#", client_id="crash-sub", clean_session=False)
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, test_video)])
+    with Agents(tmp_path) as agents:
+        # run 1: connected, then SIGKILL -> the broker publishes the Last Will
+        run1 = agents.start(config)
+        sub.wait_for(lambda m: len(results(m)) >= 20, timeout=30)
+        run1.kill()
+        sub.wait_for(lambda m: any(t.endswith("/status") and p == b"offline" for t, p, _ in m), timeout=15)
+        pending1 = outbox_seqs(state)
+        received1 = set(seq_copies(sub.snapshot()))
+
+        # run 2: broker down, results pile up in the outbox, SIGKILL again
+        broker.stop()
+        run2 = agents.start(config)
+        deadline = time.monotonic() + 30
+        while len(outbox_seqs(state) - pending1) < 20:
+            assert time.monotonic() < deadline, run2.log()
+            assert run2.proc.poll() is None, run2.log()
+            time.sleep(0.1)
+        run2.kill()
+        pending2 = outbox_seqs(state)
+        assert pending2 >= pending1 and len(pending2) >= 20
+
+        # run 3: broker back; everything appended before either crash must arrive
+        broker.start()
+        run3 = agents.start(config)
+        sub.wait_for(lambda m: pending2 <= set(seq_copies(m)), timeout=60)
+        assert run3.stop() == 0, run3.log()
+
+    copies = seq_copies(sub.snapshot())
+    run1_seqs = received1 | pending1
+    assert set(range(1, max(run1_seqs) + 1)) <= copies.keys(), "a result of run 1 was lost"
+    assert pending2 <= copies.keys()
+    assert min(pending2 - pending1) > max(run1_seqs)  # seqs only grow across restarts (no reuse)
+    assert all(len(c) == 1 for c in copies.values())
+    assert outbox_seqs(state) == set()
+
+
+def test_wrong_password_is_reported_and_retried(
+    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+) -> None:
+    broker = mosquitto(users={"agent": "right", "watcher": "watch"})
+    sub = subscriber(broker, "edge/#", username="watcher", password="watch")
+    (tmp_path / "pw").write_text("wrong\n")
+    config = write_config(
+        tmp_path / "config.yaml",
+        broker,
+        [camera_pipeline(color_int8.path, test_video)],
+        mqtt={"username": "agent", "password_file": str(tmp_path / "pw")},
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        with Agents(tmp_path) as agents:
+            agent = agents.start(config, {"NOTIFY_SOCKET": str(notify.path)})
+            agent.wait_log("refused the connection", timeout=20)
+            log = agent.log()
+            assert "password" in log.lower() or "not authori" in log.lower(), log
+            assert "Traceback" not in log
+            notify.wait_for("READY=1", timeout=20)
+            deadline = time.monotonic() + 10
+            while not any(s.startswith("STATUS=") and "refused" in s for _, s in notify.received):
+                assert time.monotonic() < deadline, notify.received
+                notify.poll(0.2)
+            # it keeps trying: the broker sees repeated refused logins
+            deadline = time.monotonic() + 15
+            while broker.log_tail(200).count("not authorised") < 3:
+                assert time.monotonic() < deadline, broker.log_tail()
+                assert agent.proc.poll() is None, agent.log()
+                time.sleep(0.2)
+            # the admin fixes the broker side: the next retry gets in, queued results arrive
+            assert results(sub.snapshot()) == []
+            broker.set_users({"agent": "wrong", "watcher": "watch"})
+            got = sub.wait_for(lambda m: len(results(m)) >= 10, timeout=30)
+            assert results(got)[0]["seq"] == 1  # results from before the login were kept, not dropped
+            assert agent.stop() == 0
+    finally:
+        notify.close()
+
+
+def test_corrupt_model_on_sighup_keeps_the_old_one(
+    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+) -> None:
+    model = tmp_path / "model" / "color.tflite"
+    model.parent.mkdir()
+    shutil.copy(color_int8.path, model)
+    manifest = json.loads(color_int8.manifest_path.read_text())
+    manifest["model_file"] = model.name
+    model.with_suffix(".json").write_text(json.dumps(manifest))
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(model, test_video)])
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        first = results(sub.wait_for(lambda m: len(results(m)) >= 5, timeout=30))
+        model.write_bytes(b"TFL3" + b"\x00" * 100)  # a broken copy lands on the device
+        agent.send(signal.SIGHUP)
+        log = agent.wait_log("keeps its old model", timeout=20)
+        assert "color.tflite" in log
+        after = len(results(sub.snapshot()))
+        later = results(sub.wait_for(lambda m: len(results(m)) >= after + 10, timeout=30))[after:]
+        assert {r["model"]["sha256"] for r in later} == {first[0]["model"]["sha256"]}
+        assert agent.proc.poll() is None
+        assert agent.stop() == 0, agent.log()
