@@ -313,6 +313,8 @@ class CameraSource(Source):
             attempt.opened = True
             attempt.progress = time.monotonic()
             with self._cond:
+                if attempt.abandoned.is_set():  # the watchdog gave up on this open meanwhile
+                    return
                 self._connected = True
             log.info("camera %s: opened", self._label)
             cap = self._read_frames(cap, first_image, attempt)
