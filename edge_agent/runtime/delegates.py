@@ -46,4 +46,5 @@ def load_edgetpu(api: RuntimeApi, device: str | None = None, library: str = EDGE
         return DelegateLoad(api.load_delegate(library, options), None)
     except (ValueError, OSError, RuntimeError) as exc:
         where = f" device {device}" if device else ""
-        return DelegateLoad(None, f"Edge TPU{where} not usable ({exc}); is the accelerator plugged in?")
+        detail = " ".join(str(exc).split())  # the runtime's message spans lines
+        return DelegateLoad(None, f"Edge TPU{where} not usable ({detail}); is the accelerator plugged in?")

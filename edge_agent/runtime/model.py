@@ -123,7 +123,7 @@ def _open_interpreter(api: RuntimeApi, path: Path, num_threads: int, delegates: 
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(
-            f"{path}: the {api.name} runtime cannot load it ({str(exc).strip()}); "
+            f"{path}: the {api.name} runtime cannot load it ({str(exc).strip() or type(exc).__name__}); "
             "the file is damaged or needs ops this runtime lacks"
         ) from None
     return interpreter
@@ -189,7 +189,17 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
                     path.suffix,
                 )
 
-    interpreter = _open_interpreter(api, run_path, num_threads, delegates)
+    try:
+        interpreter = _open_interpreter(api, run_path, num_threads, delegates)
+    except ModelError as exc:
+        if not delegates:
+            raise
+        # The delegate loaded but could not take this model (e.g. dynamic shapes): the CPU model still runs.
+        delegate_name, delegates = None, []
+        delegate_error = f"Edge TPU delegate rejected {run_path.name}: {exc}"
+        log.warning("%s: running on the CPU: %s", path.name, delegate_error)
+        run_path = path
+        interpreter = _open_interpreter(api, run_path, num_threads, delegates)
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     if manifest is None:
