@@ -102,14 +102,32 @@ def quantize(work: Path, keras_model: Path) -> Path:
         say(f"[2/5] Reusing the int8 model: {tflite}")
         evaluation = json.loads(manifest.read_text()).get("evaluation") or {}
         if evaluation:
-            click.echo("      from its manifest: " + ", ".join(f"{k}={v}" for k, v in evaluation.items()
-                                                             if not isinstance(v, (dict, list))))
+            click.echo(
+                "      from its manifest: "
+                + ", ".join(f"{k}={v}" for k, v in evaluation.items() if not isinstance(v, (dict, list)))
+            )
         return tflite
     say("[2/5] Quantizing to full-integer int8 with edge-convert (calibration + accuracy gate)")
     cmd = [
-        str(Path(sys.executable).with_name("edge-convert")), "quantize", str(keras_model), "-o", str(tflite),
-        "--calib", str(work / "train.npz"), "--eval", str(work / "test.npz"), "--labels", str(work / "labels.txt"),
-        "--color", "gray", "--resize", "stretch", "--scale", repr(1 / 255), "--max-accuracy-drop", "1.0",
+        str(Path(sys.executable).with_name("edge-convert")),
+        "quantize",
+        str(keras_model),
+        "-o",
+        str(tflite),
+        "--calib",
+        str(work / "train.npz"),
+        "--eval",
+        str(work / "test.npz"),
+        "--labels",
+        str(work / "labels.txt"),
+        "--color",
+        "gray",
+        "--resize",
+        "stretch",
+        "--scale",
+        repr(1 / 255),
+        "--max-accuracy-drop",
+        "1.0",
     ]
     click.echo("      $ edge-convert " + " ".join(cmd[1:]).replace(str(work) + "/", ""))
     done = subprocess.run(cmd, check=False)
@@ -118,21 +136,20 @@ def quantize(work: Path, keras_model: Path) -> Path:
     return tflite
 
 
-def render(work: Path, frames: int) -> tuple[Path, list[int]]:
+def render(work: Path, frames: int) -> tuple[Path, list[str]]:
+    import numpy as np
+
     from converter import examples
 
     video = work / f"digits-{frames}.avi"
-    truth_file = video.with_suffix(".truth.json")
+    truth_file = video.with_suffix(".labels.txt")
     if video.exists() and truth_file.exists():
         say(f"[3/5] Reusing the demo video: {video.name} ({frames} held-out digits)")
-        return video, json.loads(truth_file.read_text())
+        return video, truth_file.read_text().split()
     say(f"[3/5] Rendering {frames} held-out digits into a video with known ground truth")
-    _, (x_test, y_test) = examples.load_digits_split()
-    reps = -(-frames // len(x_test))
-    images = __import__("numpy").concatenate([x_test] * reps)[:frames]
-    truth = [int(v) for v in (list(y_test) * reps)[:frames]]
-    examples.render_digits_video(video, images, fps=30)
-    truth_file.write_text(json.dumps(truth))
+    split = examples.load_digits_split()
+    index = np.arange(frames) % len(split.x_test)
+    truth = examples.render_digits_video(video, split.x_test[index], fps=30, labels=split.y_test[index])
     return video, truth
 
 
@@ -160,7 +177,9 @@ def write_config(work: Path, tflite: Path, video: Path, host: str, port: int, fp
     return path
 
 
-def watch(config: Path, truth: list[int], host: str, port: int, work: Path, timeout: float) -> tuple[int, int]:
+def watch(
+    config: Path, truth: list[str], host: str, port: int, work: Path, timeout: float
+) -> tuple[int, int]:
     """Start the daemon, subscribe like any client, print results live; return (results, correct)."""
     import paho.mqtt.client as mqtt
 
@@ -175,7 +194,8 @@ def watch(config: Path, truth: list[int], host: str, port: int, work: Path, time
     agent_cmd = [str(Path(sys.executable).with_name("edge-agent")), "run", str(config)]
     click.echo(f"      $ edge-agent run {config.name}    (log: {log_path})")
     click.echo(f"      subscribed to edge/{DEVICE_ID}/# on {host}:{port}\n")
-    click.echo(f"      {'seq':>5} {'frame':>5} {'truth':>5} {'model':>5} {'score':>6}        {'accuracy':>16} {'latency':>9}")
+    header = ("seq", "frame", "truth", "model", "score")
+    click.echo("      " + " ".join(f"{h:>5}" for h in header) + f"{'accuracy':>23} {'latency':>9}")
     with log_path.open("wb") as log:
         agent = subprocess.Popen(agent_cmd, stdout=log, stderr=subprocess.STDOUT)
     seen: dict[int, bool] = {}
@@ -200,14 +220,16 @@ def watch(config: Path, truth: list[int], host: str, port: int, work: Path, time
             seq, frame = result["seq"], result.get("frame")
             if seq in seen or frame is None or frame >= len(truth):
                 continue  # QoS 1 may deliver a result twice, with the same seq
-            ok = str(truth[frame]) == str(result.get("label"))
+            ok = truth[frame] == str(result.get("label"))
             seen[seq] = ok
             correct += ok
             n = len(seen)
+            label, score = result.get("label"), result.get("score", 0.0)
+            mark = click.style(" ok " if ok else "MISS", fg="green" if ok else "red")
+            latency = result.get("latency_ms", {}).get("total", 0.0)
             click.echo(
-                f"      {seq:>5} {frame:>5} {truth[frame]:>5} {result.get('label')!s:>5} {result.get('score', 0):>6.2f} "
-                f"{click.style(' ok ' if ok else 'MISS', fg='green' if ok else 'red')}  "
-                f"{100 * correct / n:>6.1f}% ({correct}/{n}) {result.get('latency_ms', {}).get('total', 0):>7.2f} ms"
+                f"      {seq:>5} {frame:>5} {truth[frame]:>5} {label!s:>5} {score:>6.2f} {mark}  "
+                f"{100 * correct / n:>6.1f}% ({correct}/{n}) {latency:>7.2f} ms"
             )
         else:
             click.echo("      timed out waiting for the daemon; stopping it")
@@ -228,14 +250,36 @@ def watch(config: Path, truth: list[int], host: str, port: int, work: Path, time
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="60 frames instead of 300 (CI smoke run).")
-@click.option("--frames", type=click.IntRange(1, 100_000), default=None, help="How many held-out digits to show.")
-@click.option("--fps", type=float, default=30.0, show_default=True, help="Replay speed of the video (0: as fast as possible).")
-@click.option("--broker", default=os.environ.get("EDGE_AGENT_DEMO_BROKER", "127.0.0.1:1883"), show_default=True,
-              help="MQTT broker HOST:PORT; a private mosquitto is started there when none answers.")
-@click.option("--work", type=click.Path(path_type=Path), default=ROOT / "demo-out", show_default=True,
-              help="Where models, video and state go (reused by the next run).")
-@click.option("--min-accuracy", type=float, default=0.85, show_default=True,
-              help="Exit non-zero when the running accuracy ends below this.")
+@click.option(
+    "--frames", type=click.IntRange(1, 100_000), default=None, help="How many held-out digits to show."
+)
+@click.option(
+    "--fps",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Replay speed of the video (0: as fast as possible).",
+)
+@click.option(
+    "--broker",
+    default=os.environ.get("EDGE_AGENT_DEMO_BROKER", "127.0.0.1:1883"),
+    show_default=True,
+    help="MQTT broker HOST:PORT; a private mosquitto is started there when none answers.",
+)
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=ROOT / "demo-out",
+    show_default=True,
+    help="Where models, video and state go (reused by the next run).",
+)
+@click.option(
+    "--min-accuracy",
+    type=float,
+    default=0.85,
+    show_default=True,
+    help="Exit non-zero when the running accuracy ends below this.",
+)
 def main(quick: bool, frames: int | None, fps: float, broker: str, work: Path, min_accuracy: float) -> None:
     """Train, quantize, and run a digits model end to end, showing the results arriving over MQTT."""
     started = time.monotonic()
@@ -257,7 +301,9 @@ def main(quick: bool, frames: int | None, fps: float, broker: str, work: Path, m
     else:
         say(f"[4/5] No broker answers at {host}:{port}: starting a private mosquitto there")
         if host not in ("127.0.0.1", "localhost"):
-            raise click.ClickException(f"no broker at {host}:{port}, and a private one can only run on 127.0.0.1")
+            raise click.ClickException(
+                f"no broker at {host}:{port}, and a private one can only run on 127.0.0.1"
+            )
         private = PrivateBroker(work, port)
         private.start()
     try:
@@ -270,8 +316,10 @@ def main(quick: bool, frames: int | None, fps: float, broker: str, work: Path, m
             private.stop()
     accuracy = correct / results if results else 0.0
     click.echo()
-    say(f"Done in {time.monotonic() - started:.1f} s: {results} results arrived over MQTT for {frames} frames, "
-        f"accuracy {100 * accuracy:.1f}% against the ground truth.")
+    say(
+        f"Done in {time.monotonic() - started:.1f} s: {results} results arrived over MQTT "
+        f"for {frames} frames, accuracy {100 * accuracy:.1f}% against the ground truth."
+    )
     click.echo(f"Model, video, config and logs are in {work}; run again to reuse them.")
     if results == 0:
         raise click.ClickException("no results arrived; see the edge-agent log above")
