@@ -262,3 +262,12 @@ def test_sensor_sources_do_not_import_opencv(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["[[1.0]]", "False", "False"]
+
+
+def test_rtsp_stream_is_read(open_source, ffmpeg_stream, monkeypatch) -> None:
+    stream = ffmpeg_stream("rtsp")
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;udp")  # what this server speaks
+    source = open_source(stream.url, **FAST)
+    numbers = read_numbers(source, 5)
+    assert all(0 <= n < 100 for n in numbers)
+    assert source.stats["connected"] is True
