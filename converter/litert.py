@@ -97,7 +97,8 @@ class LiteModel:
         """Operator name -> count, in first-seen order."""
         counts: dict[str, int] = {}
         for op in self.interpreter._get_ops_details():  # the only op listing the interpreter offers
-            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+            if op["op_name"] != "DELEGATE":  # XNNPACK nodes added at allocation, not the model's own
+                counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
         return counts
 
     def run(self, sample: np.ndarray) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ class FloatModel:
     output_names: list[str]
     keras_model: Any = None  # keras.Model for .keras/.h5
     signature: Any = None  # concrete serving function for a SavedModel
-    _saved_model: Any = field(default=None, repr=False)  # keeps the signature's variables alive
+    saved_model: Any = field(default=None, repr=False)  # owns the signature's variables
 
     @property
     def name(self) -> str:
@@ -186,7 +186,7 @@ def _load_saved_model(tf: Any, path: Path) -> FloatModel:
         output_shapes=[tuple(fn.structured_outputs[n].shape.as_list()) for n in names],
         output_names=names,
         signature=fn,
-        _saved_model=loaded,
+        saved_model=loaded,
     )
 
 

@@ -23,6 +23,7 @@ IoType = Literal["int8", "uint8", "int16", "float32"]
 MODES: tuple[str, ...] = ("int8", "float16", "dynamic", "int16x8", "float32")
 NEEDS_CALIBRATION = {"int8", "int16x8"}
 # Input/output types each mode can have; the first is the default.
+VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 IO_TYPES: dict[str, tuple[str, ...]] = {
     "int8": ("int8", "uint8", "float32"),
     "int16x8": ("int16", "float32"),
@@ -46,10 +47,18 @@ def resolve_io_type(mode: str, io_type: str | None) -> str:
     return io_type
 
 
-def _make_converter(tf: Any, model: FloatModel) -> Any:
+def _converter_factories(tf: Any, model: FloatModel) -> list[Callable[[], Any]]:
+    """Ways to build a converter for ``model``, tried in order.
+
+    A SavedModel goes through ``from_saved_model`` first (the only path for Keras 2 SavedModels); some
+    SavedModels written by ``tf.saved_model.save`` keep resource variables that calibration cannot read
+    there, and convert through their serving function instead."""
     if model.keras_model is not None:
-        return tf.lite.TFLiteConverter.from_keras_model(model.keras_model)
-    return tf.lite.TFLiteConverter.from_saved_model(str(model.path))
+        return [lambda: tf.lite.TFLiteConverter.from_keras_model(model.keras_model)]
+    return [
+        lambda: tf.lite.TFLiteConverter.from_saved_model(str(model.path)),
+        lambda: tf.lite.TFLiteConverter.from_concrete_functions([model.signature], model.saved_model),
+    ]
 
 
 def _representative(samples: np.ndarray, progress: TextIO | None) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -121,17 +130,34 @@ def convert(
     if mode in NEEDS_CALIBRATION and samples is None:
         raise ConfigError(f"--mode {mode} needs calibration data (--calib)")
     tf = import_tensorflow()
-    with captured_fds() as capture:
-        try:
-            conv = _make_converter(tf, model)
-            SETUP[mode](tf, conv, io_type, samples, progress or capture.stderr)
-            result = conv.convert()
-            error = None
-        except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
-            result, error = None, exc
-    if error is not None:
-        raise _explain(model, mode, error, capture.text) from None
-    return bytes(result)
+    first_error: tuple[BaseException, str] | None = None
+    for factory in _converter_factories(tf, model):
+        with captured_fds() as capture:
+            try:
+                conv = factory()
+                SETUP[mode](tf, conv, io_type, samples, progress or capture.stderr)
+                result = conv.convert()
+            except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+                result = None
+                error = exc
+        if result is not None and not _reads_variables(bytes(result)):
+            return bytes(result)
+        if result is not None:
+            error = RuntimeError(
+                "the converted model still reads variables (READ_VARIABLE ops): weights not frozen"
+            )
+        if first_error is None:
+            first_error = (error, capture.text)
+    assert first_error is not None
+    raise _explain(model, mode, *first_error) from None
+
+
+def _reads_variables(model: bytes) -> bool:
+    """A SavedModel whose variables were not frozen converts "successfully" into a model that reads
+    uninitialised variables and outputs garbage; its ops give it away."""
+    from converter.litert import LiteModel
+
+    return any(op in VARIABLE_OPS for op in LiteModel(model).ops())
 
 
 def _explain(model: FloatModel, mode: str, exc: BaseException, captured: str) -> ModelError:

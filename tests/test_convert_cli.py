@@ -1,0 +1,445 @@
+"""edge-convert end to end: real Keras models, real TensorFlow conversion, results run on ai-edge-litert.
+
+Every conversion goes through the CLI in a child process, as a user runs it. Converted models are
+shared through session fixtures so each mode is converted once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edge_agent.manifest import SCHEMA_FILE, load_manifest
+from tests.fixtures.digits import ConvertRun, DigitsData, run_edge_convert
+
+pytestmark = pytest.mark.slow
+
+TF_NOISE = (
+    "Saved artifact",
+    "I0000",
+    "W0000",
+    "oneDNN",
+    "XNNPACK",
+    "absl",
+    "Statistics for quantized",
+    "WARNING",
+)
+
+
+def validate_manifest(path: Path) -> dict:
+    manifest = json.loads(path.read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(manifest)
+    load_manifest(path)  # the device's reader: schema model + sha256 of the model file
+    return manifest
+
+
+def assert_clean(proc, *, ok: bool = True) -> None:
+    """No traceback and none of TensorFlow's chatter in what the user sees."""
+    for text in (proc.stdout, proc.stderr):
+        assert "Traceback" not in text
+        for noise in TF_NOISE:
+            assert noise not in text, f"{noise!r} leaked into the output:\n{text}"
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+
+
+def litert_accuracy(tflite: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Accuracy of a .tflite on ai-edge-litert, fed by the manifest's own quantization parameters."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    manifest = json.loads(tflite.with_suffix(".json").read_text())
+    spec_in, spec_out = manifest["inputs"][0], manifest["outputs"][0]
+    interpreter = Interpreter(model_path=str(tflite))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert spec_in["dtype"] == np.dtype(inp["dtype"]).name and spec_in["shape"] == inp["shape"].tolist()
+    predictions = []
+    for sample in x:
+        value = sample[None]
+        if spec_in.get("quantization"):
+            q = spec_in["quantization"]
+            info = np.iinfo(inp["dtype"])
+            value = np.clip(np.rint(value / q["scale"]) + q["zero_point"], info.min, info.max)
+        interpreter.set_tensor(inp["index"], value.astype(inp["dtype"]))
+        interpreter.invoke()
+        raw = interpreter.get_tensor(out["index"])[0].astype(np.float64)
+        if spec_out.get("quantization"):
+            raw = (raw - spec_out["quantization"]["zero_point"]) * spec_out["quantization"]["scale"]
+        predictions.append(raw)
+    predictions = np.array(predictions)
+    return float(np.mean(predictions.argmax(axis=1) == y)), predictions
+
+
+@pytest.fixture(scope="session")
+def digits_test_arrays(digits_split: DigitsData) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(digits_split.test) as data:
+        return data["x"], data["y"]
+
+
+@pytest.fixture(scope="session")
+def float_accuracy(digits_keras: Path, digits_test_arrays) -> tuple[float, np.ndarray]:
+    import keras
+
+    model = keras.models.load_model(digits_keras, compile=False)
+    x, y = digits_test_arrays
+    probabilities = np.asarray(model.predict(x, verbose=0))
+    return float(np.mean(probabilities.argmax(axis=1) == y)), probabilities.argmax(axis=1)
+
+
+# -------------------------------------------------------------------------------- the done-when command
+
+
+def test_int8_meets_targets(digits_int8_run: ConvertRun, digits_test_arrays, float_accuracy):
+    """The README's command: int8 <= 30% of the float32 TFLite, agreement >= 99%, drop <= 1 point."""
+    assert_clean(
+        type("P", (), {"stdout": digits_int8_run.stdout, "stderr": digits_int8_run.stderr, "returncode": 0})
+    )
+    manifest = validate_manifest(digits_int8_run.manifest)
+    assert manifest["mode"] == "int8" and manifest["task"] == "classification"
+    assert manifest["labels"] == [str(d) for d in range(10)]
+    assert manifest["inputs"][0]["dtype"] == "int8" and manifest["inputs"][0]["kind"] == "image"
+    assert manifest["outputs"][0]["role"] == "probabilities"
+    assert manifest["preprocess"]["color"] == "gray" and manifest["preprocess"]["resize"] == "stretch"
+    assert manifest["preprocess"]["scale"] == pytest.approx(1 / 255)
+    ev = manifest["evaluation"]
+    assert ev["size_ratio"] <= 0.30
+    assert ev["top1_agreement"] >= 0.99 and ev["accuracy_drop_points"] <= 1.0
+    assert manifest["calibration"]["samples"] == 300
+    assert manifest["converter"]["tensorflow"].startswith("2.")
+
+    # the printed summary states the ratio and the accuracies the manifest holds
+    out = digits_int8_run.stdout
+    ratio = float(re.search(r"([\d.]+)% of float32", out).group(1))
+    assert ratio == pytest.approx(ev["size_ratio"] * 100, abs=0.1)
+    assert f"{ev['top1_agreement'] * 100:.2f}%" in out and "latency" in out
+
+    # independent check on ai-edge-litert: accuracy and agreement with the Keras model
+    x, y = digits_test_arrays
+    quant_acc, probs = litert_accuracy(digits_int8_run.tflite, x, y)
+    float_acc, float_top = float_accuracy
+    assert quant_acc == pytest.approx(ev["accuracy_quantized"], abs=1e-6)
+    assert np.mean(probs.argmax(axis=1) == float_top) >= 0.99
+    assert float_acc - quant_acc <= 0.01
+    assert float_acc >= 0.93
+
+
+# -------------------------------------------------------------------------------- every mode
+
+
+@pytest.mark.parametrize(
+    ("mode", "io", "input_dtype"),
+    [
+        ("float32", None, "float32"),
+        ("float16", None, "float32"),
+        ("dynamic", None, "float32"),
+        ("int16x8", None, "int16"),
+        ("int8", "uint8", "uint8"),
+        ("int8", "float32", "float32"),
+    ],
+)
+def test_every_mode_runs_on_litert(
+    mode, io, input_dtype, digits_keras, digits_split, digits_test_arrays, float_accuracy, tmp_path
+):
+    out = tmp_path / f"digits-{mode}.tflite"
+    args = ["quantize", digits_keras, "-o", out, "--mode", mode, "--labels", digits_split.labels]
+    args += ["--calib", digits_split.train, "--eval", digits_split.test, "--calib-samples", "100"]
+    if io:
+        args += ["--io", io]
+    proc = run_edge_convert(*args)
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert manifest["mode"] == mode and manifest["inputs"][0]["dtype"] == input_dtype
+    assert ("quantization" in manifest["inputs"][0]) == (input_dtype != "float32")
+    x, y = digits_test_arrays
+    accuracy, probs = litert_accuracy(out, x, y)
+    assert float_accuracy[0] - accuracy <= 0.01
+    assert np.mean(probs.argmax(axis=1) == float_accuracy[1]) >= 0.99
+
+
+def test_calibration_modes_refuse_without_data_and_random_warns(digits_keras, tmp_path):
+    out = tmp_path / "m.tflite"
+    proc = run_edge_convert("quantize", digits_keras, "-o", out)
+    assert_clean(proc, ok=False)
+    assert (
+        proc.returncode == 2 and "needs calibration data" in proc.stderr and "--calib random" in proc.stderr
+    )
+    assert not out.exists()
+
+    proc = run_edge_convert("quantize", digits_keras, "-o", out, "--mode", "int16x8", "--calib", "random")
+    assert_clean(proc)
+    assert "accuracy of this model is unknown" in proc.stderr
+    assert validate_manifest(out.with_suffix(".json"))["calibration"]["format"] == "random"
+
+
+# -------------------------------------------------------------------------------- quality gate
+
+
+def test_quality_gate_failure_keeps_files_and_marks_manifest(digits_keras, digits_split, tmp_path):
+    out = tmp_path / "gated.tflite"
+    proc = run_edge_convert(
+        "quantize", digits_keras, "-o", out, "--calib", digits_split.train, "--calib-samples", "100",
+        "--eval", digits_split.test, "--max-accuracy-drop", "-1",
+    )  # fmt: skip
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 8
+    assert "quality gate failed" in proc.stderr and "allowed -1" in proc.stderr
+    assert "FAILED" in proc.stdout
+    assert out.is_file()
+    gate = validate_manifest(out.with_suffix(".json"))["evaluation"]["gate"]
+    assert gate == {"max_accuracy_drop_points": -1.0, "accuracy_drop_points": gate["accuracy_drop_points"],
+                    "passed": False}  # fmt: skip
+
+    proc = run_edge_convert(
+        "quantize", digits_keras, "-o", out, "--calib", digits_split.train, "--calib-samples", "100",
+        "--eval", digits_split.test, "--max-accuracy-drop", "1",
+    )  # fmt: skip
+    assert_clean(proc)
+    assert validate_manifest(out.with_suffix(".json"))["evaluation"]["gate"]["passed"] is True
+
+
+# -------------------------------------------------------------------------------- other model formats
+
+
+@pytest.fixture(scope="session")
+def digits_saved_models(digits_keras: Path, tmp_path_factory) -> dict[str, Path]:
+    """The digits model as SavedModel directories, the two ways users make them with TensorFlow 2."""
+    import keras
+    import tensorflow as tf
+
+    base = tmp_path_factory.mktemp("saved")
+    model = keras.models.load_model(digits_keras, compile=False)
+    model.export(base / "export", verbose=False)
+    tf.saved_model.save(model, str(base / "tf_saved"))
+    model.save(base / "digits.h5")
+    return {"export": base / "export", "tf_saved": base / "tf_saved", "h5": base / "digits.h5"}
+
+
+@pytest.mark.parametrize("kind", ["export", "tf_saved", "h5"])
+def test_saved_model_and_h5_convert(
+    kind, digits_saved_models, digits_split, digits_test_arrays, float_accuracy, tmp_path
+):
+    out = tmp_path / f"{kind}.tflite"
+    proc = run_edge_convert(
+        "quantize", digits_saved_models[kind], "-o", out, "--calib", digits_split.train,
+        "--calib-samples", "100", "--eval", digits_split.test, "--labels", digits_split.labels,
+    )  # fmt: skip
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert manifest["outputs"][0]["role"] == "probabilities"  # from the outputs summing to 1 for SavedModels
+    assert manifest["evaluation"]["top1_agreement"] >= 0.99
+    x, y = digits_test_arrays
+    accuracy, _ = litert_accuracy(out, x, y)
+    assert float_accuracy[0] - accuracy <= 0.01
+
+
+def test_image_folder_calibration_and_evaluation(digits_keras, digits_split, tmp_path):
+    """Calibrate and evaluate from image files, preprocessed by the device's own preprocessing."""
+    import cv2
+
+    from converter.examples import digit_frame
+
+    for name, folder in (("train", "calib"), ("test", "eval")):
+        with np.load(getattr(digits_split, name)) as data:
+            for i, (x, y) in enumerate(zip(data["x"][:200], data["y"][:200], strict=True)):
+                (tmp_path / folder / str(y)).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(tmp_path / folder / str(y) / f"{i}.png"), digit_frame(x))
+    (tmp_path / "calib" / "notes.txt").write_text("not an image: skipped")
+    out = tmp_path / "img.tflite"
+    proc = run_edge_convert(
+        "quantize", digits_keras, "-o", out, "--calib", tmp_path / "calib", "--scale", "1/255",
+        "--eval", tmp_path / "eval", "--labels", digits_split.labels,
+    )  # fmt: skip
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert manifest["calibration"]["format"] == "images" and manifest["calibration"]["samples"] == 200
+    assert manifest["calibration"]["min"] >= 0.0 and manifest["calibration"]["max"] <= 1.0
+    assert manifest["evaluation"]["samples"] == 200
+    assert manifest["evaluation"]["top1_agreement"] >= 0.99
+    assert manifest["evaluation"]["accuracy_drop_points"] <= 1.0
+
+
+# -------------------------------------------------------------------------------- output roles
+
+
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory) -> dict[str, Path]:
+    """Tensor-input models for the non-image tasks: logits, regression, autoencoder, and an LSTM."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    base = tmp_path_factory.mktemp("small")
+    inp = keras.Input((6,))
+    keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inp))).save(
+        base / "logits.keras"
+    )
+    keras.Model(inp, keras.layers.Dense(2)(inp)).save(base / "regression.keras")
+    hidden = keras.layers.Dense(3, activation="relu")(inp)
+    keras.Model(inp, keras.layers.Dense(6)(hidden)).save(base / "autoencoder.keras")
+    seq = keras.Input((10, 3))
+    keras.Model(seq, keras.layers.Dense(2)(keras.layers.LSTM(4)(seq))).save(base / "lstm.keras")
+    rng = np.random.default_rng(0)
+    np.save(base / "rows.npy", rng.standard_normal((60, 6)).astype(np.float32))
+    np.savetxt(
+        base / "rows.csv", rng.standard_normal((60, 6)), delimiter=",", header="a,b,c,d,e,f", comments=""
+    )
+    np.save(base / "seq.npy", rng.standard_normal((30, 10, 3)).astype(np.float32))
+    y = rng.integers(0, 3, 60)
+    np.savez(base / "labelled.npz", x=rng.standard_normal((60, 6)).astype(np.float32), y=y)
+    return {p.stem if p.suffix == ".keras" else p.name: p for p in base.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "calib", "extra", "roles"),
+    [
+        ("logits", "classification", "rows.npy", [], ["logits"]),
+        ("logits", "classification", "rows.npy", ["--output-role", "0=probabilities"], ["probabilities"]),
+        ("regression", "regression", "rows.csv", [], ["values"]),
+        ("autoencoder", "anomaly", "rows.npy", ["--postprocess", "threshold=0.25"], ["reconstruction"]),
+    ],
+)
+def test_output_roles(model, task, calib, extra, roles, small_models, tmp_path):
+    out = tmp_path / "m.tflite"
+    proc = run_edge_convert(
+        "quantize", small_models[model], "-o", out, "--task", task, "--calib", small_models[calib], *extra
+    )
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert [o["role"] for o in manifest["outputs"]] == roles
+    assert manifest["inputs"][0]["kind"] == "tensor" and manifest["inputs"][0]["layout"] == "NC"
+    assert "preprocess" not in manifest
+    if task == "anomaly":
+        assert manifest["postprocess"] == {"threshold": 0.25}
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "expected"),
+    [
+        ("not_a_model", 3, ["notes.keras", "not a Keras model"]),
+        ("lstm", 3, ["lstm", "unroll=True"]),
+        ("calib_shape", 4, ["calibration data", "seq.npy", "(10, 3)", "(None, 8, 8, 1)"]),
+        ("eval_shape", 4, ["evaluation data", "labelled.npz", "(6)", "(None, 8, 8, 1)"]),
+        ("label_count", 2, ["9 labels", "10 classes"]),
+        ("eval_classes", 4, ["class indices range", "10 classes"]),
+        ("out_missing_dir", 2, ["does not exist"]),
+        ("out_parent_is_file", 2, ["not a directory"]),
+        ("out_not_tflite", 2, ["must end in .tflite"]),
+        ("io_for_float_mode", 2, ["--io int8 is not possible with --mode float16"]),
+        ("gate_without_eval", 2, ["--max-accuracy-drop needs --eval"]),
+    ],
+)
+def test_bad_input_one_clear_line(case, code, expected, digits_keras, digits_split, small_models, tmp_path):
+    out = tmp_path / "out.tflite"
+    model, calib = digits_keras, digits_split.train
+    extra: list = []
+    if case == "not_a_model":
+        model = tmp_path / "notes.keras"
+        model.write_text("these are my notes, not a model\n")
+    elif case == "lstm":
+        model, calib, extra = small_models["lstm"], small_models["seq.npy"], ["--task", "regression"]
+    elif case == "calib_shape":
+        calib = small_models["seq.npy"]
+    elif case == "eval_shape":
+        extra = ["--eval", small_models["labelled.npz"]]
+    elif case == "label_count":
+        labels = tmp_path / "labels.txt"
+        labels.write_text("\n".join(str(d) for d in range(9)) + "\n")
+        extra = ["--labels", labels]
+    elif case == "eval_classes":
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, x=np.zeros((4, 8, 8, 1), np.float32), y=np.array([0, 1, 2, 12]))
+        extra = ["--eval", bad]
+    elif case == "out_missing_dir":
+        out = tmp_path / "no" / "such" / "dir" / "out.tflite"
+    elif case == "out_parent_is_file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "out.tflite"
+    elif case == "out_not_tflite":
+        out = tmp_path / "out.json"
+    elif case == "io_for_float_mode":
+        extra = ["--mode", "float16", "--io", "int8"]
+    elif case == "gate_without_eval":
+        extra = ["--max-accuracy-drop", "1"]
+    proc = run_edge_convert("quantize", model, "-o", out, "--calib", calib, *extra)
+    assert_clean(proc, ok=False)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    error_lines = [line for line in lines if line.startswith("edge-convert: error:")]
+    assert len(error_lines) == 1, proc.stderr
+    for text in expected:
+        assert text in error_lines[0], error_lines[0]
+    assert (
+        sorted(p.name for p in tmp_path.rglob("*") if p.suffix in (".tflite", ".json") and "out" in p.name)
+        == []
+    )
+
+
+# -------------------------------------------------------------------------------- evaluate and inspect
+
+
+def test_evaluate_command(digits_keras, digits_int8, digits_split, tmp_path):
+    report = tmp_path / "eval.json"
+    proc = run_edge_convert(
+        "evaluate", digits_keras, digits_int8, "--data", digits_split.test, "--json", report
+    )
+    assert_clean(proc)
+    result = json.loads(report.read_text())
+    assert result["samples"] == 450 and result["top1_agreement"] >= 0.99
+    assert 0 <= result["accuracy_drop_points"] <= 1.0
+    assert result["size_bytes"]["tflite"] == digits_int8.stat().st_size
+    assert result["size_bytes"]["float_model"] == digits_keras.stat().st_size
+    assert result["latency_ms"]["tflite"] > 0 and result["latency_ms"]["float_model"] > 0
+    assert 0 < result["output_mean_abs_diff"] <= result["output_max_abs_diff"] < 0.5
+    for row in ("accuracy", "top-1 agreement", "output diff max", "file size", "latency (median)"):
+        assert row in proc.stdout
+    manifest = json.loads(digits_int8.with_suffix(".json").read_text())
+    assert result["accuracy_quantized"] == manifest["evaluation"]["accuracy_quantized"]
+
+
+def test_inspect_command(digits_int8, tmp_path):
+    report = tmp_path / "inspect.json"
+    proc = run_edge_convert("inspect", digits_int8, "--json", report)
+    assert_clean(proc)
+    info = json.loads(report.read_text())
+    assert info["runs_on_litert"] is True and info["problems"] == []
+    assert info["manifest_checks"] == {"schema": True, "sha256": True, "inputs": True, "outputs": True}
+    assert (
+        info["ops"]["CONV_2D"] == 2 and info["ops"]["FULLY_CONNECTED"] == 2 and "DELEGATE" not in info["ops"]
+    )
+    assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["quantization"]["zero_point"] == -128
+    assert "CONV_2D" in proc.stdout and "sha256 ok" in proc.stdout
+
+    # a manifest that no longer matches its model is reported and fails the command
+    copy = tmp_path / "copy.tflite"
+    copy.write_bytes(digits_int8.read_bytes())
+    manifest = json.loads(digits_int8.with_suffix(".json").read_text())
+    manifest["sha256"] = "0" * 64
+    manifest["inputs"][0]["shape"] = [1, 28, 28, 1]
+    copy.with_suffix(".json").write_text(json.dumps(manifest))
+    proc = run_edge_convert("inspect", copy)
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 3
+    assert "sha256 does not match" in proc.stderr and "inputs differ" in proc.stderr
+    assert "sha256 MISMATCH" in proc.stdout
+
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\0" * 64)
+    proc = run_edge_convert("inspect", garbage)
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 3 and "not a TFLite model" in proc.stderr
+
+
+def test_verbose_shows_tensorflow_output(digits_keras, tmp_path):
+    """The quiet default is real filtering: with --verbose TensorFlow's own lines come through."""
+    out = tmp_path / "v.tflite"
+    proc = run_edge_convert("--verbose", "quantize", digits_keras, "-o", out, "--mode", "float32")
+    assert proc.returncode == 0, proc.stderr
+    assert "Saved artifact" in proc.stdout + proc.stderr

@@ -1,0 +1,172 @@
+"""Fast tests of the converter's pure parts (no TensorFlow): data loading and shape checks, option
+parsing, output safety, quantization arithmetic, the digits video contract with the device's preprocessor."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter import calibration as cal
+from converter.cli import infer_scaling, parse_number
+from converter.examples import DIGITS_PREPROCESS, digit_frame, load_digits_split, render_digits_video
+from converter.litert import Tensor
+from converter.loading import detect_kind
+from converter.output import check_writable, write_files
+from converter.report import table
+from edge_agent.errors import ConfigError, DataError, ModelError
+from edge_agent.manifest import InputSpec, Preprocess
+
+DIGITS_INPUT = (None, 8, 8, 1)
+
+
+def test_fit_to_input_accepts_matching_missing_channel_and_flat_rows():
+    x = np.zeros((5, 8, 8, 1))
+    assert cal.fit_to_input(x, DIGITS_INPUT, "a", "data").shape == (5, 8, 8, 1)
+    assert cal.fit_to_input(np.zeros((5, 8, 8)), DIGITS_INPUT, "a", "data").shape == (5, 8, 8, 1)
+    assert cal.fit_to_input(np.zeros((5, 64)), DIGITS_INPUT, "a", "data").shape == (5, 8, 8, 1)
+    assert cal.fit_to_input(x, DIGITS_INPUT, "a", "data").dtype == np.float32
+
+
+def test_fit_to_input_names_both_shapes():
+    with pytest.raises(DataError) as err:
+        cal.fit_to_input(np.zeros((5, 28, 28, 1)), DIGITS_INPUT, "big.npy", "calibration data")
+    message = str(err.value)
+    assert "big.npy" in message and "(28, 28, 1)" in message and "(None, 8, 8, 1)" in message
+
+
+def test_calibration_csv_with_header_and_subset(tmp_path: Path):
+    csv = tmp_path / "rows.csv"
+    rows = "\n".join(",".join(str(i + j) for j in range(6)) for i in range(20))
+    csv.write_text("a,b,c,d,e,f\n" + rows + "\n")
+    samples = cal.load_calibration(csv, (None, 3, 2), limit=7, preprocess=None, seed=1)
+    assert samples.x.shape == (7, 3, 2)
+    assert samples.summary["format"] == "csv" and samples.summary["samples"] == 7
+    assert len({float(r[0, 0]) for r in samples.x}) == 7  # distinct rows, no repeats
+
+
+def test_calibration_npz_without_x_and_nan(tmp_path: Path):
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
+    with pytest.raises(DataError, match="no array named 'x'"):
+        cal.load_calibration(tmp_path / "two.npz", (None, 2), 10, None)
+    np.save(tmp_path / "nan.npy", np.full((3, 2), np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match="NaN"):
+        cal.load_calibration(tmp_path / "nan.npy", (None, 2), 10, None)
+
+
+def test_labelled_npz_one_hot_and_length_mismatch(tmp_path: Path):
+    y = np.eye(3)[[0, 2, 1, 1]]
+    np.savez(tmp_path / "e.npz", x=np.zeros((4, 2)), y=y)
+    data = cal.load_labelled(tmp_path / "e.npz", (None, 2), None, None)
+    assert data.y.tolist() == [0, 2, 1, 1]
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 2)), y=np.zeros(3))
+    with pytest.raises(DataError, match="x has 4 samples but y has 3"):
+        cal.load_labelled(tmp_path / "bad.npz", (None, 2), None, None)
+
+
+def test_random_calibration_follows_preprocess_range():
+    pre = Preprocess(color="gray", scale=1 / 255)
+    samples = cal.random_calibration(DIGITS_INPUT, 50, pre)
+    assert samples.x.shape == (50, 8, 8, 1)
+    assert samples.x.min() >= 0.0 and samples.x.max() <= 1.0
+
+
+def test_parse_number_and_infer_scaling():
+    assert parse_number("1/255", "--scale") == pytest.approx(1 / 255)
+    assert parse_number("127.5", "--mean") == 127.5
+    with pytest.raises(ConfigError, match="--scale"):
+        parse_number("abc", "--scale")
+    pre = Preprocess(color="gray")
+    assert infer_scaling(np.array([0.0, 1.0]), pre, "a").scale == pytest.approx(1 / 255)
+    signed = infer_scaling(np.array([-1.0, 1.0]), pre, "a")
+    assert signed.mean == [127.5] and signed.std == [127.5]
+    assert infer_scaling(np.array([0.0, 255.0]), pre, "a").scale == 1.0
+
+
+def test_detect_kind_rejects_non_models(tmp_path: Path):
+    text = tmp_path / "m.keras"
+    text.write_text("hello")
+    with pytest.raises(ModelError, match="not a Keras model"):
+        detect_kind(text)
+    empty_zip = tmp_path / "z.keras"
+    with zipfile.ZipFile(empty_zip, "w") as zf:
+        zf.writestr("other.txt", "x")
+    with pytest.raises(ModelError, match="not a Keras model"):
+        detect_kind(empty_zip)
+    with pytest.raises(ModelError, match="not a SavedModel"):
+        detect_kind(tmp_path)
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    assert detect_kind(tmp_path) == "saved_model"
+    h5 = tmp_path / "m.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 8)
+    assert detect_kind(h5) == "h5"
+
+
+def test_check_writable(tmp_path: Path):
+    check_writable(tmp_path / "ok.tflite")
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_writable(tmp_path / "missing" / "m.tflite")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a directory"):
+        check_writable(tmp_path / "file" / "m.tflite")
+    with pytest.raises(ConfigError, match="is a directory"):
+        check_writable(tmp_path)
+
+
+def test_write_files_replaces_atomically(tmp_path: Path):
+    a, b = tmp_path / "m.tflite", tmp_path / "m.json"
+    a.write_bytes(b"old")
+    write_files({a: b"new model", b: b"{}"})
+    assert a.read_bytes() == b"new model" and b.read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.tflite"]  # no temp files left
+
+
+def test_tensor_quantize_saturates_and_round_trips():
+    t = Tensor("x", 0, (1, 4), "int8", scale=0.5, zero_point=-10)
+    q = t.quantize(np.array([0.0, 1.0, 1000.0, -1000.0]))
+    assert q.dtype == np.int8 and q.tolist() == [-10, -8, 127, -128]
+    assert t.dequantize(q).tolist() == [0.0, 1.0, 68.5, -59.0]
+    u = Tensor("y", 0, (1,), "uint8", scale=1 / 255, zero_point=0)
+    assert u.dequantize(np.array([255], dtype=np.uint8))[0] == pytest.approx(1.0)
+
+
+def test_table_aligns_columns():
+    text = table(["", "a", "b"], [["size", "1 KiB", "22 KiB"], ["accuracy", "98%", "97.5%"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines[:2]}) == 1
+    assert lines[2].endswith("22 KiB") and lines[3].endswith("97.5%")
+
+
+def test_digit_frames_preprocess_back_to_x(tmp_path: Path):
+    """The digits contract: a rendered frame, through the device's own preprocessing, gives back x."""
+    cv2 = pytest.importorskip("cv2")
+    from edge_agent.processing.preprocess import ImagePreprocessor
+
+    split = load_digits_split(0)
+    spec = InputSpec(name="image", shape=[1, 8, 8, 1], dtype="float32", kind="image")
+    pre = ImagePreprocessor(spec, Preprocess(**DIGITS_PREPROCESS))
+    for x in split.x_test[:20]:
+        y, _ = pre.to_float(digit_frame(x))
+        assert np.abs(np.asarray(y).reshape(8, 8, 1) - x).max() < 0.6 / 255 + 1e-6
+
+    path = tmp_path / "d.avi"
+    truth = render_digits_video(path, split.x_test[:10], 10, labels=split.y_test[:10])
+    assert truth == [str(v) for v in split.y_test[:10]]
+    assert path.with_suffix(".labels.txt").read_text().split() == truth
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 10 and frames[0].shape == (64, 64, 3)
+    worst = max(
+        np.abs(np.asarray(pre.to_float(f)[0]).reshape(8, 8, 1) - x).max()
+        for f, x in zip(frames, split.x_test[:10], strict=True)
+    )
+    assert worst < 4 / 255  # MJPG at quality 100: a few levels of JPEG rounding at most
