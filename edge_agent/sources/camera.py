@@ -9,6 +9,10 @@ behaves like a live source.
 A supervisor thread owns the reconnect loop and a watchdog: each connection attempt reads in its own
 thread, and an attempt that makes no progress for longer than the open/read timeout is abandoned (OpenCV's
 FFmpeg timeouts are not honoured by every demuxer, and a blocked ``read`` cannot be interrupted).
+
+RTSP: OpenCV asks for RTP over TCP. For a server that only speaks UDP, set the FFmpeg options in the
+service's environment: ``Environment=OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp`` (process-wide;
+OpenCV offers no per-capture way to pass them).
 """
 
 from __future__ import annotations
