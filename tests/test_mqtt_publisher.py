@@ -252,6 +252,8 @@ def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, out
     sub.wait_for(has_all(set(sent)), timeout=15)
     got = seqs(sub)
     assert set(got) == set(sent)  # duplicates allowed (QoS 1), only with the same seq: no stranger values
+    first_seen = list(dict.fromkeys(got))
+    assert first_seen == sorted(first_seen)  # the backlog was replayed in seq order
     assert pub.stats()["reconnects"] >= 1
     for raw in sub.payloads(RESULT_TOPIC)[:5]:
         validate_payload(raw)

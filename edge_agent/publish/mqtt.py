@@ -461,7 +461,9 @@ class MqttPublisher:
             self._gen += 1
             self._cond.notify_all()
         if was_connected and not self._stopping:
-            self._set_error(f"lost the connection to broker {self.broker} ({reason_code}); reconnecting")
+            why = str(reason_code)
+            detail = "" if why in ("Unspecified error", "Success", "Normal disconnection") else f" ({why})"
+            self._set_error(f"lost the connection to broker {self.broker}{detail}; reconnecting")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._cond:
