@@ -46,6 +46,23 @@ def cli(verbose: bool) -> None:
 # ---------------------------------------------------------------------------------------------- options
 
 
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        quiet.set_verbose(True)
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+verbose_option = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_verbose_callback,
+    help="Show TensorFlow's own output (same as edge-convert --verbose).",
+)
+
+
 def parse_number(text: str, option: str) -> float:
     """A float or a fraction such as 1/255."""
     try:
@@ -181,6 +198,7 @@ def versions() -> dict[str, str]:
 
 
 @cli.command()
+@verbose_option
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "-o",
@@ -514,6 +532,7 @@ def _summary(
 
 
 @cli.command("evaluate")
+@verbose_option
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("tflite", type=click.Path(path_type=Path))
 @click.option(
@@ -598,6 +617,7 @@ def _path_size(path: Path) -> int:
 
 
 @cli.command("inspect")
+@verbose_option
 @click.argument("tflite", type=click.Path(path_type=Path))
 @click.option(
     "--manifest",

@@ -87,6 +87,11 @@ def evaluate(
 ) -> Evaluation:
     """Compare ``lite`` with the float ``model`` on ``data``; ``reference`` (the float32 .tflite), when
     given, is timed too so the latency gain is measured on the same runtime."""
+    if not _same(model.input_shape, lite.inputs[0]):
+        raise ModelError(
+            f"{model.path}: its input {list(model.input_shape)} differs from the .tflite's "
+            f"{list(lite.inputs[0].shape)}; was the .tflite made from this model?"
+        )
     pairs = pair_outputs(model, lite)
     float_out = float_outputs if float_outputs is not None else model.predict(data.x)
     lite_out = lite.predict(data.x)

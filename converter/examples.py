@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import click
 import numpy as np
 
 if TYPE_CHECKING:
@@ -134,3 +135,32 @@ def render_digits_video(
     if labels is not None:
         path.with_suffix(".labels.txt").write_text("\n".join(truth) + "\n")
     return truth
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--video-frames", type=click.IntRange(0), default=100, show_default=True)
+def main(directory: Path, epochs: int, seed: int, video_frames: int) -> None:
+    """Write the digits example into DIRECTORY: digits.keras, train.npz, test.npz, labels.txt and
+    digits.avi (held-out digits as video, ground truth in digits.labels.txt)."""
+    from converter import quiet
+
+    quiet.set_verbose(False)
+    paths = write_digits_data(directory, seed)
+    with quiet.captured_fds():
+        accuracy = train_digits(directory / "digits.keras", epochs=epochs, seed=seed)
+    split = load_digits_split(seed)
+    if video_frames:
+        render_digits_video(
+            directory / "digits.avi", split.x_test[:video_frames], 10.0, labels=split.y_test[:video_frames]
+        )
+    click.echo(
+        f"wrote {directory}/digits.keras (test accuracy {accuracy * 100:.2f}%), "
+        f"{', '.join(p.name for p in paths.values())}" + (", digits.avi" if video_frames else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

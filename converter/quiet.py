@@ -20,17 +20,25 @@ from types import ModuleType
 from typing import TextIO
 
 _verbose = False
+_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3", "ABSL_MIN_LOG_LEVEL": "3"}
+_env_set_by_us: set[str] = set()
 
 
 def set_verbose(verbose: bool) -> None:
-    """Called once by the CLI before anything imports TensorFlow."""
+    """Called by the CLI before anything imports TensorFlow (the env variables only work before)."""
     global _verbose
     _verbose = verbose
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # must be set before TensorFlow is imported
-        os.environ.setdefault("GLOG_minloglevel", "3")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-        warnings.filterwarnings("ignore")
+    if verbose:
+        for key in _env_set_by_us:
+            os.environ.pop(key, None)
+        _env_set_by_us.clear()
+        warnings.resetwarnings()
+        return
+    for key, value in _QUIET_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _env_set_by_us.add(key)
+    warnings.filterwarnings("ignore")
 
 
 def is_verbose() -> bool:

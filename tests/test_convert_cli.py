@@ -443,3 +443,6 @@ def test_verbose_shows_tensorflow_output(digits_keras, tmp_path):
     proc = run_edge_convert("--verbose", "quantize", digits_keras, "-o", out, "--mode", "float32")
     assert proc.returncode == 0, proc.stderr
     assert "Saved artifact" in proc.stdout + proc.stderr
+    proc = run_edge_convert("quantize", digits_keras, "-o", out, "--mode", "dynamic", "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert "Saved artifact" in proc.stdout + proc.stderr

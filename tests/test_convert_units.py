@@ -170,3 +170,41 @@ def test_digit_frames_preprocess_back_to_x(tmp_path: Path):
         for f, x in zip(frames, split.x_test[:10], strict=True)
     )
     assert worst < 4 / 255  # MJPG at quality 100: a few levels of JPEG rounding at most
+
+
+def _lite(inputs: list[tuple[int, ...]], outputs: list[tuple[str, tuple[int, ...]]]):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        inputs=[Tensor("in", 0, s, "float32", None, None) for s in inputs],
+        outputs=[Tensor(n, i + 1, s, "float32", None, None) for i, (n, s) in enumerate(outputs)],
+    )
+
+
+def test_roles_by_task_and_shape():
+    from converter.manifest import guess_roles, parse_role_overrides
+
+    ssd = _lite([(1, 300, 300, 3)], [("a", (1, 10, 4)), ("b", (1, 10)), ("c", (1, 10)), ("d", (1,))])
+    sample = [np.zeros((1, 10, 4)), np.full((1, 10), 0.7), np.arange(10.0)[None], np.array([3.0])]
+    assert guess_roles("detection", ssd, False, sample, {}) == ["boxes", "scores", "classes", "count"]
+    yolo = _lite([(1, 320, 320, 3)], [("y", (1, 84, 2100))])
+    assert guess_roles("detection", yolo, False, None, {}) == ["yolo"]
+    ae = _lite([(1, 6)], [("r", (1, 6))])
+    assert guess_roles("anomaly", ae, False, None, {}) == ["reconstruction"]
+    assert guess_roles("anomaly", _lite([(1, 6)], [("s", (1, 1))]), False, None, {}) == ["anomaly_score"]
+    assert guess_roles("classification", _lite([(1, 6)], [("p", (1, 3))]), True, None, {}) == [
+        "probabilities"
+    ]
+    assert guess_roles("segmentation", _lite([(1, 8, 8, 3)], [("m", (1, 8, 8, 2))]), False, None, {}) == [
+        "mask"
+    ]
+    odd = _lite([(1, 6)], [("x", (1, 2, 3, 4, 5))])
+    with pytest.raises(ConfigError, match="--output-role"):
+        guess_roles("detection", odd, False, None, {})
+    assert guess_roles("detection", odd, False, None, parse_role_overrides(("x=yolo",), odd.outputs)) == [
+        "yolo"
+    ]
+    with pytest.raises(ConfigError, match="no output 'nope'"):
+        parse_role_overrides(("nope=mask",), odd.outputs)
+    with pytest.raises(ConfigError, match="ROLE one of"):
+        parse_role_overrides(("x=banana",), odd.outputs)
