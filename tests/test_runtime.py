@@ -144,6 +144,37 @@ def test_input_buffer_view_may_be_held_across_invokes(color_int8: TinyModel) -> 
         model.invoke()
 
 
+def test_held_input_view_survives_a_model_whose_first_invoke_moves_its_input(dynamic_int8: TinyModel) -> None:
+    """Regression: this model's first invoke moves the input tensor; a view held from before it wrote
+    into freed memory (wrong answers, heap corruption). A child process, so a crash fails only this test.
+    Reference: a second instance fed through invoke(x), which copies into a fresh view every time."""
+    code = textwrap.dedent(
+        f"""
+        import numpy as np
+        from edge_agent.runtime import load_model
+        from edge_agent.runtime.config import ModelConfig
+        from edge_agent.processing.preprocess import ImagePreprocessor
+        cfg = ModelConfig(path={str(dynamic_int8.path)!r})
+        held, reference = load_model(cfg), load_model(cfg)
+        assert "RESHAPE" in held.ops, held.ops
+        pre = ImagePreprocessor(held.input, held.manifest.preprocess)
+        buf = held.input_buffer()
+        rng = np.random.default_rng(0)
+        for i in range(40):
+            frame = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+            pre(frame, out=buf)
+            got = held.invoke()["logits"]
+            want = reference.invoke(buf.copy())["logits"]
+            assert np.array_equal(got, want), (i, got, want)
+        print("ok")
+        """
+    )
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "ok"
+    assert "moved the input tensor" not in run.stderr
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,27 @@ class LoadedModel:
         self._output_indices = output_indices  # role -> tensor index
         self._input_shape = tuple(self.input.shape)
         self._input_dtype = np.dtype(self.input.dtype)
+        self.first_invoke_ms = self._settle()
+
+    def _settle(self) -> float:
+        """Run once on a zero input before handing out any view of the input.
+
+        For models with dynamic-shaped tensors (Keras' Flatten exports SHAPE/RESHAPE ops) the first
+        invoke re-plans the tensor arena and MOVES the input buffer; a view taken before it would write
+        into freed memory. After this run the arena keeps its size, and the pipeline's first frame is no
+        slower than the rest. Returns the time of this first invoke in ms.
+        """
+        buf = self._interpreter.tensor(self._input_index)()
+        buf[...] = 0
+        del buf
+        t0 = time.perf_counter()
+        self._invoke_native()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        self._input_address = self._address()
+        return elapsed
+
+    def _address(self) -> int:
+        return int(self._interpreter.tensor(self._input_index)().ctypes.data)
 
     def __repr__(self) -> str:
         return (
@@ -72,7 +94,10 @@ class LoadedModel:
         )
 
     def input_buffer(self) -> np.ndarray:
-        """Writable view of the interpreter's input tensor: preprocess straight into it, no copy."""
+        """Writable view of the interpreter's input tensor: preprocess straight into it, no copy.
+
+        The view stays valid across invoke() calls (the arena was settled at load; invoke() checks that
+        the input did not move) until close() and the last view are gone."""
         self._check_open()
         return self._interpreter.tensor(self._input_index)()
 
@@ -95,13 +120,21 @@ class LoadedModel:
             np.copyto(buf, x.reshape(self._input_shape))
             del buf
         self._invoke_native()
+        if self._address() != self._input_address:  # never seen after _settle(); say so loudly if it happens
+            log.error(
+                "%s: the runtime moved the input tensor; views from input_buffer() taken before this "
+                "invoke are stale: take a new one per frame",
+                self.path.name,
+            )
+            self._input_address = self._address()
         return {role: self._interpreter.get_tensor(idx) for role, idx in self._output_indices.items()}
 
     def _invoke_native(self) -> None:
         # The Python wrapper refuses to invoke while any numpy view of its tensors is alive, because
-        # allocate_tensors() could move them. We never resize or re-allocate after loading, so views from
-        # input_buffer() stay valid (each holds a reference to the interpreter) and we call the
-        # C++ Invoke directly; the public invoke() is the fallback for a runtime without it.
+        # tensors can move (allocate_tensors, or the first invoke of a model with dynamic shapes). We
+        # never resize after loading and settled the arena in _settle(), so views from input_buffer()
+        # stay valid (each holds a reference to the interpreter) and we call the C++ Invoke directly;
+        # the public invoke() is the fallback for a runtime without it.
         native = getattr(self._interpreter, "_interpreter", None)
         if native is not None and hasattr(native, "Invoke"):
             native.Invoke()
