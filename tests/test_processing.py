@@ -235,3 +235,12 @@ def test_tensor_preprocessor_quantizes_and_checks_size() -> None:
         tp(np.zeros(5))
     with pytest.raises(DataError, match="NaN"):
         tp(np.array([0, 0, 0, 0, 0, np.nan]))
+
+
+def test_tensor_preprocessor_refuses_swapped_axes() -> None:
+    inp = InputSpec(name="w", shape=[1, 50, 3], dtype="float32", layout="NTC")
+    tp = TensorPreprocessor(inp)
+    tp(np.zeros((50, 3)))  # samples x channels: right
+    tp(np.zeros((1, 50, 3)))
+    with pytest.raises(DataError, match="axes are swapped"):
+        tp(np.zeros((3, 50)))

@@ -275,6 +275,12 @@ class TensorPreprocessor:
                 f"window of shape {x.shape} ({x.size} values) does not fit input '{self.input.name}' "
                 f"of shape {list(self.shape)} ({self.size} values); set the window size and channels to match"
             )
+        inner = self.shape[1:]
+        if x.ndim == len(inner) and tuple(x.shape) != inner and sorted(x.shape) == sorted(inner):
+            raise DataError(
+                f"window of shape {x.shape} for input '{self.input.name}' of shape {list(self.shape)}: "
+                "the axes are swapped (samples x channels?); transpose the window or fix the window settings"
+            )
         if out is None:
             out = self.output
         if x.dtype.kind == "f" and not np.isfinite(x).all():

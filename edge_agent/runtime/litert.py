@@ -11,6 +11,6 @@ NAME = "litert"
 def load_api() -> RuntimeApi:
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType, load_delegate
-    except ImportError as exc:
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # e.g. built for numpy<2
         raise missing_extra("ai-edge-litert", "device", exc) from None
     return RuntimeApi(NAME, _version(BACKENDS[NAME][2]), Interpreter, load_delegate, OpResolverType)

@@ -12,7 +12,7 @@ NAME = "tensorflow"
 def load_api() -> RuntimeApi:
     try:
         import tensorflow as tf
-    except ImportError as exc:
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # e.g. built for numpy<2
         raise missing_extra("tensorflow", "convert", exc) from None
     return RuntimeApi(
         NAME,

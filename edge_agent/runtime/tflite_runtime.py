@@ -11,6 +11,6 @@ NAME = "tflite-runtime"
 def load_api() -> RuntimeApi:
     try:
         from tflite_runtime.interpreter import Interpreter, OpResolverType, load_delegate
-    except ImportError as exc:
+    except (ImportError, AttributeError, OSError, RuntimeError) as exc:  # e.g. built for numpy<2
         raise missing_extra("tflite-runtime", "tflite-runtime", exc) from None
     return RuntimeApi(NAME, _version(BACKENDS[NAME][2]), Interpreter, load_delegate, OpResolverType)
