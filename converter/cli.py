@@ -453,6 +453,9 @@ def _quantize(
     roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
     mf.check_labels(labels, task, lite, roles, "labels")
 
+    if task == "anomaly" and "threshold" not in postprocess:
+        postprocess = {**postprocess, "threshold": _anomaly_threshold(lite, roles, samples)}
+
     evaluation: dict[str, Any] = {
         "size_bytes": {"float32_tflite": len(reference_bytes), "tflite": len(model_bytes)},
         "size_ratio": round(len(model_bytes) / len(reference_bytes), 4),
@@ -481,6 +484,22 @@ def _quantize(
         out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite
     )
     return {"summary": summary, "gate_passed": gate_passed, "gate": ev.gate if ev else None}
+
+
+def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:
+    """The device's anomaly postprocessor needs a threshold: the 99th percentile of the scores of the
+    calibration data, which is assumed normal."""
+    from converter.evaluate import ANOMALY_PERCENTILE, anomaly_threshold
+
+    if samples is None or samples.summary.get("format") == "random":
+        raise ConfigError(
+            "--task anomaly needs a threshold: give --calib with normal data (the threshold becomes the "
+            f"{ANOMALY_PERCENTILE:g}th percentile of its scores) or set it with --postprocess threshold=X"
+        )
+    role = next(r for r in roles if r in ("reconstruction", "anomaly_score"))
+    threshold = anomaly_threshold(lite, samples.x, role)
+    samples.summary["anomaly_threshold"] = {"percentile": ANOMALY_PERCENTILE, "value": threshold}
+    return round(threshold, 8)
 
 
 def _summary(

@@ -126,6 +126,28 @@ def evaluate(
     return result
 
 
+ANOMALY_PERCENTILE = 99.0  # of scores on normal (calibration) data: ~1% false alarms on data like it
+
+
+def anomaly_scores(lite: LiteModel, x: np.ndarray, role: str) -> np.ndarray:
+    """The score the device computes for each sample: the model's own score, or the mean squared
+    error between the (quantized, then dequantized) input and the reconstruction."""
+    tensor = lite.inputs[0]
+    scores = []
+    for sample in x:
+        out = lite.run(sample)[0]
+        if role == "anomaly_score":
+            scores.append(float(out.reshape(-1)[0]))
+        else:
+            seen = tensor.dequantize(tensor.quantize(np.asarray(sample)[None])).astype(np.float64)
+            scores.append(float(np.mean((seen.reshape(-1) - out.astype(np.float64).reshape(-1)) ** 2)))
+    return np.asarray(scores)
+
+
+def anomaly_threshold(lite: LiteModel, x: np.ndarray, role: str) -> float:
+    return float(np.percentile(anomaly_scores(lite, x, role), ANOMALY_PERCENTILE))
+
+
 def apply_gate(evaluation: Evaluation, max_accuracy_drop: float | None) -> bool:
     """Record the quality gate in ``evaluation``; True when it passed (or none was set)."""
     if max_accuracy_drop is None:

@@ -296,6 +296,7 @@ def small_models(tmp_path_factory) -> dict[str, Path]:
         ("logits", "classification", "rows.npy", ["--output-role", "0=probabilities"], ["probabilities"]),
         ("regression", "regression", "rows.csv", [], ["values"]),
         ("autoencoder", "anomaly", "rows.npy", ["--postprocess", "threshold=0.25"], ["reconstruction"]),
+        ("autoencoder", "anomaly", "rows.npy", [], ["reconstruction"]),
     ],
 )
 def test_output_roles(model, task, calib, extra, roles, small_models, tmp_path):
@@ -308,8 +309,41 @@ def test_output_roles(model, task, calib, extra, roles, small_models, tmp_path):
     assert [o["role"] for o in manifest["outputs"]] == roles
     assert manifest["inputs"][0]["kind"] == "tensor" and manifest["inputs"][0]["layout"] == "NC"
     assert "preprocess" not in manifest
-    if task == "anomaly":
+    if task == "anomaly" and extra:
         assert manifest["postprocess"] == {"threshold": 0.25}
+    elif task == "anomaly":  # 99th percentile of the calibration scores, computed like the device does
+        threshold = manifest["postprocess"]["threshold"]
+        assert manifest["calibration"]["anomaly_threshold"]["percentile"] == 99
+        scores = device_anomaly_scores(out, np.load(small_models[calib]))
+        assert np.mean(scores > threshold) == pytest.approx(0.01, abs=0.02)
+
+
+def device_anomaly_scores(tflite: Path, x: np.ndarray) -> np.ndarray:
+    """Scores from the device's own anomaly postprocessor (reconstruction MSE on the quantized input)."""
+    from edge_agent.processing.postprocess import PostContext, create_postprocessor
+    from edge_agent.runtime import load_model
+    from edge_agent.runtime.config import ModelConfig
+
+    model = load_model(ModelConfig(path=tflite))
+    try:
+        post = create_postprocessor(model.manifest)
+        scores = []
+        for sample in x:
+            buffer = model.input_buffer()
+            buffer[...] = model_input_quantized(model.input, sample).reshape(buffer.shape)
+            result = post(model.invoke(), PostContext(model_input=buffer.copy()))
+            scores.append(result.score)
+        return np.array(scores)
+    finally:
+        model.close()
+
+
+def model_input_quantized(spec, sample: np.ndarray) -> np.ndarray:
+    if spec.quantization is None:
+        return sample.astype(spec.dtype)
+    info = np.iinfo(spec.dtype)
+    q = np.rint(sample / spec.quantization.scale) + spec.quantization.zero_point
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
 
 
 # -------------------------------------------------------------------------------- bad input
