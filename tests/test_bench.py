@@ -136,6 +136,15 @@ def test_inspect_json_and_plain_model(color_logits_plain: TinyModel) -> None:
     assert info["manifest"] is None and info["runtime"]["name"] == "litert"
     assert info["inputs"][0]["shape"] == [1, 32, 32, 3] and info["inputs"][0]["quantization"] is None
     assert info["ops"]["FULLY_CONNECTED"] == 1
+    guess = CliRunner().invoke(cli, ["inspect", str(color_logits_plain.path), "--task", "classification"])
+    assert guess.exit_code == 0, guess.output
+    assert (
+        'with task=classification: input kind image, output roles {"StatefulPartitionedCall_1:0": "logits"}'
+        in (guess.output)
+        or "output roles" in guess.output
+        and '"logits"' in guess.output
+    )
+    assert "assumed preprocess" in guess.output
 
 
 def test_inspect_reports_a_manifest_mismatch_and_fails(color_int8: TinyModel, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def _quant(q: dict | None) -> str:
     return "-" if not q else f"scale={q['scale']:.6g} zero_point={q['zero_point']}"
 
 
-def _describe(model: Path, runtime: str, delegate: str) -> dict[str, Any]:
+def _describe(model: Path, runtime: str, delegate: str, task: str | None = None) -> dict[str, Any]:
     if not model.is_file():
         raise ModelError(f"{model}: model file not found")
     api = select_runtime(runtime)
@@ -38,6 +38,24 @@ def _describe(model: Path, runtime: str, delegate: str) -> dict[str, Any]:
         except ModelError as exc:
             manifest_error = str(exc)
     roles = {o.name: o.role for o in manifest.outputs} if manifest else {}
+    guessed: dict[str, Any] | None = None
+    if manifest is None and manifest_error is None and task is not None:
+        from edge_agent.runtime.model import load_model
+
+        try:  # what the daemon would make of it with only model.task set
+            effective = load_model(
+                ModelConfig(path=model, runtime=api.name, num_threads=1, task=task)
+            ).manifest
+            roles = {o.name: o.role for o in effective.outputs}
+            pre = effective.preprocess.model_dump() if effective.preprocess else None
+            guessed = {
+                "task": task,
+                "roles": roles,
+                "input_kind": effective.inputs[0].kind,
+                "preprocess": pre,
+            }
+        except EdgeAgentError as exc:
+            guessed = {"task": task, "error": str(exc)}
     ops = op_names(interpreter)
     info: dict[str, Any] = {
         "model": str(model),
@@ -52,6 +70,7 @@ def _describe(model: Path, runtime: str, delegate: str) -> dict[str, Any]:
         "manifest": manifest.model_dump(by_alias=True, exclude={"inputs", "outputs"}) if manifest else None,
         "manifest_file": str(manifest_file) if manifest_file.is_file() else None,
         "manifest_error": manifest_error,
+        "guessed": guessed,
         "runtimes": available_runtimes(),
         "runtime": {"name": api.name, "version": api.version},
     }
@@ -86,6 +105,17 @@ def _text(info: dict[str, Any]) -> str:
     m = info["manifest"]
     if m is None:
         out.append("manifest  none: a plain .tflite; give model.task (and labels, preprocess) in the config")
+        g = info.get("guessed")
+        if g and "error" in g:
+            out.append(f"  with task={g['task']}: {g['error']}")
+        elif g:
+            out.append(
+                f"  with task={g['task']}: input kind {g['input_kind']}, output roles {json.dumps(g['roles'])}"
+            )
+            if g["preprocess"]:
+                out.append(
+                    f"  assumed preprocess: {json.dumps(g['preprocess'])} (set model.preprocess if wrong)"
+                )
     else:
         labels = m.get("labels")
         out.append(f"manifest  {info['manifest_file']}")
@@ -147,10 +177,15 @@ def _text(info: dict[str, Any]) -> str:
     show_default=True,
     help="Also try to load this delegate and say whether it would be used.",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "detection", "regression", "anomaly", "segmentation"]),
+    help="For a .tflite without manifest: show the output roles and preprocessing the daemon would use.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def command(model: Path, runtime: str, delegate: str, as_json: bool) -> None:
+def command(model: Path, runtime: str, delegate: str, task: str | None, as_json: bool) -> None:
     """Show MODEL's tensors and quantization, its manifest, and the runtime and delegate that will run it."""
-    info = _describe(model, runtime, delegate)
+    info = _describe(model, runtime, delegate, task)
     click.echo(json.dumps(info, indent=2) if as_json else _text(info))
     if info["manifest_error"]:
         raise ModelError(info["manifest_error"])
