@@ -77,6 +77,14 @@ class Agent:
                 raise TimeoutError(f"{text!r} not in the log after {timeout} s:\n{log[-3000:]}")
             time.sleep(0.05)
 
+    def expect(self, sub: Any, predicate: Any, timeout: float = 30.0) -> list[tuple[str, bytes, bool]]:
+        """``sub.wait_for(predicate)``, failing with this agent's log (not just a count) on timeout."""
+        try:
+            return sub.wait_for(predicate, timeout=timeout)
+        except TimeoutError as exc:
+            state = "running" if self.proc.poll() is None else f"exited {self.proc.returncode}"
+            raise AssertionError(f"{exc}; edge-agent {state}, log:\n{self.log()[-4000:]}") from None
+
     def wait(self, timeout: float = 30.0) -> int:
         try:
             return self.proc.wait(timeout)

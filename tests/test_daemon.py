@@ -1,0 +1,102 @@
+"""``edge-agent run`` end to end: the int8 digits model made by edge-convert, a video file and ffmpeg streams,
+real mosquitto, a separate subscriber on ``#``. Every payload is checked against the shipped JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_harness import Agents, results, stats, write_config
+from tests.fixtures.broker import validate_payload
+
+ACCURACY_FLOOR = 0.90  # the int8 digits CNN scores ~0.95 on held-out digits; video JPEG rounding costs little
+RESULT_KEYS = {"schema", "device", "pipeline", "seq", "ts", "model", "latency_ms", "frame"} | {
+    "label", "class_id", "score", "top_k"
+}  # fmt: skip
+MAX_PAYLOAD = 2048  # a classification result is ~400 bytes; one 64x64 gray frame alone would be 4096
+
+
+def offline(messages) -> bool:
+    return any(t.endswith("/status") and p == b"offline" for t, p, _ in messages)
+
+
+def test_video_file_results_accuracy_and_no_raw_data(
+    tmp_path: Path, mosquitto, subscriber, digits_int8, digits_video
+) -> None:
+    broker = mosquitto()
+    everything = subscriber(broker, "#")
+    pipeline = {"name": "digits", "source": {"type": "camera", "url": str(digits_video.path)},
+                "model": {"path": str(digits_int8)}, "publish": {"qos": 1}}  # fmt: skip
+    config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        assert agent.wait(120) == 0, agent.log()  # a finite video: run ends by itself, outbox drained
+    messages = everything.wait_for(offline, timeout=10)
+    n = len(digits_video.labels)
+
+    got = results(messages)
+    assert sorted(r["seq"] for r in got) == list(range(1, n + 1))
+    assert sorted(r["frame"] for r in got) == list(range(n))
+    correct = 0
+    for r in got:
+        validate_payload(r, "result")
+        assert set(r) <= RESULT_KEYS, set(r) - RESULT_KEYS
+        lat = r["latency_ms"]
+        assert set(lat) == {"capture_age", "preprocess", "invoke", "postprocess", "total"}
+        assert lat["total"] >= lat["invoke"] + lat["preprocess"] + lat["postprocess"] - 0.01
+        correct += r["label"] == digits_video.labels[r["frame"]]
+    assert correct / n >= ACCURACY_FLOOR, f"accuracy {correct}/{n}"
+
+    final = stats(messages)[-1]
+    validate_payload(final, "stats")
+    assert final["pipelines"]["digits"]["frames"] == n and final["pipelines"]["digits"]["published"] == n
+    assert final["outbox"]["depth"] == 0
+
+    # a subscriber on '#' sees only our three kinds of topic, small payloads, no frame bytes
+    for topic, payload, _ in messages:
+        assert len(payload) <= MAX_PAYLOAD, (topic, len(payload))
+        if topic == "edge/testdev/status":
+            assert payload in (b"online", b"offline")
+        else:
+            assert topic in ("edge/testdev/stats", "edge/testdev/digits/result"), topic
+            json.loads(payload)  # JSON text, not binary
+
+
+@pytest.mark.parametrize("protocol", ["udp", "http"])
+def test_stream_dies_and_returns(
+    tmp_path: Path, mosquitto, subscriber, digits_int8, digits_video, ffmpeg_stream, protocol: str
+) -> None:
+    stream = ffmpeg_stream(protocol, digits_video.path)
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    source = {"type": "camera", "url": stream.url, "read_timeout_s": 1.0, "open_timeout_s": 5.0,
+              "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}  # fmt: skip
+    pipeline = {"name": "stream", "source": source, "model": {"path": str(digits_int8)}}
+    config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        agent.expect(sub, lambda m: len(results(m)) >= 10, timeout=40)
+        stream.stop()  # the camera goes away: the daemon notices (no frame within read_timeout_s)
+        seen = len(sub.snapshot())
+        agent.expect(
+            sub, lambda m: any(not s["pipelines"]["stream"]["source"]["connected"] for s in stats(m[seen:]))
+        )
+        assert agent.proc.poll() is None, agent.log()
+        before = len(results(sub.snapshot()))
+        stream.start()  # and comes back: the daemon reconnects and goes on
+        agent.expect(sub, lambda m: len(results(m)) >= before + 10, timeout=40)
+        agent.expect(
+            sub, lambda m: any(s["pipelines"]["stream"]["source"]["reconnects"] >= 1 for s in stats(m))
+        )
+        assert agent.stop() == 0, agent.log()
+    got = results(sub.snapshot())
+    seqs = [r["seq"] for r in got]
+    assert seqs == list(range(1, len(seqs) + 1))
+    labels = set(digits_video.labels)
+    for r in got:
+        validate_payload(r, "result")
+        assert r["label"] in labels
+    for s in stats(sub.snapshot()):
+        validate_payload(s, "stats")
