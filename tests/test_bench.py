@@ -138,12 +138,8 @@ def test_inspect_json_and_plain_model(color_logits_plain: TinyModel) -> None:
     assert info["ops"]["FULLY_CONNECTED"] == 1
     guess = CliRunner().invoke(cli, ["inspect", str(color_logits_plain.path), "--task", "classification"])
     assert guess.exit_code == 0, guess.output
-    assert (
-        'with task=classification: input kind image, output roles {"StatefulPartitionedCall_1:0": "logits"}'
-        in (guess.output)
-        or "output roles" in guess.output
-        and '"logits"' in guess.output
-    )
+    assert "with task=classification: input kind image, output roles" in guess.output
+    assert ': "logits"}' in guess.output  # the last op is FULLY_CONNECTED: softmax still to apply
     assert "assumed preprocess" in guess.output
 
 

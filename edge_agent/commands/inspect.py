@@ -110,7 +110,8 @@ def _text(info: dict[str, Any]) -> str:
             out.append(f"  with task={g['task']}: {g['error']}")
         elif g:
             out.append(
-                f"  with task={g['task']}: input kind {g['input_kind']}, output roles {json.dumps(g['roles'])}"
+                f"  with task={g['task']}: input kind {g['input_kind']}, "
+                f"output roles {json.dumps(g['roles'])}"
             )
             if g["preprocess"]:
                 out.append(
