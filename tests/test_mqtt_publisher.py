@@ -323,6 +323,16 @@ def test_tls_with_client_certificate(mosquitto, subscriber, outbox, publishers) 
     sub.wait_for(has_all({1}), timeout=5)
 
 
+def test_tls_without_the_required_client_certificate_is_reported(mosquitto, outbox, publishers) -> None:
+    broker = mosquitto(tls=True, client_cert=True)
+    pub = start_publisher(broker.mqtt_config(tls=TlsConfig(ca_file=broker.tls.ca_cert)), outbox, publishers)
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert f"broker 127.0.0.1:{broker.port} closed the connection before accepting it" in pub.last_error
+    assert "cert_file/key_file" in pub.last_error
+    assert not pub.connected and outbox.depth() == 1
+
+
 def test_tls_with_the_wrong_ca_is_reported(mosquitto, outbox, publishers, tmp_path: Path) -> None:
     broker = mosquitto(tls=True)
     other = Mosquitto(tmp_path / "other-ca", tls=True)  # a different CA, never started

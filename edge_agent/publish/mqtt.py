@@ -170,6 +170,22 @@ def _refusal_hint(name: str, cfg: MqttConfig) -> str:
     }.get(name, "check the broker's log")
 
 
+class _PahoLog:
+    """paho's logger hook: keeps the last warning/error (e.g. an SSL alert) for ``last_error``; logs at DEBUG.
+
+    A duck-typed logger: ``logging.Logger.log`` semantics, but nothing is formatted below WARNING, so paho's
+    per-packet debug lines cost one comparison.
+    """
+
+    def __init__(self) -> None:
+        self.last_problem: str | None = None
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.WARNING:
+            self.last_problem = fmt % args if args else fmt
+            log.debug("paho: %s", self.last_problem)
+
+
 class MqttPublisher:
     """One paho client per daemon: status (online/offline, Last Will), durable results, best-effort stats."""
 
@@ -199,6 +215,8 @@ class MqttPublisher:
         self._stopping = False
         self._sender_exit = False
         self._sender: threading.Thread | None = None
+        self._paho_log = _PahoLog()
+        self._attempting = False  # a connection attempt is under way (no CONNACK yet, no failure yet)
 
         self.last_error: str | None = None
         self.reconnects = 0
@@ -229,10 +247,12 @@ class MqttPublisher:
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_max_s, cfg.reconnect_min_s))
         client.max_inflight_messages_set(self._window + 8)  # our window, plus room for status/stats
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.enable_logger(self._paho_log)  # type: ignore[arg-type]
         return client
 
     @staticmethod
@@ -400,7 +420,12 @@ class MqttPublisher:
                 self._cursor = max(self._cursor, row_id)
 
     # -- paho callbacks (network thread) ------------------------------------------------------------------
+    def _on_pre_connect(self, client: Any, userdata: Any) -> None:
+        self._attempting = True
+        self._paho_log.last_problem = None
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._attempting = False
         if reason_code.is_failure:
             name = str(reason_code)
             hint = _refusal_hint(name, self.cfg)
@@ -439,6 +464,7 @@ class MqttPublisher:
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         # paho calls this from inside its `except OSError:` block, so the exception is still current.
         exc = sys.exc_info()[1]
+        self._attempting = False
         if isinstance(exc, ssl.SSLError | ssl.CertificateError):
             self._set_error(
                 f"TLS handshake with broker {self.broker} failed: {exc}; check mqtt.tls.ca_file (and "
@@ -460,10 +486,27 @@ class MqttPublisher:
             self._early.clear()
             self._gen += 1
             self._cond.notify_all()
-        if was_connected and not self._stopping:
-            why = str(reason_code)
-            detail = "" if why in ("Unspecified error", "Success", "Normal disconnection") else f" ({why})"
+        if self._stopping:
+            return
+        attempting, self._attempting = self._attempting, False
+        problem = self._paho_log.last_problem
+        self._paho_log.last_problem = None
+        why = str(reason_code)
+        detail = "" if why in ("Unspecified error", "Success", "Normal disconnection") else f" ({why})"
+        if problem:
+            detail += f": {problem}"
+        if was_connected:
             self._set_error(f"lost the connection to broker {self.broker}{detail}; reconnecting")
+        elif not attempting:
+            pass  # after a CONNACK refusal (its message says why), or a repeated callback
+        else:
+            # e.g. a TLS broker that wants a client certificate fails only after the handshake, on CONNECT
+            hint = "check mqtt.tls (cert_file/key_file if the broker requires a client certificate)" if (
+                self.cfg.tls is not None) else "is it an MQTT port (TLS on 8883 needs mqtt.tls)?"  # fmt: skip
+            self._set_error(
+                f"broker {self.broker} closed the connection before accepting it{detail}; {hint}; "
+                "the broker's log says more"
+            )
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._cond:
