@@ -199,14 +199,21 @@ def test_edited_config_is_never_overwritten(staged: Path, wheel: Path) -> None:
     assert "nothing to do" in proc.stdout
 
 
-def _checkout_copy(tmp_path: Path, template_text: str) -> Path:
-    """The files the installer takes from its checkout (with --wheel), with another template."""
+def _checkout_copy(tmp_path: Path, template_text: str | None = None, unit_text: str | None = None) -> Path:
+    """The files the installer takes from its checkout (with --wheel), with another template or unit."""
     copy = tmp_path / "checkout"
-    for rel in ("scripts/install", "systemd/edge-agent.service", "README.md"):
+    for rel in (
+        "scripts/install",
+        "systemd/edge-agent.service",
+        "README.md",
+        "edge_agent/templates/config.yaml",
+    ):
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, copy / rel)
-    (copy / "edge_agent/templates").mkdir(parents=True)
-    (copy / "edge_agent/templates/config.yaml").write_text(template_text)
+    if template_text is not None:
+        (copy / "edge_agent/templates/config.yaml").write_text(template_text)
+    if unit_text is not None:
+        (copy / "systemd/edge-agent.service").write_text(unit_text)
     return copy
 
 
@@ -220,6 +227,23 @@ def test_new_template_replaces_an_unedited_config_only(tmp_path: Path, wheel: Pa
     proc = run_install(root, *offline_args(wheel))  # this checkout: the current template
     assert "update /etc/edge-agent/config.yaml to the new template (you had not edited it)" in proc.stdout
     assert (root / CONF).read_bytes() == TEMPLATE.read_bytes()
+
+
+def test_a_unit_with_a_fixed_user_gets_that_user(tmp_path: Path, wheel: Path) -> None:
+    """DynamicUser= needs no account; a unit with User= does: useradd is printed (not run) with --root."""
+    unit = SHIPPED_UNIT.read_text().replace("DynamicUser=yes", "User=edge-agent")
+    copy = _checkout_copy(tmp_path, unit_text=unit)
+    root = tmp_path / "root"
+    env = {**os.environ, "PIP_NO_INDEX": "1"}
+    cmd = ["bash", str(copy / "scripts/install"), "--root", str(root), *offline_args(wheel)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "--root: not run: useradd --system --no-create-home --home-dir /var/lib/edge-agent "
+        "--shell /usr/sbin/nologin --groups video,plugdev,dialout edge-agent" in proc.stdout
+    )
+    purge = subprocess.run([*cmd[:4], "--purge"], capture_output=True, text=True, env=env, timeout=300)
+    assert "--root: not run: userdel edge-agent" in purge.stdout
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, wheel: Path) -> None:

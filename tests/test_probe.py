@@ -369,3 +369,40 @@ def test_missing_config_and_port_without_host(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "config file not found" in proc.stderr
     code, _, err = run_probe("--port", "1883")
     assert code == 2 and "--port needs --host or --config" in err
+
+
+def test_suggested_sources_are_valid_config(pi_tree: Path) -> None:
+    """What probe suggests pastes into a config that the daemon's own loader accepts."""
+    from edge_agent.config import parse_config
+
+    report = probe_json(*tree_args(pi_tree))
+    sources = report["sources"]
+    assert sources == [
+        {"type": "camera", "url": str(pi_tree / "dev/video0")},  # video1 is the metadata node (index 1)
+        {
+            "type": "iio",
+            "device": "adxl345",
+            "channels": ["accel_x", "accel_y", "accel_z", "temp"],
+            "sysfs_root": str(pi_tree / "sys/bus/iio/devices"),
+        },
+        {
+            "type": "serial",
+            "port": str(pi_tree / "dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"),
+        },
+        {"type": "serial", "port": str(pi_tree / "dev/ttyAMA0")},
+        {"type": "serial", "port": str(pi_tree / "dev/serial0")},
+    ]
+    pipelines = [
+        {"name": f"p{i}", "source": src, "model": {"path": "/m.tflite"}}
+        | ({} if src["type"] == "camera" else {"window": {"size": 16, "hop": 8}})
+        for i, src in enumerate(sources)
+    ]
+    cfg = parse_config({"pipelines": pipelines})
+    assert [p.source.type for p in cfg.pipelines] == ["camera", "iio", "serial", "serial", "serial"]
+    _, out, _ = run_probe(*tree_args(pi_tree))
+    assert f'source: {{"type": "camera", "url": "{pi_tree}/dev/video0"}}' in out
+
+
+def test_nothing_to_suggest_on_a_bare_machine(empty_roots: list[str]) -> None:
+    _, out, _ = run_probe(*empty_roots)
+    assert "Config sources (pipelines[].source; add a window: for sensors)\n  nothing found to suggest" in out

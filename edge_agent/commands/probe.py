@@ -497,6 +497,37 @@ def broker_target(config: Path | None, host: str | None, port: int | None) -> Br
         return BrokerTarget(mqtt_cfg, None, source, str(exc))
 
 
+def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]]:
+    """``source:`` entries for the config, one per usable device, built through the config's own classes
+    (so every key is one the daemon accepts)."""
+    from edge_agent.sources.camera import CameraSourceConfig
+    from edge_agent.sources.iio import IioSourceConfig
+    from edge_agent.sources.serial_lines import SerialSourceConfig
+
+    def entry(cfg: Any) -> dict[str, Any]:
+        return {"type": cfg.type, **cfg.model_dump(mode="json", exclude_defaults=True)}
+
+    out = []
+    for cam in report["cameras"]:
+        if cam.opened or (cam.opened is None and cam.index in (0, None)):  # index 1 is a UVC metadata node
+            out.append(entry(CameraSourceConfig(url=cam.device)))
+    iio_root = roots.sysfs / "bus" / "iio" / "devices"
+    for dev in report["iio"]:
+        if dev.channels:
+            extra = {} if iio_root == Path("/sys/bus/iio/devices") else {"sysfs_root": str(iio_root)}
+            out.append(
+                entry(
+                    IioSourceConfig(
+                        device=dev.name or dev.device, channels=[c.name for c in dev.channels], **extra
+                    )
+                )
+            )
+    for port in report["serial"]:
+        by_id = roots.dev / "serial" / "by-id" / port.by_id if port.by_id else None
+        out.append(entry(SerialSourceConfig(port=str(by_id or port.device))))  # by-id survives re-plugging
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -627,20 +658,22 @@ def render(report: dict[str, Any]) -> str:
                 "",
             )
         )
+    suggestions = report.get("sources") or []
+    lines = [f"  source: {json.dumps(src)}" for src in suggestions]
+    sections.append(
+        "Config sources (pipelines[].source; add a window: for sensors)\n"
+        + ("\n".join(lines) if lines else "  nothing found to suggest")
+    )
     return "\n\n".join(sections)
 
 
 def to_json(report: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (
-            asdict(v)
-            if hasattr(v, "__dataclass_fields__")
-            else [asdict(x) for x in v]
-            if isinstance(v, list)
-            else v
-        )
-        for k, v in report.items()
-    }
+    def plain(v: Any) -> Any:
+        if hasattr(v, "__dataclass_fields__"):
+            return asdict(v)
+        return [plain(x) for x in v] if isinstance(v, list) else v
+
+    return {k: plain(v) for k, v in report.items()}
 
 
 @click.command(name="probe")
@@ -712,6 +745,7 @@ def command(
         "edgetpu": probe_edgetpu(roots),
         "broker": check_broker(target, timeout) if target else None,
     }
+    report["sources"] = suggest_sources(report, roots)
     if as_json:
         click.echo(json.dumps(to_json(report), indent=2))
     else:
