@@ -112,6 +112,14 @@ def test_output_roles_from_config_must_name_real_tensors(color_logits_plain: Tin
         )
 
 
+def test_output_roles_in_the_config_override_the_manifest(color_int8: TinyModel) -> None:
+    with pytest.raises(ConfigError, match=r"model\.output_roles: x not outputs"):
+        load_model(ModelConfig(path=color_int8.path, output_roles={"x": "logits"}))
+    name = json.loads(color_int8.manifest_path.read_text())["outputs"][0]["name"]
+    model = load_model(ModelConfig(path=color_int8.path, task="regression", output_roles={name: "values"}))
+    assert model.manifest.task == "regression" and set(model.invoke()) == {"values"}
+
+
 def test_config_fields_override_the_manifest(color_int8: TinyModel) -> None:
     model = load_model(ModelConfig(path=color_int8.path, labels=["r", "g", "b"], postprocess={"top_k": 1}))
     result = _classify(model, _frame(RED_BGR))

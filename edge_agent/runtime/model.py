@@ -245,6 +245,12 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
         manifest = apply_overrides(manifest, cfg, path)
     if len(manifest.inputs) != 1:
         raise ModelError(f"{path}: has {len(manifest.inputs)} inputs; edge-agent runs single-input models")
+    role_list = [o.role for o in manifest.outputs]
+    if len(set(role_list)) != len(role_list):
+        twice = sorted({r for r in role_list if role_list.count(r) > 1})
+        raise ModelError(
+            f"{path}: more than one output has role {', '.join(twice)}; each role names one tensor"
+        )
     if run_path != path:
         sha256 = file_sha256(run_path)
     roles = {spec.role: int(d["index"]) for spec, d in zip(manifest.outputs, matched_outputs, strict=True)}
