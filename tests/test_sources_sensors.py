@@ -417,3 +417,22 @@ def test_stdin_until_eof(tmp_path: Path) -> None:
         [sys.executable, "-c", code], input=lines, capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.splitlines() == ["[[0.0], [1.0]]", "[[2.0], [3.0]]", "bad 1"]
+
+
+def test_command_csv_header_without_the_fields_is_reported(run_source, caplog) -> None:
+    code = "print('t,x,y')\nfor i in range(3): print(f'{i},{i},{i}')"
+    cfg = CommandSourceConfig(argv=python_command(code), fields=["x", "z"], restart=False)
+    source = run_source(cfg)
+    assert read_to_end(source) == []
+    assert source.stats["bad_lines"] == 4  # the header and every line after it
+    assert any("no column z" in r.getMessage() for r in caplog.records)
+
+
+def test_live_source_drops_the_oldest_windows_for_a_slow_consumer(run_source) -> None:
+    code = "for i in range(200): print(i)"
+    source = run_source(CommandSourceConfig(argv=python_command(code), restart=False))
+    assert wait_until(lambda: source.stats["samples"] == 200), source.stats  # the model has not read yet
+    frames = read_to_end(source)
+    assert [f.data[0, 0] for f in frames] == list(range(200 - QUEUE_WINDOWS, 200))  # the newest survive
+    assert source.stats["skipped"] == 200 - QUEUE_WINDOWS
+    assert [f.index for f in frames] == list(range(200 - QUEUE_WINDOWS, 200))

@@ -17,7 +17,7 @@ from abc import abstractmethod
 import numpy as np
 
 from edge_agent.sources.base import Backoff, Frame, RateLimitedWarning, Source
-from edge_agent.sources.lines import MAX_LINE_BYTES, BadLine, LineParser, LineSplitter
+from edge_agent.sources.lines import MAX_LINE_BYTES, BadLine, HeaderMismatch, LineParser, LineSplitter
 from edge_agent.sources.window import WindowConfig, Windower
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class SampleSource(Source):
         try:
             sample = parser.parse(line)
         except BadLine as exc:
+            if isinstance(exc, HeaderMismatch):  # every line will fail: make it visible in stats too
+                self._set_connected(self._connected, str(exc))
             self._bad(str(exc), line)
             return
         if sample is not None:
