@@ -217,6 +217,54 @@ def test_results_of_a_killed_daemon_are_sent_after_restart(mosquitto, subscriber
     assert seqs(sub) == list(range(1, 301))  # replayed in seq order
 
 
+STREAMING_CHILD = """
+import json, sys, time
+from pathlib import Path
+from edge_agent.publish.mqtt import MqttConfig, MqttPublisher
+from edge_agent.publish.outbox import Outbox
+cfg = MqttConfig.model_validate_json(sys.argv[1])
+pub = MqttPublisher(cfg, sys.argv[3], Outbox(Path(sys.argv[2])))
+pub.start()
+while not pub.connected:
+    time.sleep(0.01)
+print("streaming", flush=True)
+seq = 0
+while True:   # as fast as it goes, until SIGKILL
+    seq += 1
+    pub.publish_result(f"edge/{sys.argv[3]}/door/result", json.dumps({"seq": seq}).encode(), 1)
+"""
+
+
+def test_daemon_killed_mid_stream_loses_nothing(mosquitto, subscriber, tmp_path: Path) -> None:
+    """SIGKILL while results stream and PUBACKs are in flight: the next run sends everything not yet acked."""
+    broker = mosquitto()
+    sub = subscriber(broker, RESULT_TOPIC)
+    db = tmp_path / "outbox.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STREAMING_CHILD, broker.mqtt_config().model_dump_json(), str(db), DEVICE],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "streaming"  # type: ignore[union-attr]
+        sub.wait_for(lambda m: len(m) >= 500, timeout=20)  # well into the stream
+    finally:
+        sigkill(proc)
+    before = set(seqs(sub))
+    with Outbox(db) as outbox:
+        left = {json.loads(m.payload)["seq"] for m in outbox.pending(limit=1_000_000)}
+        highest = max(before | left)
+        assert left, "the kill came after everything was acked; the test proves nothing"
+        pub = MqttPublisher(MqttConfig(host=broker.host, port=broker.port), DEVICE, outbox)
+        pub.start()
+        try:
+            assert pub.flush(timeout=30), pub.stats()
+        finally:
+            pub.stop(drain_timeout=5)
+    sub.wait_for(has_all(set(range(1, highest + 1))), timeout=15)  # 1..highest: no hole anywhere
+
+
 def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, outbox, publishers) -> None:
     """~15 results/s; the broker is SIGKILLed for 3 s and comes back: every seq arrives, the outbox drains."""
     broker = mosquitto(persistent=True)
