@@ -41,6 +41,7 @@ def _image_input(
 # -- quantize / dequantize --------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # a shared, loaded machine: no per-example time limit
 @given(q=quantizations, dtype=st.sampled_from(["int8", "uint8", "int16"]), data=st.data())
 def test_quantize_dequantize_is_identity_on_quantized_values(q, dtype, data) -> None:
     np_dtype = INT_TYPES[dtype]
@@ -52,6 +53,7 @@ def test_quantize_dequantize_is_identity_on_quantized_values(q, dtype, data) -> 
     np.testing.assert_array_equal(back, values)
 
 
+@settings(deadline=None)
 @given(
     scale=st.floats(min_value=1e-3, max_value=1.0),
     zero_point=st.integers(-128, 127),
