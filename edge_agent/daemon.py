@@ -75,6 +75,7 @@ class Daemon:
         self._reload_requested = False
         self._started_mono = time.monotonic()
         self._status = ""
+        self._status_sent = -float("inf")
         self._stall_logged: set[str] = set()
         self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
 
@@ -176,7 +177,13 @@ class Daemon:
                 self.publish_stats()
                 next_stats = now + self.cfg.mqtt.stats_interval_s
             self._set_status(self._status_line())
-            if all(p.state in ("finished", "stopped", "failed") for p in self.pipelines):
+            failed = [p.name for p in self.pipelines if p.state == "failed"]
+            if failed:
+                # A pipeline that cannot go on (a broken model, a bug) stops the daemon with its exit code, so
+                # systemd's Restart=on-failure gets everything back instead of leaving it half dead.
+                log.error("pipeline(s) %s failed; stopping", ", ".join(failed))
+                break
+            if all(p.state in ("finished", "stopped") for p in self.pipelines):
                 log.info("every pipeline has ended")
                 break
         failed = [p for p in self.pipelines if p.state == "failed"]
