@@ -68,3 +68,28 @@ def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8
             assert agent.wait(30) == 0, agent.log()
     finally:
         notify.close()
+
+
+class _P:
+    def __init__(self, name: str, state: str = "running", progress: int = 0) -> None:
+        self.name, self.state, self.progress = name, state, progress
+
+
+def test_watchdog_rule() -> None:
+    """Ping only when every running pipeline turned its loop since the last ping; ended ones don't count."""
+    from edge_agent.daemon import Watchdog
+
+    dog = Watchdog(interval_s=0.5)
+    a, b = _P("a"), _P("b")
+    assert dog.due(0.0) and dog.healthy([a, b]) == []  # first ping: nothing to compare with yet
+    dog.pinged(0.0, [a, b])
+    assert not dog.due(0.4) and dog.due(0.5)
+    a.progress += 1  # a turned (a frame, or an idle read timeout); b did not: stuck
+    assert dog.healthy([a, b]) == ["b"]
+    b.progress += 3
+    assert dog.healthy([a, b]) == []
+    dog.pinged(1.0, [a, b])
+    b.state = "finished"  # a finished file source does not hold the pings back
+    a.progress += 1
+    assert dog.healthy([a, b]) == []
+    assert not Watchdog(interval_s=None).due(100.0)  # systemd does not watch us: never due
