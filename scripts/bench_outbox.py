@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -146,7 +148,9 @@ def main() -> None:
     for name, value in rows:
         print(f"{name:<{width}}  {value:>28,.0f}")
     e2e = rows[-1][1]
-    print(f"\nend to end vs 2,000 results/s target: {e2e / 2000:.1f}x")
+    print(
+        f"\nend to end vs 2,000 results/s target: {e2e / 2000:.1f}x (load average {os.getloadavg()[0]:.1f})"
+    )
     if backlog:
         print(
             f"backlog replay: {backlog['rows']:,} rows in {backlog['seconds']:.1f} s "
@@ -159,6 +163,9 @@ def main() -> None:
         "target_ratio": e2e / 2000,
         "backlog": backlog,
         "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_end": os.getloadavg()[0],  # other work on the machine lowers every number
     }
     print(json.dumps(result))
     if args.json:
