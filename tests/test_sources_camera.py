@@ -268,6 +268,8 @@ def test_rtsp_stream_is_read(open_source, ffmpeg_stream, monkeypatch) -> None:
     stream = ffmpeg_stream("rtsp")
     monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;udp")  # what this server speaks
     source = open_source(stream.url, **FAST)
-    numbers = read_numbers(source, 5)
-    assert all(0 <= n < 100 for n in numbers)
+    numbers = read_numbers(source, 10)
+    # RTP over UDP: a lost packet or a missing keyframe gives a damaged picture (real RTSP does the same);
+    # most frames must carry their number intact
+    assert sum(0 <= n < 100 for n in numbers) >= 6, numbers
     assert source.stats["connected"] is True
