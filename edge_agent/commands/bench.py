@@ -68,7 +68,14 @@ def run_worker(spec: BenchSpec) -> BenchRun:
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    """Fixed decimals, more of them for sub-millisecond values so a tiny model does not show 0.00."""
+    if v is None:
+        return "-"
+    if abs(v) < 0.1:
+        digits = max(digits, 4)
+    elif abs(v) < 1:
+        digits = max(digits, 3)
+    return f"{v:.{digits}f}"
 
 
 def render_table(model: Path, runs: list[BenchRun], header: dict) -> str:
@@ -130,8 +137,8 @@ def render_table(model: Path, runs: list[BenchRun], header: dict) -> str:
                     r.runtime,
                     str(r.threads),
                     str(timing.count),
-                    f"{timing.median_ms:.3f}",
-                    f"{timing.p90_ms:.3f}",
+                    _fmt(timing.median_ms, 3),
+                    _fmt(timing.p90_ms, 3),
                     f"{share:.1f}%",
                 ]
             )
@@ -142,12 +149,13 @@ def render_table(model: Path, runs: list[BenchRun], header: dict) -> str:
         ]
         what = next((r.preprocess_what for r in runs if r.preprocess_what), None)
         if what:
-            lines.append(f"preprocess = {what} (resize, colour, normalize + quantize into the input buffer)")
+            how = "resize, colour, normalize + quantize" if "BGR frame" in what else "quantize"
+            lines.append(f"preprocess = {what} ({how}, written into the interpreter's input buffer)")
     fastest = min(runs, key=lambda r: r.steady.median_ms)
     lines += [
         "",
         f"fastest: {fastest.runtime} with {fastest.threads} thread(s), "
-        f"median {fastest.steady.median_ms:.2f} ms ({1000 / fastest.steady.median_ms:.0f} inferences/s)",
+        f"median {_fmt(fastest.steady.median_ms)} ms ({1000 / fastest.steady.median_ms:.0f} inferences/s)",
     ]
     for r in runs:
         if "postprocess_error" in r.extra:
