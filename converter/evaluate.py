@@ -57,9 +57,19 @@ def _same(shape: tuple[int | None, ...], tensor: Tensor) -> bool:
     )
 
 
-def class_targets(y: np.ndarray, classes: int, source: str) -> np.ndarray:
-    """Integer class ids in [0, classes); DataError naming the problem otherwise."""
+def class_targets(y: np.ndarray, classes: int, source: str, labels: list[str] | None = None) -> np.ndarray:
+    """Integer class ids in [0, classes) (label names are looked up in ``labels``); DataError otherwise."""
     y = np.asarray(y).reshape(len(y), -1)
+    if y.dtype.kind in "USO":
+        names = [str(v) for v in y[:, 0]]
+        unknown = sorted(set(names) - set(labels or []))
+        if unknown:
+            hint = "not in the labels" if labels else "names, but no --labels were given to map them"
+            raise DataError(f"evaluation data {source}: y holds class {hint}: {', '.join(unknown[:5])}")
+        assert labels is not None
+        return np.array([labels.index(n) for n in names], dtype=np.int64)
+    if y.dtype.kind not in "iufb":
+        raise DataError(f"evaluation data {source}: y must hold class indices, not {y.dtype}")
     if y.shape[1] != 1:
         raise DataError(
             f"evaluation data {source}: y must hold one class index per sample, got shape {y.shape}"
@@ -84,6 +94,7 @@ def evaluate(
     float_outputs: list[np.ndarray] | None = None,
     latency: bool = True,
     reference: LiteModel | None = None,
+    labels: list[str] | None = None,
 ) -> Evaluation:
     """Compare ``lite`` with the float ``model`` on ``data``; ``reference`` (the float32 .tflite), when
     given, is timed too so the latency gain is measured on the same runtime."""
@@ -107,7 +118,7 @@ def evaluate(
     )
     f0, q0 = float_out[0].reshape(len(data.x), -1), quant[0].reshape(len(data.x), -1)
     if task == "classification":
-        y = class_targets(data.y, f0.shape[1], data.source)
+        y = class_targets(data.y, f0.shape[1], data.source, labels)
         float_top, quant_top = f0.argmax(axis=1), q0.argmax(axis=1)
         result.accuracy_float = round(float(np.mean(float_top == y)), 6)
         result.accuracy_quantized = round(float(np.mean(quant_top == y)), 6)

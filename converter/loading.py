@@ -69,6 +69,46 @@ class FloatModel:
     def _input_key(self) -> str:
         return next(iter(self.signature.structured_input_signature[1]))
 
+    def with_input_shape(self, sample_shape: tuple[int, ...] | None) -> FloatModel:
+        """Fix unknown input dimensions (TFLite needs them: a dynamic H/W converts as 1x1). ModelError
+        naming the shape when dims are unknown and no ``sample_shape`` (without batch) was given."""
+        unknown = None in self.input_shape[1:]
+        if sample_shape is None:
+            if unknown:
+                dims = ",".join("H" if d is None else str(d) for d in self.input_shape[1:])
+                raise ModelError(
+                    f"{self.path}: the model input {list(self.input_shape)} has unknown dimensions; "
+                    f"give the size the device will use with --input-shape (e.g. {dims.replace('H', '224')})"
+                )
+            return self
+        known = self.input_shape[1:]
+        if len(sample_shape) != len(known) or any(
+            k is not None and k != s for k, s in zip(known, sample_shape, strict=True)
+        ):
+            raise ModelError(
+                f"--input-shape {','.join(map(str, sample_shape))} does not fit the model input "
+                f"{list(self.input_shape)}"
+            )
+        if not unknown:
+            return self
+        if self.keras_model is None:
+            raise ModelError(
+                f"{self.path}: a SavedModel with unknown input dimensions {list(self.input_shape)} cannot be "
+                "reshaped here; export it with a fixed input shape (or convert the Keras model instead)"
+            )
+        import keras
+
+        inp = keras.Input(shape=tuple(sample_shape), name=self.keras_model.inputs[0].name.split(":")[0])
+        fixed = keras.Model(inp, self.keras_model(inp), name=self.keras_model.name)
+        return FloatModel(
+            path=self.path,
+            kind=self.kind,
+            input_shape=(None, *sample_shape),
+            output_shapes=[tuple(o.shape) for o in fixed.outputs],
+            output_names=self.output_names,
+            keras_model=fixed,
+        )
+
     def recurrent_layers_without_unroll(self) -> list[str]:
         """Names of LSTM/GRU-like layers the TFLite converter cannot lower (they need ``unroll=True``)."""
         if self.keras_model is None:

@@ -278,6 +278,9 @@ def small_models(tmp_path_factory) -> dict[str, Path]:
     keras.Model(inp, keras.layers.Dense(6)(hidden)).save(base / "autoencoder.keras")
     seq = keras.Input((10, 3))
     keras.Model(seq, keras.layers.Dense(2)(keras.layers.LSTM(4)(seq))).save(base / "lstm.keras")
+    image = keras.Input((None, None, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(image))
+    keras.Model(image, keras.layers.Dense(3, activation="softmax")(pooled)).save(base / "dynamic.keras")
     rng = np.random.default_rng(0)
     np.save(base / "rows.npy", rng.standard_normal((60, 6)).astype(np.float32))
     np.savetxt(
@@ -344,6 +347,32 @@ def model_input_quantized(spec, sample: np.ndarray) -> np.ndarray:
     info = np.iinfo(spec.dtype)
     q = np.rint(sample / spec.quantization.scale) + spec.quantization.zero_point
     return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def test_dynamic_input_size_needs_input_shape(small_models, tmp_path):
+    out = tmp_path / "dyn.tflite"
+    proc = run_edge_convert("quantize", small_models["dynamic"], "-o", out, "--calib", "random")
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 3 and "unknown dimensions" in proc.stderr and "--input-shape" in proc.stderr
+    assert not out.exists()
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "eval.npz"  # class names as targets, mapped through --labels
+    np.savez(data, x=rng.random((30, 16, 16, 3), dtype=np.float32), y=np.array(["cat", "dog", "owl"] * 10))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nowl\n")
+    proc = run_edge_convert(
+        "quantize", small_models["dynamic"], "-o", out, "--calib", data, "--input-shape", "16,16,3",
+        "--eval", data, "--labels", labels, "--mean", "127.5,127.5,127.5", "--std", "127.5", "--color", "bgr",
+    )  # fmt: skip
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert manifest["inputs"][0]["shape"] == [1, 16, 16, 3] and manifest["inputs"][0]["kind"] == "image"
+    assert manifest["preprocess"] == {
+        "color": "bgr", "resize": "stretch", "scale": 1.0, "mean": [127.5] * 3, "std": [127.5],
+    }  # fmt: skip
+    assert manifest["evaluation"]["samples"] == 30 and manifest["evaluation"]["top1_agreement"] >= 0.9
+    assert "calibration data eval.npz spans" in proc.stderr  # 0..1 data vs a -1..1 preprocessing: warned
 
 
 # -------------------------------------------------------------------------------- bad input

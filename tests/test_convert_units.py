@@ -208,3 +208,17 @@ def test_roles_by_task_and_shape():
         parse_role_overrides(("nope=mask",), odd.outputs)
     with pytest.raises(ConfigError, match="ROLE one of"):
         parse_role_overrides(("x=banana",), odd.outputs)
+
+
+def test_preprocess_options_checked_against_channels():
+    from converter.cli import build_preprocess
+
+    pre = build_preprocess((None, 32, 32, 3), "1/255", "0.485,0.456,0.406", "0.229,0.224,0.225", None, "crop")
+    assert pre.color == "rgb" and pre.resize == "crop" and pre.mean == [0.485, 0.456, 0.406]
+    assert build_preprocess((None, 8, 8, 1), None, None, None, None, "stretch").color == "gray"
+    with pytest.raises(ConfigError, match="give 1 value or 3"):
+        build_preprocess((None, 32, 32, 3), None, "1,2", None, None, "stretch")
+    with pytest.raises(ConfigError, match="--color gray does not fit"):
+        build_preprocess((None, 32, 32, 3), None, None, None, "gray", "stretch")
+    with pytest.raises(ConfigError, match="--std must not be 0"):
+        build_preprocess((None, 8, 8, 1), None, None, "0", None, "stretch")
