@@ -18,7 +18,13 @@ from edge_agent.processing.postprocess import ENTRY_POINT_GROUP, PostContext, cr
 from edge_agent.processing.preprocess import FrameTransform, ImagePreprocessor, TensorPreprocessor
 from edge_agent.runtime import load_model
 from edge_agent.runtime.config import ModelConfig
-from tests.fixtures.tflite_models import REGRESSION_BIAS, REGRESSION_KERNEL, YOLO_LABELS, TinyModel
+from tests.fixtures.tflite_models import (
+    REGRESSION_BIAS,
+    REGRESSION_KERNEL,
+    SSD_LABELS,
+    YOLO_LABELS,
+    TinyModel,
+)
 
 SHA = "0" * 64
 
@@ -187,6 +193,25 @@ def test_ssd_label_offset_and_class_filter() -> None:
         _ssd_outputs(), PostContext()
     )
     assert [d.label for d in result.detections] == ["bicycle"]  # class id 2 - 1
+
+
+@pytest.mark.slow
+def test_real_ssd_postprocess_op_roles_by_op_position_and_golden_boxes(ssd_plain: TinyModel) -> None:
+    model = load_model(ModelConfig(path=ssd_plain.path, task="detection", labels=SSD_LABELS,
+                                   preprocess={"resize": "stretch", "scale": 1 / 255}))  # fmt: skip
+    roles = {o.name: o.role for o in model.manifest.outputs}
+    assert sorted(roles.values()) == ["boxes", "classes", "count", "scores"]
+    # the interpreter lists these outputs in no useful order; the op's own output positions decide
+    assert roles == {"PartitionedCall:0": "boxes", "PartitionedCall:1": "classes",
+                     "PartitionedCall:2": "scores", "PartitionedCall:3": "count"}  # fmt: skip
+    result = _run(model, np.zeros((48, 64, 3), np.uint8), {"threshold": 0.25})
+    got = [(d.label, round(d.score, 3), d.box) for d in result.detections]
+    assert [g[:2] for g in got] == [("person", 0.9), ("car", 0.7), ("person", 0.3)]
+    # anchor (yc, xc, h, w) = (0.5, 0.5, 0.5, 0.5) -> [xmin, ymin, xmax, ymax] = [0.25, 0.25, 0.75, 0.75]
+    assert got[0][2] == pytest.approx((0.25, 0.25, 0.75, 0.75), abs=1e-6)
+    assert got[1][2] == pytest.approx((0.1, 0.1, 0.3, 0.3), abs=1e-6)
+    assert got[2][2] == pytest.approx((0.75, 0.75, 0.85, 0.85), abs=1e-6)
+    assert [d.label for d in _run(model, np.zeros((48, 64, 3), np.uint8)).detections] == ["person", "car"]
 
 
 # -- detection: YOLO ------------------------------------------------------------------------------
