@@ -4,6 +4,7 @@ through the durable outbox (QoS 1) to real mosquitto and a separate subscriber."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -156,15 +157,20 @@ def test_wrong_password_is_reported_and_retried(
         notify.close()
 
 
-def test_corrupt_model_on_sighup_keeps_the_old_one(
-    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
-) -> None:
-    model = tmp_path / "model" / "color.tflite"
-    model.parent.mkdir()
-    shutil.copy(color_int8.path, model)
-    manifest = json.loads(color_int8.manifest_path.read_text())
+def install_model(source, model: Path) -> None:
+    """Copy a .tflite and its manifest to ``model`` as a deploy would (model_file renamed to match)."""
+    model.parent.mkdir(exist_ok=True)
+    shutil.copy(source.path, model)
+    manifest = json.loads(source.manifest_path.read_text())
     manifest["model_file"] = model.name
     model.with_suffix(".json").write_text(json.dumps(manifest))
+
+
+def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
+    tmp_path: Path, mosquitto, subscriber, color_int8, color_uint8, test_video
+) -> None:
+    model = tmp_path / "model" / "color.tflite"
+    install_model(color_int8, model)
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
     config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(model, test_video)])
@@ -179,4 +185,13 @@ def test_corrupt_model_on_sighup_keeps_the_old_one(
         later = results(sub.wait_for(lambda m: len(results(m)) >= after + 10, timeout=30))[after:]
         assert {r["model"]["sha256"] for r in later} == {first[0]["model"]["sha256"]}
         assert agent.proc.poll() is None
+
+        install_model(color_uint8, model)  # a good model this time: taken between two frames
+        agent.send(signal.SIGHUP)
+        new_prefix = hashlib.sha256(color_uint8.path.read_bytes()).hexdigest()[:12]
+        swapped = results(
+            agent.expect(sub, lambda m: any(r["model"]["sha256"] == new_prefix for r in results(m)))
+        )
+        seqs = [r["seq"] for r in swapped]
+        assert seqs == list(range(1, len(seqs) + 1))  # one seq series across the swap, nothing lost
         assert agent.stop() == 0, agent.log()
