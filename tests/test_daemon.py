@@ -100,3 +100,26 @@ def test_stream_dies_and_returns(
         assert r["label"] in labels
     for s in stats(sub.snapshot()):
         validate_payload(s, "stats")
+
+
+def test_evidence_frames_stay_local_and_bounded(
+    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+) -> None:
+    broker = mosquitto()
+    everything = subscriber(broker, "#")
+    pipeline = {"name": "cam", "source": {"type": "camera", "url": str(test_video)},
+                "model": {"path": str(color_int8.path)},
+                "evidence": {"enabled": True, "max_files": 5}}  # fmt: skip
+    config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        assert agent.wait(60) == 0, agent.log()
+    messages = everything.wait_for(offline, timeout=10)
+    got = results(messages)
+    assert len(got) == 50  # test_video has 50 frames
+    files = sorted((tmp_path / "state" / "evidence" / "cam").glob("*.jpg"))
+    assert len(files) == 5  # the newest five of 50 saved frames
+    newest = sorted(r["seq"] for r in got)[-5:]
+    assert [int(f.name.split("-")[0]) for f in files] == newest
+    assert all(f.read_bytes()[:2] == b"\xff\xd8" for f in files)
+    assert all(len(p) <= MAX_PAYLOAD for _, p, _ in messages)  # the JPEGs were never published
