@@ -9,6 +9,7 @@ from pydantic import Field
 
 from edge_agent.sources.camera import CameraSourceConfig
 from edge_agent.sources.command import CommandSourceConfig
+from edge_agent.sources.factory import create_source
 from edge_agent.sources.file_tail import FileSourceConfig
 from edge_agent.sources.iio import IioSourceConfig
 from edge_agent.sources.serial_lines import SerialSourceConfig
@@ -28,4 +29,4 @@ SOURCES: dict[str, str] = {
     "file": "edge_agent.sources.file_tail:FileSource",
 }
 
-__all__ = ["SOURCES", "SourceConfig", "WindowConfig"]
+__all__ = ["SOURCES", "SourceConfig", "WindowConfig", "create_source"]
