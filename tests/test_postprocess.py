@@ -23,6 +23,7 @@ from tests.fixtures.tflite_models import (
     REGRESSION_KERNEL,
     SSD_LABELS,
     YOLO_LABELS,
+    YOLO_SIZE,
     TinyModel,
 )
 
@@ -227,15 +228,24 @@ def test_nms_is_greedy_and_class_aware() -> None:
 
 
 @pytest.mark.slow
-def test_yolo_model_golden_detections_in_the_original_frame(yolo_float32: TinyModel) -> None:
-    model = load_model(ModelConfig(path=yolo_float32.path))
+@pytest.mark.parametrize("fixture", ["yolo_float32", "yolo_int8"])
+def test_yolo_model_golden_detections_in_the_original_frame(fixture: str, request) -> None:
+    tiny: TinyModel = request.getfixturevalue(fixture)
+    model = load_model(ModelConfig(path=tiny.path))
+    q = model.manifest.outputs[0].quantization
+    # int8: boxes (pixels up to 28) and scores share one scale, so a score is only good to half a step
+    # (~0.06 here); a box corner to half a step of input pixels (~0.002 of the frame after the letterbox)
+    score_tol, tol = (
+        (1e-6, 1e-6) if q is None else (q.scale / 2 + 1e-6, q.scale / 2 / YOLO_SIZE * 640 / 480 + 1e-6)
+    )
     frame = np.zeros((480, 640, 3), np.uint8)
     result = _run(model, frame)
     # letterbox 640x480 -> 32x24 + 4 px pad top: input box x 8..24, y 4..28 is frame x 0.25..0.75, y 0..1
-    assert [(d.label, round(d.score, 3)) for d in result.detections] == [("person", 0.9), ("car", 0.7)]
-    assert result.detections[0].box == pytest.approx((0.25, 0.0, 0.75, 1.0), abs=1e-6)
+    assert [d.label for d in result.detections] == ["person", "car"]
+    assert [d.score for d in result.detections] == pytest.approx([0.9, 0.7], abs=score_tol)
+    assert result.detections[0].box == pytest.approx((0.25, 0.0, 0.75, 1.0), abs=tol)
     # the car box is 1 input px right: 1/32 input = 20 frame px = 1/32 of the width
-    assert result.detections[1].box == pytest.approx((0.25 + 1 / 32, 0.0, 0.75 + 1 / 32, 1.0), abs=1e-6)
+    assert result.detections[1].box == pytest.approx((0.25 + 1 / 32, 0.0, 0.75 + 1 / 32, 1.0), abs=tol)
     agnostic = _run(model, frame, {"class_agnostic": True})
     assert [d.label for d in agnostic.detections] == ["person"]
 
