@@ -147,3 +147,31 @@ def test_iio_source_to_results_until_sigterm(tmp_path: Path, mosquitto, subscrib
         validate_payload(r, "result")
         check_values(r, np.stack([sample, sample]))
     assert_no_raw_samples(messages, np.stack([sample]))
+
+
+def test_two_pipelines_in_one_daemon(
+    tmp_path: Path, mosquitto, subscriber, regression_int8, color_int8, test_video
+) -> None:
+    """A camera and a sensor pipeline side by side, each with its own thread, topic and seq series."""
+    csv = tmp_path / "samples.csv"
+    csv.write_text("a,b,c\n" + "\n".join(",".join(f"{v:g}" for v in row) for row in SAMPLES) + "\n")
+    broker = mosquitto()
+    sub = subscriber(broker, "#")
+    pipelines = [
+        {"name": "cam", "source": {"type": "camera", "url": str(test_video)},
+         "model": {"path": str(color_int8.path)}, "publish": {"topic": "site/door-cam"}},
+        {"name": "sensor", "source": {"type": "file", "path": str(csv)}, "window": WINDOW,
+         "model": {"path": str(regression_int8.path)}, "publish": {"qos": 0}},
+    ]  # fmt: skip
+    config = write_config(tmp_path / "config.yaml", broker, pipelines)
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        assert agent.wait(60) == 0, agent.log()
+    messages = sub.wait_for(lambda m: any(p == b"offline" for _, p, _ in m), timeout=10)
+    cam = [json.loads(p) for t, p, _ in messages if t == "site/door-cam"]
+    sensor = [json.loads(p) for t, p, _ in messages if t == "edge/testdev/sensor/result"]
+    assert sorted(r["seq"] for r in cam) == list(range(1, 51))  # test_video: 50 frames
+    assert [r["seq"] for r in sensor] == [1, 2, 3]  # QoS 0 straight through, in order on one connection
+    for r in cam + sensor:
+        validate_payload(r, "result")
+    assert {r["pipeline"] for r in cam} == {"cam"} and {r["label"] for r in cam} <= {"red", "green", "blue"}
