@@ -240,33 +240,44 @@ class Daemon:
             return
         self._warn_restart_only_changes(new_cfg)
         by_name = {p.name: p for p in new_cfg.pipelines}
-        for pipe in self.pipelines:
+        applied = []
+        for old_pcfg, pipe in zip(self.cfg.pipelines, self.pipelines, strict=True):
             pcfg = by_name.get(pipe.name)
             if pcfg is None or pipe.state not in ("starting", "running"):
+                applied.append(old_pcfg)
                 continue
-            try:
-                model = load_model(pcfg.model)
-            except EdgeAgentError as exc:
-                self._reload_failed(pipe, exc)
-                continue
-            try:
-                stages = self._stages(pcfg, model)
-            except EdgeAgentError as exc:
-                model.close()
-                self._reload_failed(pipe, exc)
-                continue
-            pipe.replace_model(stages)
             pipe.set_publish(pcfg.publish)
-            log.info(
-                "reload: pipeline %s will run %s (sha256 %s)",
-                pipe.name,
-                stages.info["name"],
-                model.sha256[:12],
-            )
+            swapped = self._reload_model(pipe, pcfg, load_model)
+            model_cfg = pcfg.model if swapped else old_pcfg.model
+            applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish}))
+        # Applied live: models, publish settings, drain timeout, stall detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
-            update={"pipelines": [by_name.get(p.name, p) for p in self.cfg.pipelines]}
+            update={
+                "pipelines": applied,
+                "drain_timeout_s": new_cfg.drain_timeout_s,
+                "watchdog": new_cfg.watchdog,
+            }
         )
         self.notifier.ready(self._status_line())
+
+    def _reload_model(self, pipe: Any, pcfg: PipelineConfig, load_model: Callable[[Any], Any]) -> bool:
+        """Load ``pcfg.model`` and hand it to the pipeline; on any error keep the old one. True if swapped."""
+        try:
+            model = load_model(pcfg.model)
+        except EdgeAgentError as exc:
+            self._reload_failed(pipe, exc)
+            return False
+        try:
+            stages = self._stages(pcfg, model)
+        except EdgeAgentError as exc:
+            model.close()
+            self._reload_failed(pipe, exc)
+            return False
+        pipe.replace_model(stages)
+        log.info(
+            "reload: pipeline %s will run %s (sha256 %s)", pipe.name, stages.info["name"], model.sha256[:12]
+        )
+        return True
 
     def _reload_failed(self, pipe: Any, exc: EdgeAgentError) -> None:
         old = pipe.stages.info
@@ -282,7 +293,9 @@ class Daemon:
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
         old = self.cfg
         changed = [
-            k for k in ("device_id", "mqtt", "state_dir", "outbox") if getattr(old, k) != getattr(new, k)
+            k
+            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level")
+            if getattr(old, k) != getattr(new, k)
         ]
         old_p = {p.name: p for p in old.pipelines}
         new_p = {p.name: p for p in new.pipelines}
