@@ -68,6 +68,7 @@ class Daemon:
         self.outbox: Any = None
         self.publisher: Any = None
         self.pipelines: list[Any] = []
+        self._model_stages: list[Any] = []  # one per configured pipeline once every model loaded
         self._seqs: list[Any] = []
         self._sources: list[Any] = []
         self._threads: list[threading.Thread] = []
@@ -132,7 +133,7 @@ class Daemon:
             for m in models:
                 _quietly(m.close, f"closing model {m.path}")
             raise
-        self._stages_list = stages  # closed through the pipelines from here on
+        self._model_stages = stages
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -203,12 +204,14 @@ class Daemon:
             _quietly(self.publish_stats, "publishing the last stats")
         for source in reversed(self._sources):
             _quietly(source.close, f"closing source {source!r}")
-        for pipe, t in zip(self.pipelines, self._threads, strict=False):
-            if not t.is_alive():
+        # Each pipeline's current model (it closed the ones it swapped out), none under a stuck thread; then
+        # the models loaded for pipelines that were never made (a later start-up step failed).
+        stuck = {t.name for t in self._threads if t.is_alive()}
+        for pipe in self.pipelines:
+            if f"pipeline-{pipe.name}" not in stuck:
                 _quietly(pipe.stages.model.close, f"closing the model of {pipe.name}")
-        if not self.pipelines:
-            for st in getattr(self, "_stages_list", []):
-                _quietly(st.model.close, "closing a model")
+        for st in self._model_stages[len(self.pipelines) :]:
+            _quietly(st.model.close, f"closing model {st.model.path}")
         if self.publisher is not None:
             timeout = self.cfg.drain_timeout_s if drain else 0.0
             _quietly(lambda: self.publisher.stop(timeout), "stopping the MQTT client")
