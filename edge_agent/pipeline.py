@@ -202,8 +202,9 @@ class Pipeline:
         return done
 
     def set_publish(self, cfg: PublishConfig) -> None:
-        """New publish settings (reload); the policy starts afresh, so the next result is published."""
-        self.policy, self.qos = PublishPolicy(cfg), cfg.qos
+        """New publish settings (reload); unchanged ones keep the policy's memory (on_change, interval)."""
+        if cfg != self.policy.cfg:
+            self.policy, self.qos = PublishPolicy(cfg), cfg.qos
 
     def model_info(self) -> dict[str, Any]:
         return dict(self.stages.info)
