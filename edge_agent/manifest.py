@@ -75,13 +75,13 @@ class OutputSpec(TensorSpec):
 class Preprocess(_Strict):
     """How a camera frame becomes model input: value = (pixel * scale - mean) / std, per channel."""
 
-    color: Literal["rgb", "bgr", "gray"] = Field(default="rgb", description="Channel order the model expects.")
+    color: Literal["rgb", "bgr", "gray"] = Field(default="rgb", description="Channel order the model wants.")
     resize: Literal["stretch", "letterbox", "crop"] = Field(
         default="stretch", description="stretch: ignore aspect; letterbox: pad; crop: centre crop."
     )
-    scale: float = Field(default=1.0, description="Multiplier applied to 0..255 pixels first (1/255 = 0.00392).")
-    mean: list[float] = Field(default_factory=lambda: [0.0], description="Subtracted after scaling; 1 or C values.")
-    std: list[float] = Field(default_factory=lambda: [1.0], description="Divisor after the mean; 1 or C values.")
+    scale: float = Field(default=1.0, description="Multiplies the 0..255 pixels first (1/255 = 0.00392).")
+    mean: list[float] = Field(default_factory=lambda: [0.0], description="Subtracted after scaling; 1 or C.")
+    std: list[float] = Field(default_factory=lambda: [1.0], description="Divisor after the mean; 1 or C.")
 
     @model_validator(mode="after")
     def _std_nonzero(self) -> Preprocess:
@@ -95,18 +95,19 @@ class Manifest(_Strict):
     name: str = Field(description="Model name, shown in every result payload.")
     task: Task
     model_file: str = Field(description="File name of the .tflite beside this manifest.")
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(description="sha256 of the .tflite file.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(description="sha256 of the .tflite.")
     mode: Mode | None = Field(default=None, description="Quantization mode the converter used.")
     labels: list[str] | None = Field(default=None, description="Class names, index = class id.")
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(min_length=1)
-    preprocess: Preprocess | None = Field(default=None, description="Required when an input has kind 'image'.")
+    preprocess: Preprocess | None = Field(default=None, description="Required when an input is an 'image'.")
     postprocess: dict[str, Any] = Field(
-        default_factory=dict, description="Options for the task's postprocessor (threshold, top_k, names, units...)."
+        default_factory=dict,
+        description="Options for the task's postprocessor (threshold, top_k, names, units...).",
     )
     calibration: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
-    converter: dict[str, str] | None = Field(default=None, description="Versions of edge-agent and TensorFlow used.")
+    converter: dict[str, str] | None = Field(default=None, description="edge-agent and TensorFlow versions.")
     created: str | None = Field(default=None, description="ISO 8601 UTC time of conversion.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -139,9 +140,13 @@ def load_manifest(path: Path, *, verify_sha256: bool = True) -> Manifest:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{path}: manifest not found; write one with edge-convert or configure the model fields") from None
+        raise ModelError(
+            f"{path}: manifest not found; write one with edge-convert or configure the model fields"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable JSON manifest ({exc}); re-create it with edge-convert") from None
+        raise ModelError(
+            f"{path}: not a readable JSON manifest ({exc}); re-create it with edge-convert"
+        ) from None
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -158,8 +163,9 @@ def load_manifest(path: Path, *, verify_sha256: bool = True) -> Manifest:
         actual = file_sha256(model_file)
         if actual != manifest.sha256:
             raise ModelError(
-                f"{model_file}: sha256 {actual[:12]}... does not match its manifest ({manifest.sha256[:12]}...); "
-                "the model was replaced or damaged: copy the .tflite and .json together again"
+                f"{model_file}: sha256 {actual[:12]}... does not match its manifest "
+                f"({manifest.sha256[:12]}...); the model was replaced or damaged: "
+                "copy the .tflite and .json together again"
             )
     return manifest
 

@@ -26,22 +26,22 @@ class ModelConfig(BaseModel):
     runtime: RuntimeName = Field(
         default="auto", description="auto = ai-edge-litert, then tflite-runtime, then tensorflow.lite."
     )
-    num_threads: int | None = Field(default=None, ge=1, le=64, description="Default: the number of CPU cores.")
+    num_threads: int | None = Field(default=None, ge=1, le=64, description="Default: usable CPU cores.")
     delegate: Literal["none", "edgetpu"] = Field(
-        default="none", description="edgetpu: load libedgetpu.so.1; falls back to the CPU when it cannot load."
+        default="none", description="edgetpu: load libedgetpu.so.1; runs on the CPU when it cannot load."
     )
-    edgetpu_device: str | None = Field(default=None, description="e.g. 'usb:0' or 'pci:0'; default: the first.")
+    edgetpu_device: str | None = Field(default=None, description="e.g. 'usb:0', 'pci:0'; default: the first.")
     task: Task | None = Field(default=None, description="Required without a manifest.")
     labels: list[str] | None = Field(default=None, description="Class names, or see labels_file.")
     labels_file: Path | None = Field(default=None, description="One label per line.")
     input_kind: Literal["image", "tensor"] | None = Field(
-        default=None, description="Without a manifest: 'image' for camera models (default when the input is 4-D)."
+        default=None, description="Without a manifest: 'image' for camera models (default for a 4-D input)."
     )
-    preprocess: Preprocess | None = Field(default=None, description="Without a manifest: how frames are prepared.")
+    preprocess: Preprocess | None = Field(default=None, description="Without a manifest: frame prep.")
     output_roles: dict[str, OutputRole] | None = Field(
-        default=None, description="Without a manifest: tensor name -> role; default: guessed from shapes per task."
+        default=None, description="Without a manifest: tensor name -> role; default: guessed from the shapes."
     )
     postprocess: dict[str, Any] = Field(
-        default_factory=dict, description="Postprocessor options (top_k, threshold, names, units, nms_iou...)."
+        default_factory=dict, description="Postprocessor options (top_k, threshold, names, units, nms_iou)."
     )
-    verify_sha256: bool = Field(default=True, description="Check the model file against its manifest's sha256.")
+    verify_sha256: bool = Field(default=True, description="Check the sha256 in the manifest.")
