@@ -49,6 +49,7 @@ class Broker:
             "allow_anonymous true",
             "persistence false",
             "max_queued_messages 0",
+            "set_tcp_nodelay true",
             "max_inflight_messages 0",
             "log_type error",
         ]
