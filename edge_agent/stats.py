@@ -137,6 +137,8 @@ class PipelineStats:
                 "connected": bool(source.get("connected", False)),
                 "reconnects": int(source.get("reconnects", 0)),
                 "last_error": source.get("last_error"),
+                # sensor sources also count samples read and lines they could not parse
+                **{k: int(source[k]) for k in ("samples", "bad_lines") if source.get(k) is not None},
             },
             "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
         }

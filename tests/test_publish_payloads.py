@@ -177,3 +177,16 @@ def test_stats_schema_rejects_unknown_backend() -> None:
                         outbox={"depth": 0, "bytes": 0, "dropped": 0})  # fmt: skip
     with pytest.raises(jsonschema.ValidationError, match="onnx"):
         validate_payload(raw, "stats")
+
+
+def test_sensor_source_counters_reach_the_stats_payload() -> None:
+    snap = PipelineStats().snapshot(
+        source={"connected": True, "reconnects": 0, "last_error": "line 3: 'x' is not a number",
+                "samples": 1200, "bad_lines": 2, "frames": 11},
+        model={"name": "m", "sha256": SHA, "backend": "litert", "delegate": None, "delegate_error": None},
+    )  # fmt: skip
+    assert snap["source"]["samples"] == 1200 and snap["source"]["bad_lines"] == 2
+    raw = stats_payload(device="d", uptime_s=1, pipelines={"vibration": snap},
+                        mqtt={"connected": True, "reconnects": 0, "last_error": None},
+                        outbox={"depth": 0, "bytes": 0, "dropped": 0})  # fmt: skip
+    assert validate_payload(raw, "stats")["pipelines"]["vibration"]["source"]["bad_lines"] == 2
