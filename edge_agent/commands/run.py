@@ -15,7 +15,12 @@ from edge_agent.config import load_config
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_context
 def command(ctx: click.Context, config: Path) -> int:
-    """Run the pipelines of CONFIG until stopped."""
+    """Run the pipelines of CONFIG until stopped.
+
+    SIGTERM/SIGINT stop cleanly (pending results are sent for up to drain_timeout_s); SIGHUP reloads the
+    models and publish settings. With only finite sources (a video file without loop) it exits 0 once
+    everything was processed and delivered. Validate a config first with `edge-agent check CONFIG`.
+    """
     from edge_agent.daemon import Daemon
 
     cfg = load_config(config)
