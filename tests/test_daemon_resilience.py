@@ -27,6 +27,8 @@ def camera_pipeline(model: Path, video: Path, **extra) -> dict:
 def outbox_seqs(state_dir: Path) -> set[int]:
     """Seqs of the results still in the outbox (read-only, as the daemon left it)."""
     db = state_dir / "outbox.sqlite3"
+    if not db.exists():  # the daemon has not created it yet
+        return set()
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
@@ -195,3 +197,25 @@ def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
         seqs = [r["seq"] for r in swapped]
         assert seqs == list(range(1, len(seqs) + 1))  # one seq series across the swap, nothing lost
         assert agent.stop() == 0, agent.log()
+
+
+def test_sigterm_with_broker_down_is_bounded_and_keeps_the_outbox(
+    tmp_path: Path, mosquitto, color_int8, test_video
+) -> None:
+    broker = mosquitto()
+    broker.stop()  # a broker that is down for the whole run
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, test_video)], drain_timeout_s=1.0
+    )
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        deadline = time.monotonic() + 30
+        while len(outbox_seqs(state)) < 10:
+            assert time.monotonic() < deadline and agent.proc.poll() is None, agent.log()
+            time.sleep(0.1)
+        started = time.monotonic()
+        assert agent.stop(timeout=20) == 0, agent.log()
+        assert time.monotonic() - started < 8  # drain_timeout_s=1 plus the pipeline and paho teardown
+    queued = outbox_seqs(state)
+    assert len(queued) >= 10 and f"{len(queued)} results are still in the outbox" in agent.log()
