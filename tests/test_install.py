@@ -400,6 +400,15 @@ def test_accepts_supported_python(tmp_path: Path, wheel: Path, version: str) -> 
     assert f"would create venv /opt/edge-agent/venv with {python} (Python {version})" in proc.stdout
 
 
+def test_pip_failure_is_one_clear_error(tmp_path: Path) -> None:
+    """No index and no wheel: pip cannot even get the build backend; the installer says what to do."""
+    proc = run_install(tmp_path / "r", "--python", sys.executable, env={"PIP_FIND_LINKS": str(tmp_path)})
+    assert proc.returncode == 5
+    assert "install: error: pip could not install edge-agent[device]" in proc.stderr
+    assert "PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR with --wheel FILE" in proc.stderr
+    assert not (tmp_path / "r" / CONF).exists()  # it stopped before writing the rest
+
+
 def test_refuses_a_missing_interpreter(tmp_path: Path, wheel: Path) -> None:
     proc = run_install(tmp_path / "r", "--python", "python3.99", "--wheel", str(wheel))
     assert proc.returncode == 4 and "Python interpreter 'python3.99' not found" in proc.stderr
@@ -551,6 +560,15 @@ def test_full_install_runs_edge_agent(full_stage: Path) -> None:
     pkgs = subprocess.run([str(full_stage / VENV / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
                           capture_output=True, text=True, check=True).stdout.lower()  # fmt: skip
     assert "ai-edge-litert==" in pkgs and "tensorflow" not in pkgs
+    litert = re.search(r"^ai-edge-litert==(\S+)$", pkgs, re.M).group(1)
+    empty = full_stage / "empty"
+    empty.mkdir(exist_ok=True)
+    cmd = [str(exe), "probe", "--json", "--sysfs-root", str(empty), "--dev-root", str(empty)]
+    probe = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
+    assert probe.returncode == 0, probe.stderr
+    runtimes = {r["name"]: r for r in json.loads(probe.stdout)["runtimes"]}
+    assert runtimes["litert"] == {"name": "litert", "version": litert, "imports": True, "error": None}
+    assert runtimes["tensorflow"]["version"] is None  # not in the device venv
 
 
 def test_enable_refuses_without_a_model_then_enables(full_stage: Path, checkout: Path, color_int8) -> None:
