@@ -229,6 +229,31 @@ def test_new_template_replaces_an_unedited_config_only(tmp_path: Path, wheel: Pa
     assert (root / CONF).read_bytes() == TEMPLATE.read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("nodes", "camera"),
+    [
+        ({"video0": "HD Pro Webcam C920", "video1": "HD Pro Webcam C920"}, True),
+        # every Pi has these codec/ISP nodes; they are not cameras
+        ({"video10": "bcm2835-codec-decode", "video12": "bcm2835-isp", "video19": "rpi-hevc-dec"}, False),
+        ({}, False),
+    ],
+)
+def test_camera_extra_when_a_camera_node_is_present(
+    tmp_path: Path, wheel: Path, nodes: dict[str, str], camera: bool
+) -> None:
+    dev, sys_ = tmp_path / "dev", tmp_path / "sys"
+    dev.mkdir()
+    for node, name in nodes.items():
+        (dev / node).write_text("")
+        (sys_ / "class/video4linux" / node).mkdir(parents=True)
+        (sys_ / "class/video4linux" / node / "name").write_text(name + "\n")
+    env = {"EDGE_AGENT_DEV_ROOT": str(dev), "EDGE_AGENT_SYSFS_ROOT": str(sys_)}
+    proc = run_install(tmp_path / "r", *offline_args(wheel), "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert ("would pip install edge-agent[device,camera]" in proc.stdout) is camera
+    assert (f"camera extra: found {dev}/video0 {dev}/video1" in proc.stdout) is camera
+
+
 def test_a_unit_with_a_fixed_user_gets_that_user(tmp_path: Path, wheel: Path) -> None:
     """DynamicUser= needs no account; a unit with User= does: useradd is printed (not run) with --root."""
     unit = SHIPPED_UNIT.read_text().replace("DynamicUser=yes", "User=edge-agent")
@@ -244,6 +269,16 @@ def test_a_unit_with_a_fixed_user_gets_that_user(tmp_path: Path, wheel: Path) ->
     )
     purge = subprocess.run([*cmd[:4], "--purge"], capture_output=True, text=True, env=env, timeout=300)
     assert "--root: not run: userdel edge-agent" in purge.stdout
+
+
+def test_system_site_packages_follows_the_option(staged: Path, wheel: Path) -> None:
+    cfg = staged / VENV / "pyvenv.cfg"
+    assert "include-system-site-packages = false" in cfg.read_text().splitlines()
+    proc = run_install(staged, *offline_args(wheel), "--system-site-packages")
+    assert "set include-system-site-packages = true in /opt/edge-agent/venv/pyvenv.cfg" in proc.stdout
+    assert "include-system-site-packages = true" in cfg.read_text().splitlines()
+    proc = run_install(staged, *offline_args(wheel))
+    assert "include-system-site-packages = false" in cfg.read_text().splitlines()
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, wheel: Path) -> None:
