@@ -6,28 +6,29 @@ and bad arguments fail before the slow import.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import click
-import numpy as np
 
 from converter import quiet, report
+from converter.options import (
+    build_preprocess,
+    check_range,
+    infer_scaling,
+    parse_postprocess,
+    parse_shape,
+    read_labels,
+    warn,
+)
 from edge_agent import __version__
 from edge_agent.cli import run_cli
 from edge_agent.errors import ConfigError, DataError, ModelError, QualityGateError
 
 TASKS = ("classification", "detection", "regression", "anomaly", "segmentation")
 MODES = ("int8", "float16", "dynamic", "int16x8", "float32")
-
-
-def warn(message: str) -> None:
-    click.echo(f"edge-convert: warning: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,151 +62,6 @@ verbose_option = click.option(
     callback=_verbose_callback,
     help="Show TensorFlow's own output (same as edge-convert --verbose).",
 )
-
-
-def parse_number(text: str, option: str) -> float:
-    """A float or a fraction such as 1/255."""
-    try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{option} {text!r}: expected a number such as 0.0039 or 1/255") from None
-
-
-def parse_list(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    return [parse_number(part, option) for part in text.split(",")]
-
-
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ConfigError(
-            f"--input-shape {text!r}: expected sizes without the batch, e.g. 224,224,3"
-        ) from None
-    if not dims or any(d < 1 for d in dims):
-        raise ConfigError(f"--input-shape {text!r}: sizes must be positive")
-    return dims
-
-
-def read_labels(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--labels {path}: cannot read it ({exc})") from None
-    if not labels:
-        raise ConfigError(f"--labels {path}: holds no labels; write one label per line")
-    return labels
-
-
-def parse_postprocess(items: tuple[str, ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--postprocess {item!r}: expected KEY=VALUE, e.g. top_k=3 or threshold=0.5")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def build_preprocess(
-    input_shape: tuple[int | None, ...],
-    scale: str | None,
-    mean: str | None,
-    std: str | None,
-    color: str | None,
-    resize: str,
-) -> Any:
-    """The manifest's preprocess section for an image input, checked against its channel count."""
-    from edge_agent.manifest import Preprocess
-
-    channels = input_shape[-1]
-    color = color or ("gray" if channels == 1 else "rgb")
-    if (color == "gray") != (channels == 1):
-        raise ConfigError(
-            f"--color {color} does not fit the model input {list(input_shape)} ({channels} channel(s))"
-        )
-    means = parse_list(mean, "--mean") or [0.0]
-    stds = parse_list(std, "--std") or [1.0]
-    for option, values in (("--mean", means), ("--std", stds)):
-        if len(values) not in (1, channels):
-            raise ConfigError(f"{option}: give 1 value or {channels} (one per channel), not {len(values)}")
-    if any(s == 0 for s in stds):
-        raise ConfigError("--std must not be 0")
-    return Preprocess(
-        color=color,
-        resize=resize,
-        scale=parse_number(scale, "--scale") if scale is not None else 1.0,
-        mean=means,
-        std=stds,
-    )
-
-
-def check_range(x: np.ndarray, pre: Any, source: str) -> None:
-    """Warn when array calibration data cannot come out of the declared preprocessing (0..255 pixels)."""
-    mean = np.asarray(pre.mean, dtype=np.float64)
-    std = np.asarray(pre.std, dtype=np.float64)
-    ends = np.stack([(0 * pre.scale - mean) / std, (255 * pre.scale - mean) / std])
-    low, high = float(ends.min()), float(ends.max())
-    span = high - low
-    if (
-        float(x.min()) < low - 0.05 * span
-        or float(x.max()) > high + 0.05 * span
-        or float(x.max() - x.min()) < 0.6 * span
-    ):
-        warn(
-            f"calibration data {source} spans {float(x.min()):.3g}..{float(x.max()):.3g} but camera frames "
-            f"will be preprocessed to {low:.3g}..{high:.3g} (--scale/--mean/--std); "
-            "check those options match training"
-        )
-
-
-def infer_scaling(x: np.ndarray, pre: Any, source: str) -> Any:
-    """Without --scale/--mean/--std, read the pixel scaling off preprocessed calibration arrays:
-    0..1 -> scale 1/255; -1..1 -> (p - 127.5) / 127.5; 0..255 -> raw pixels. Says what it chose."""
-    low, high = float(x.min()), float(x.max())
-    if low >= -0.01 and high <= 1.01:
-        choice, fields = "--scale 1/255", {"scale": 1 / 255}
-    elif low >= -1.01 and high <= 1.01:
-        choice, fields = "--mean 127.5 --std 127.5", {"mean": [127.5], "std": [127.5]}
-    elif low >= 0 and high <= 255.5:
-        choice, fields = "--scale 1", {}
-    else:
-        warn(
-            f"calibration data {source} spans {low:.3g}..{high:.3g}, not a pixel range: "
-            "give --scale/--mean/--std "
-            "so that the device turns 0..255 pixels into what the model was trained on"
-        )
-        return pre
-    click.echo(
-        f"edge-convert: note: calibration data {source} spans {low:.3g}..{high:.3g}, "
-        "so camera frames will be "
-        f"preprocessed as {choice} (give --scale/--mean/--std to choose yourself)",
-        err=True,
-    )
-    return pre.model_copy(update=fields)
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"edge_agent": __version__}
-    for key, dist in (("tensorflow", "tensorflow"), ("keras", "keras"), ("ai_edge_litert", "ai-edge-litert")):
-        try:
-            found[key] = version(dist)
-        except PackageNotFoundError:
-            if key == "tensorflow":
-                with contextlib.suppress(PackageNotFoundError):
-                    found[key] = version("tensorflow-cpu")
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- quantize
@@ -355,8 +211,7 @@ def quantize(
     if mode in NEEDS_CALIBRATION and calib is None:
         raise ConfigError(
             f"--mode {mode} needs calibration data: --calib with an image folder, .npy, .npz or .csv "
-            "of typical "
-            "inputs (or --calib random to accept unknown accuracy)"
+            "of typical inputs (or --calib random to accept unknown accuracy)"
         )
     if max_accuracy_drop is not None and eval_path is None:
         raise ConfigError("--max-accuracy-drop needs --eval with labelled held-out data")
@@ -409,163 +264,22 @@ def quantize(
         warn("no --scale/--mean/--std given: the device will feed raw 0..255 pixels to this model")
     held_out = cal.load_labelled(eval_path, shape, pre, labels, progress) if eval_path is not None else None
 
-    result = _quantize(
+    from converter.job import run_quantize
+
+    result = run_quantize(
         fm=fm, out=out, mode=mode, io_type=io_type, samples=samples, held_out=held_out, labels=labels,
         task=task, name=name or out.stem, kind=kind, pre=pre, output_roles=output_roles,
         postprocess=postprocess, max_accuracy_drop=max_accuracy_drop, threads=threads,
     )  # fmt: skip
-    click.echo(result["summary"])
-    if not result["gate_passed"]:
-        gate = result["gate"]
+    click.echo(result.summary)
+    if not result.gate_passed:
+        gate = result.gate
         raise QualityGateError(
             f"quality gate failed: accuracy dropped {gate['accuracy_drop_points']:.2f} points "
             f"(allowed {gate['max_accuracy_drop_points']:g}); "
             f"{out} and its manifest were written and marked failed. "
             "Try more or more typical --calib data, --mode int16x8 or dynamic, or quantization-aware training"
         )
-
-
-def _quantize(
-    *,
-    fm: Any,
-    out: Path,
-    mode: str,
-    io_type: str,
-    samples: Any,
-    held_out: Any,
-    labels: list[str] | None,
-    task: str,
-    name: str,
-    kind: str,
-    pre: Any,
-    output_roles: tuple[str, ...],
-    postprocess: dict[str, Any],
-    max_accuracy_drop: float | None,
-    threads: int,
-) -> dict[str, Any]:
-    from converter import manifest as mf
-    from converter.evaluate import apply_gate, evaluate
-    from converter.litert import LiteModel
-    from converter.output import write_files
-    from converter.quantize import convert
-
-    x_calib = samples.x if samples is not None else None
-    reference_bytes = convert(fm, "float32", "float32", None)
-    model_bytes = reference_bytes if mode == "float32" else convert(fm, mode, io_type, x_calib)
-    reference = LiteModel(reference_bytes, threads)
-    lite = LiteModel(model_bytes, threads)
-    try:
-        lite.run_raw_zeros()
-    except Exception as exc:
-        raise ModelError(
-            f"the converted model does not run on ai-edge-litert ({exc}); run with --verbose"
-        ) from None
-
-    overrides = mf.parse_role_overrides(output_roles, lite.outputs)
-    probe = x_calib[:64] if x_calib is not None else (held_out.x[:64] if held_out is not None else None)
-    softmax = fm.ends_in_softmax()
-    sample_outputs = None
-    if probe is not None:
-        float_probe = fm.predict(probe)
-        if task == "classification" and not softmax and len(float_probe) == 1:
-            p = float_probe[0].reshape(len(probe), -1)
-            softmax = bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
-        sample_outputs = lite.run(probe[0])
-    roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
-    mf.check_labels(labels, task, lite, roles, "labels")
-
-    if task == "anomaly" and "threshold" not in postprocess:
-        postprocess = {**postprocess, "threshold": _anomaly_threshold(lite, roles, samples)}
-
-    evaluation: dict[str, Any] = {
-        "size_bytes": {"float32_tflite": len(reference_bytes), "tflite": len(model_bytes)},
-        "size_ratio": round(len(model_bytes) / len(reference_bytes), 4),
-    }
-    ev = None
-    gate_passed = True
-    if held_out is not None:
-        ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
-        gate_passed = apply_gate(ev, max_accuracy_drop)
-        evaluation.update(ev.to_dict())
-
-    import hashlib
-
-    sha = hashlib.sha256(model_bytes).hexdigest()
-    manifest = mf.build(
-        name=name, task=task, lite=lite, model_file=out.name, sha256=sha, mode=mode, labels=labels, kind=kind,
-        preprocess=pre.model_dump() if pre is not None else None, roles=roles, postprocess=postprocess,
-        calibration=samples.summary if samples is not None else None,
-        evaluation=evaluation,
-        versions=versions(),
-    )  # fmt: skip
-    mf.validate(manifest)
-    manifest_path = out.with_suffix(".json")
-    write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
-    summary = _summary(
-        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite
-    )
-    return {"summary": summary, "gate_passed": gate_passed, "gate": ev.gate if ev else None}
-
-
-def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:
-    """The device's anomaly postprocessor needs a threshold: the 99th percentile of the scores of the
-    calibration data, which is assumed normal."""
-    from converter.evaluate import ANOMALY_PERCENTILE, anomaly_threshold
-
-    if samples is None or samples.summary.get("format") == "random":
-        raise ConfigError(
-            "--task anomaly needs a threshold: give --calib with normal data (the threshold becomes the "
-            f"{ANOMALY_PERCENTILE:g}th percentile of its scores) or set it with --postprocess threshold=X"
-        )
-    role = next(r for r in roles if r in ("reconstruction", "anomaly_score"))
-    threshold = anomaly_threshold(lite, samples.x, role)
-    samples.summary["anomaly_threshold"] = {"percentile": ANOMALY_PERCENTILE, "value": threshold}
-    return round(threshold, 8)
-
-
-def _summary(
-    out: Path,
-    manifest_path: Path,
-    mode: str,
-    io_type: str,
-    ref_size: int,
-    size: int,
-    ev: Any,
-    roles: list[str],
-    lite: Any,
-) -> str:
-    t_in, t_out = lite.inputs[0], lite.outputs
-    lines = [
-        f"wrote {out} and {manifest_path.name}",
-        f"mode {mode}, input {t_in.dtype} {list(t_in.shape)}, "
-        + "output "
-        + ", ".join(f"{r} {t.dtype} {list(t.shape)}" for r, t in zip(roles, t_out, strict=False)),
-        "",
-    ]
-    rows = [["size", report.size(ref_size), report.size(size), f"{size / ref_size * 100:.1f}% of float32"]]
-    if ev is not None:
-        if ev.accuracy_float is not None:
-            rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized),
-                         f"drop {ev.accuracy_drop_points:.2f} points"])  # fmt: skip
-            rows.append(["top-1 agreement", "", report.pct(ev.top1_agreement), ""])
-        if ev.mae_float is not None:
-            rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), ""])
-        rows.append(
-            ["output diff mean/max", "", f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}", ""]
-        )
-        lat = ev.latency_ms
-        rows.append(["latency (median)", report.ms(lat.get("float32_tflite")), report.ms(lat.get("tflite")),
-                     f"Keras: {report.ms(lat.get('float_model'))}"])  # fmt: skip
-        if ev.gate is not None:
-            verdict = "PASSED" if ev.gate["passed"] else "FAILED"
-            rows.append(
-                ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
-            )
-    headers = ["", "float32 tflite", f"{mode} tflite", ""]
-    if ev is not None:
-        lines.insert(2, f"evaluated on {ev.samples} samples of {ev.data}")
-    lines.append(report.table(headers, rows))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

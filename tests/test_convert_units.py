@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from converter import calibration as cal
-from converter.cli import infer_scaling, parse_number
 from converter.examples import DIGITS_PREPROCESS, digit_frame, load_digits_split, render_digits_video
 from converter.litert import Tensor
 from converter.loading import detect_kind
+from converter.options import infer_scaling, parse_number
 from converter.output import check_writable, write_files
 from converter.report import table
 from edge_agent.errors import ConfigError, DataError, ModelError
@@ -211,7 +211,7 @@ def test_roles_by_task_and_shape():
 
 
 def test_preprocess_options_checked_against_channels():
-    from converter.cli import build_preprocess
+    from converter.options import build_preprocess
 
     pre = build_preprocess((None, 32, 32, 3), "1/255", "0.485,0.456,0.406", "0.229,0.224,0.225", None, "crop")
     assert pre.color == "rgb" and pre.resize == "crop" and pre.mean == [0.485, 0.456, 0.406]

@@ -1,0 +1,181 @@
+"""The quantize job after its inputs are loaded: convert (and the float32 reference), check the result
+runs on ai-edge-litert, decide output roles, evaluate and gate, then write model and manifest together."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import report
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, ModelError
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"edge_agent": __version__}
+    for key, dist in (("tensorflow", "tensorflow"), ("keras", "keras"), ("ai_edge_litert", "ai-edge-litert")):
+        try:
+            found[key] = version(dist)
+        except PackageNotFoundError:
+            if key == "tensorflow":
+                with contextlib.suppress(PackageNotFoundError):
+                    found[key] = version("tensorflow-cpu")
+    return found
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    summary: str  # the table printed on stdout
+    gate: dict[str, Any] | None  # as recorded in the manifest; None without --max-accuracy-drop
+
+    @property
+    def gate_passed(self) -> bool:
+        return self.gate is None or bool(self.gate["passed"])
+
+
+def run_quantize(
+    *,
+    fm: Any,
+    out: Path,
+    mode: str,
+    io_type: str,
+    samples: Any,
+    held_out: Any,
+    labels: list[str] | None,
+    task: str,
+    name: str,
+    kind: str,
+    pre: Any,
+    output_roles: tuple[str, ...],
+    postprocess: dict[str, Any],
+    max_accuracy_drop: float | None,
+    threads: int,
+) -> QuantizeResult:
+    from converter import manifest as mf
+    from converter.evaluate import apply_gate, evaluate
+    from converter.litert import LiteModel
+    from converter.output import write_files
+    from converter.quantize import convert
+
+    x_calib = samples.x if samples is not None else None
+    reference_bytes = convert(fm, "float32", "float32", None)
+    model_bytes = reference_bytes if mode == "float32" else convert(fm, mode, io_type, x_calib)
+    reference = LiteModel(reference_bytes, threads)
+    lite = LiteModel(model_bytes, threads)
+    try:
+        lite.run_raw_zeros()
+    except Exception as exc:
+        raise ModelError(
+            f"the converted model does not run on ai-edge-litert ({exc}); run with --verbose"
+        ) from None
+
+    overrides = mf.parse_role_overrides(output_roles, lite.outputs)
+    probe = x_calib[:64] if x_calib is not None else (held_out.x[:64] if held_out is not None else None)
+    softmax = fm.ends_in_softmax()
+    sample_outputs = None
+    if probe is not None:
+        float_probe = fm.predict(probe)
+        if task == "classification" and not softmax and len(float_probe) == 1:
+            p = float_probe[0].reshape(len(probe), -1)
+            softmax = bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        sample_outputs = lite.run(probe[0])
+    roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
+    mf.check_labels(labels, task, lite, roles, "labels")
+
+    if task == "anomaly" and "threshold" not in postprocess:
+        postprocess = {**postprocess, "threshold": _anomaly_threshold(lite, roles, samples)}
+
+    evaluation: dict[str, Any] = {
+        "size_bytes": {"float32_tflite": len(reference_bytes), "tflite": len(model_bytes)},
+        "size_ratio": round(len(model_bytes) / len(reference_bytes), 4),
+    }
+    ev = None
+    if held_out is not None:
+        ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
+        apply_gate(ev, max_accuracy_drop)
+        evaluation.update(ev.to_dict())
+
+    sha = hashlib.sha256(model_bytes).hexdigest()
+    manifest = mf.build(
+        name=name, task=task, lite=lite, model_file=out.name, sha256=sha, mode=mode, labels=labels, kind=kind,
+        preprocess=pre.model_dump() if pre is not None else None, roles=roles, postprocess=postprocess,
+        calibration=samples.summary if samples is not None else None,
+        evaluation=evaluation,
+        versions=versions(),
+    )  # fmt: skip
+    mf.validate(manifest)
+    manifest_path = out.with_suffix(".json")
+    write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
+    summary = _summary(
+        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite
+    )
+    return QuantizeResult(summary, ev.gate if ev else None)
+
+
+def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:
+    """The device's anomaly postprocessor needs a threshold: the 99th percentile of the scores of the
+    calibration data, which is assumed normal."""
+    from converter.evaluate import ANOMALY_PERCENTILE, anomaly_threshold
+
+    if samples is None or samples.summary.get("format") == "random":
+        raise ConfigError(
+            "--task anomaly needs a threshold: give --calib with normal data (the threshold becomes the "
+            f"{ANOMALY_PERCENTILE:g}th percentile of its scores) or set it with --postprocess threshold=X"
+        )
+    role = next(r for r in roles if r in ("reconstruction", "anomaly_score"))
+    threshold = anomaly_threshold(lite, samples.x, role)
+    samples.summary["anomaly_threshold"] = {"percentile": ANOMALY_PERCENTILE, "value": threshold}
+    return round(threshold, 8)
+
+
+def _summary(
+    out: Path,
+    manifest_path: Path,
+    mode: str,
+    io_type: str,
+    ref_size: int,
+    size: int,
+    ev: Any,
+    roles: list[str],
+    lite: Any,
+) -> str:
+    t_in, t_out = lite.inputs[0], lite.outputs
+    lines = [
+        f"wrote {out} and {manifest_path.name}",
+        f"mode {mode}, input {t_in.dtype} {list(t_in.shape)}, "
+        + "output "
+        + ", ".join(f"{r} {t.dtype} {list(t.shape)}" for r, t in zip(roles, t_out, strict=False)),
+        "",
+    ]
+    rows = [["size", report.size(ref_size), report.size(size), f"{size / ref_size * 100:.1f}% of float32"]]
+    if ev is not None:
+        if ev.accuracy_float is not None:
+            rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized),
+                         f"drop {ev.accuracy_drop_points:.2f} points"])  # fmt: skip
+            rows.append(["top-1 agreement", "", report.pct(ev.top1_agreement), ""])
+        if ev.mae_float is not None:
+            rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), ""])
+        rows.append(
+            ["output diff mean/max", "", f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}", ""]
+        )
+        lat = ev.latency_ms
+        rows.append(["latency (median)", report.ms(lat.get("float32_tflite")), report.ms(lat.get("tflite")),
+                     f"Keras: {report.ms(lat.get('float_model'))}"])  # fmt: skip
+        if ev.gate is not None:
+            verdict = "PASSED" if ev.gate["passed"] else "FAILED"
+            rows.append(
+                ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
+            )
+    headers = ["", "float32 tflite", f"{mode} tflite", ""]
+    if ev is not None:
+        lines.insert(2, f"evaluated on {ev.samples} samples of {ev.data}")
+    lines.append(report.table(headers, rows))
+    return "\n".join(lines)
