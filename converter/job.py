@@ -115,7 +115,7 @@ def run_quantize(
     manifest_path = out.with_suffix(".json")
     write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
     summary = _summary(
-        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite
+        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads
     )
     return QuantizeResult(summary, ev.gate if ev else None)
 
@@ -146,36 +146,40 @@ def _summary(
     ev: Any,
     roles: list[str],
     lite: Any,
+    threads: int,
 ) -> str:
-    t_in, t_out = lite.inputs[0], lite.outputs
+    """The table on stdout. Column "float32" is the float model: its .tflite for size and latency,
+    the model itself (Keras / SavedModel) for accuracy."""
+    t_in = lite.inputs[0]
+    outputs = ", ".join(f"{r} {t.dtype} {list(t.shape)}" for r, t in zip(roles, lite.outputs, strict=True))
     lines = [
         f"wrote {out} and {manifest_path.name}",
-        f"mode {mode}, input {t_in.dtype} {list(t_in.shape)}, "
-        + "output "
-        + ", ".join(f"{r} {t.dtype} {list(t.shape)}" for r, t in zip(roles, t_out, strict=False)),
-        "",
+        f"mode {mode}: input {t_in.dtype} {list(t_in.shape)}, output {outputs}",
     ]
-    rows = [["size", report.size(ref_size), report.size(size), f"{size / ref_size * 100:.1f}% of float32"]]
+    rows = [
+        [".tflite size", report.size(ref_size), report.size(size), f"{size / ref_size * 100:.1f}% of float32"]
+    ]
     if ev is not None:
+        lines.append(f"evaluated on {ev.samples} samples of {ev.data}")
         if ev.accuracy_float is not None:
-            rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized),
-                         f"drop {ev.accuracy_drop_points:.2f} points"])  # fmt: skip
-            rows.append(["top-1 agreement", "", report.pct(ev.top1_agreement), ""])
+            drop = f"drop {ev.accuracy_drop_points:.2f} points"
+            rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized), drop])
+            rows.append(["top-1 agreement with float", "", report.pct(ev.top1_agreement), ""])
         if ev.mae_float is not None:
             rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), ""])
-        rows.append(
-            ["output diff mean/max", "", f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}", ""]
-        )
+        diff = f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}"
+        rows.append(["output diff vs float, mean / max", "", diff, ""])
         lat = ev.latency_ms
-        rows.append(["latency (median)", report.ms(lat.get("float32_tflite")), report.ms(lat.get("tflite")),
-                     f"Keras: {report.ms(lat.get('float_model'))}"])  # fmt: skip
+        rows.append([
+            f"latency median ({threads} thread{'s' if threads > 1 else ''})",
+            report.ms(lat.get("float32_tflite")),
+            report.ms(lat.get("tflite")),
+            f"Keras/TF: {report.ms(lat.get('float_model'))}",
+        ])  # fmt: skip
         if ev.gate is not None:
             verdict = "PASSED" if ev.gate["passed"] else "FAILED"
             rows.append(
                 ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
             )
-    headers = ["", "float32 tflite", f"{mode} tflite", ""]
-    if ev is not None:
-        lines.insert(2, f"evaluated on {ev.samples} samples of {ev.data}")
-    lines.append(report.table(headers, rows))
+    lines += ["", report.table(["", "float32", mode, ""], rows)]
     return "\n".join(lines)
