@@ -197,7 +197,13 @@ def quantize(
     seed: int,
     threads: int,
 ) -> None:
-    """Convert MODEL (.keras, .h5 or SavedModel directory) to a quantized OUT.tflite plus OUT.json."""
+    """Convert MODEL (.keras, .h5 or SavedModel directory) to a quantized OUT.tflite plus OUT.json.
+
+    \b
+    Example:
+      edge-convert quantize digits.keras -o digits.tflite \\
+          --calib train.npz --eval test.npz --labels labels.txt --max-accuracy-drop 1
+    """
     from converter.output import check_writable
     from converter.quantize import NEEDS_CALIBRATION, resolve_io_type
 
