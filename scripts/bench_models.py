@@ -13,7 +13,6 @@ TFLiteConverter directly and writes the same manifest the converter would.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,42 +105,44 @@ def write_manifest(
 
 
 def mobilenet(out: Path, calib: int) -> dict:
-    made = {m: out / f"mobilenet_v2_{m}.tflite" for m in ("int8", "float32")}
-    keras_path = out / "mobilenet_v2.keras"
-    if all(p.exists() and p.with_suffix(".json").exists() for p in made.values()) and keras_path.exists():
-        return {f"mobilenet_v2_{m}": {"tflite": str(p), "keras": str(keras_path)} for m, p in made.items()}
-    maker = ROOT / "scripts" / "make_mobilenet.py"
-    if maker.exists() and not os.environ.get("EDGE_AGENT_BENCH_OWN_MOBILENET"):
-        log(f"making MobileNetV2 with {maker.relative_to(ROOT)}")
-        subprocess.run([sys.executable, str(maker), "--out", str(out)], check=True)
-        found = {m: _find_made(out, m) for m in made}
-        if all(found.values()) and keras_path.exists():
-            return {
-                f"mobilenet_v2_{m}": {"tflite": str(p), "keras": str(keras_path), "how": "make_mobilenet.py"}
-                for m, p in found.items()
-            }
-        log("make_mobilenet.py did not leave the expected files; converting here instead")
+    """MobileNetV2 int8 + float32 from scripts/make_mobilenet.py (the runtime's maker, the manifests the
+    product uses), plus the same Keras model saved for the Keras-in-TensorFlow row. The fallback below
+    (no make_mobilenet.py) converts with TFLiteConverter the same way."""
     import keras
 
-    log(f"building MobileNetV2 224x224 (weights=None); int8 ({calib} random calibration images) + float32")
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
-    model.save(keras_path)
-    rep = np.random.default_rng(0).uniform(-1, 1, size=(calib, 224, 224, 3)).astype(np.float32)
-    pre = {"color": "rgb", "resize": "stretch", "scale": 1 / 127.5, "mean": [1.0], "std": [1.0]}
-    for mode, path in made.items():
-        path.write_bytes(convert(model, mode, rep if mode == "int8" else None))
-        write_manifest(
-            path,
-            name=f"mobilenet_v2_{mode}",
-            task="classification",
-            mode=mode,
-            kind="image",
-            layout="NHWC",
-            role="probabilities",
-            labels=None,
-            preprocess=pre,
-        )
+    keras_path = out / "mobilenet_v2.keras"
+    if not keras_path.exists():
+        keras.utils.set_random_seed(0)  # the seed make_mobilenet.py uses: the same weights
+        keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None).save(keras_path)
+    maker = ROOT / "scripts" / "make_mobilenet.py"
+    if maker.exists():
+        sys.path.insert(0, str(maker.parent))
+        from make_mobilenet import build
+
+        made = build(out, calib)  # reuses files that are present and match their manifest
+        return {
+            f"mobilenet_v2_{m}": {"tflite": str(p), "keras": str(keras_path), "how": "make_mobilenet.py"}
+            for m, p in made.items()
+        }
+    made = {m: out / f"mobilenet_v2_{m}.tflite" for m in ("int8", "float32")}
+    if not all(p.exists() and p.with_suffix(".json").exists() for p in made.values()):
+        log(f"building MobileNetV2 224x224 (weights=None); int8 ({calib} random calibration images), float32")
+        model = keras.models.load_model(keras_path, compile=False)
+        rep = np.random.default_rng(0).uniform(-1, 1, size=(calib, 224, 224, 3)).astype(np.float32)
+        pre = {"color": "rgb", "resize": "crop", "scale": 1 / 127.5, "mean": [1.0], "std": [1.0]}
+        for mode, path in made.items():
+            path.write_bytes(convert(model, mode, rep if mode == "int8" else None))
+            write_manifest(
+                path,
+                name=f"mobilenet_v2_{mode}",
+                task="classification",
+                mode=mode,
+                kind="image",
+                layout="NHWC",
+                role="probabilities",
+                labels=None,
+                preprocess=pre,
+            )
     return {
         f"mobilenet_v2_{m}": {"tflite": str(p), "keras": str(keras_path), "how": "TFLiteConverter"}
         for m, p in made.items()
@@ -174,11 +175,6 @@ def camera_video(out: Path, frames: int) -> Path:
     writer.release()
     tmp.rename(path)
     return path
-
-
-def _find_made(out: Path, mode: str) -> Path | None:
-    hits = sorted(p for p in out.glob(f"*mobilenet*{mode}*.tflite") if p.with_suffix(".json").exists())
-    return hits[0] if hits else None
 
 
 # ------------------------------------------------------------------------------------------- digits CNN

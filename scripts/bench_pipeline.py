@@ -13,6 +13,8 @@ What is measured, exactly:
   loopback hop to the subscriber. ``publish_ms`` is the (receive - ts) part alone: outbox, paho, broker.
 - ``stages_ms``: p50/p99 of each ``latency_ms`` stage the daemon reports in the payloads.
 - ``rss_mb``: the daemon's VmHWM (kernel's peak resident set), polled every 20 ms until it exits.
+- ``cpu_ms_per_result``: CPU time (user + system, all threads) per result of the daemon (from wait4's
+  rusage), of the broker and of the subscriber (from /proc/<pid>/stat before and after).
 - ``startup_s``: from just before ``Popen`` to the first result's receive time (interpreter start, imports,
   config, model load, broker connect, first frame, first inference, first publish).
 """
@@ -53,6 +55,10 @@ class PipelineRun:
     error: str | None = None
     source_frames: int | None = None  # frames/windows the source produced (from the stats payload)
     skipped: int | None = None
+    # CPU time per published result: the daemon (all threads), and the broker and subscriber that share
+    # the machine's cores with it during the run; daemon_cores = daemon CPU time / wall time
+    cpu_ms_per_result: dict[str, float] = field(default_factory=dict)
+    daemon_cores: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -101,6 +107,15 @@ def _vm_hwm_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ts_epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -116,6 +131,8 @@ def run_daemon(
     env = dict(os.environ)
     rss = 0.0
     stopped_by = "itself"
+    broker_cpu0 = cpu_seconds(broker.proc.pid) if broker.proc else None
+    sub_cpu0 = cpu_seconds(recorder.proc.pid) if recorder.proc else None
     with log_path.open("wb") as log:
         t0 = time.time()
         proc = subprocess.Popen(
@@ -124,7 +141,11 @@ def run_daemon(
         deadline = time.monotonic() + timeout
         seen, seen_at = 0, time.monotonic()
         next_count = time.monotonic() + 0.5
-        while proc.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the daemon's own CPU time
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
             hwm = _vm_hwm_mb(proc.pid)
             if hwm is not None:
                 rss = max(rss, hwm)
@@ -145,8 +166,17 @@ def run_daemon(
             time.sleep(0.02)
         exit_code = proc.returncode
     wall = time.time() - t0
+    cpu = {"daemon": usage.ru_utime + usage.ru_stime}
+    for who, pid0, before in (("broker", broker.proc, broker_cpu0), ("subscriber", recorder.proc, sub_cpu0)):
+        after = cpu_seconds(pid0.pid) if pid0 is not None else None
+        if before is not None and after is not None:
+            cpu[who] = after - before
     records = recorder.stop()
-    return summarize(name, records, t0, rss, wall, exit_code, stopped_by, log_path)
+    run = summarize(name, records, t0, rss, wall, exit_code, stopped_by, log_path)
+    if run.results:
+        run.cpu_ms_per_result = {who: s * 1000 / run.results for who, s in cpu.items()}
+        run.daemon_cores = cpu["daemon"] / wall
+    return run
 
 
 def summarize(

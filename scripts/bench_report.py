@@ -40,6 +40,14 @@ def stage_medians(pipes: list[dict]) -> dict:
     }
 
 
+def cpu_medians(pipes: list[dict]) -> dict:
+    who = sorted({w for p in pipes for w in p.get("cpu_ms_per_result") or {}})
+    return {
+        w: median([p["cpu_ms_per_result"][w] for p in pipes if w in (p.get("cpu_ms_per_result") or {})])
+        for w in who
+    }
+
+
 def summarize_model(
     key: str, limits: list[dict], pipes: list[dict], keras: list[dict], tflrt: list[dict]
 ) -> dict:
@@ -63,6 +71,13 @@ def summarize_model(
     # what each result costs on top of the bare invoke, in the inference thread's time budget
     row["overhead_ms_per_result"] = 1000.0 / row["pipeline_fps"] - 1000.0 / row["limit_fps"]
     row["stages_ms"] = stage_medians(ok)
+    row["limit_cpu_ms_per_result"] = med_of(limits, "cpu_ms_per_iter")
+    row["cpu_ms_per_result"] = cpu_medians(ok)
+    row["daemon_cpu_ms"] = row["cpu_ms_per_result"].get("daemon", float("nan"))
+    row["tools_cpu_ms"] = row["cpu_ms_per_result"].get("broker", 0.0) + row["cpu_ms_per_result"].get(
+        "subscriber", 0.0
+    )
+    row["daemon_cores"] = med_of(ok, "daemon_cores")
     if keras:
         row["keras_ms"] = med_of(keras, "function_ms")  # the faster way of the two: the fair comparison
         row["keras_eager_ms"] = med_of(keras, "eager_ms")
@@ -95,6 +110,8 @@ def summarize_sensor(what: str, windows: int, limits: list[dict], pipes: list[di
         "startup_s": med_of(ok, "startup_s"),
         "limit_fps": med_of(limits, "fps"),
         "stages_ms": stage_medians(ok),
+        "cpu_ms_per_result": cpu_medians(ok),
+        "daemon_cores": med_of(ok, "daemon_cores"),
         "errors": [p["error"] for p in [*limits, *pipes] if p.get("error")],
         "runs": {"limit": limits, "pipeline": pipes},
     }
@@ -160,6 +177,10 @@ COLUMNS = [
     ("e2e p99 ms", "e2e_p99_ms", ".2f"),
     ("daemon RSS MB", "rss_mb", ".1f"),
     ("bare RSS MB", "limit_rss_mb", ".1f"),
+    ("bare CPU ms/inf", "limit_cpu_ms_per_result", ".3f"),
+    ("daemon CPU ms/res", "daemon_cpu_ms", ".3f"),
+    ("broker+sub ms/res", "tools_cpu_ms", ".3f"),
+    ("daemon cores", "daemon_cores", ".2f"),
     ("start->1st s", "startup_s", ".2f"),
     ("Keras tf.fn ms", "keras_ms", ".2f"),
     ("Keras eager ms", "keras_eager_ms", ".2f"),
@@ -262,4 +283,6 @@ WHAT_IS_MEASURED = {
     "keras_ms": "median of model(x, training=False) inside tf.function (keras_eager_ms: called eagerly), "
     "own process, intra-op threads = --threads; keras_vs_pipeline = keras_ms / edge-agent ms per result",
     "overhead_ms_per_result": "1000/pipeline_fps - 1000/limit_fps",
+    "cpu_ms_per_result": "CPU time (user+system, all threads) per result: daemon (wait4 rusage), broker and "
+    "subscriber (/proc/<pid>/stat); limit_cpu_ms_per_result: the bare loop's CPU per iteration",
 }
