@@ -381,8 +381,8 @@ class Daemon:
         kind = "image" if p.source.type == "camera" else "samples"
         try:
             return ModelStages(model, kind, None)
-        except ModelError as exc:
-            raise ModelError(f"pipeline {p.name}: {exc}") from None
+        except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
+            raise type(exc)(f"pipeline {p.name}: {exc}") from None
 
     def _make_pipeline(self, p: PipelineConfig, stages: Any, source: Any, seq: Any) -> Any:
         from edge_agent.pipeline import Pipeline
