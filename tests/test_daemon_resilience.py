@@ -188,6 +188,13 @@ def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
         assert {r["model"]["sha256"] for r in later} == {first[0]["model"]["sha256"]}
         assert agent.proc.poll() is None
 
+        good_config = config.read_text()
+        config.write_text(good_config + "pipelines_typo: 1\n")  # an edit with a mistake: rejected as a whole
+        agent.send(signal.SIGHUP)
+        agent.wait_log("the new config is invalid, keeping the running one", timeout=20)
+        assert "pipelines_typo: unknown key" in agent.log()
+        config.write_text(good_config)
+
         install_model(color_uint8, model)  # a good model this time: taken between two frames
         agent.send(signal.SIGHUP)
         new_prefix = hashlib.sha256(color_uint8.path.read_bytes()).hexdigest()[:12]
