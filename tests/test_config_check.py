@@ -116,3 +116,24 @@ def test_run_startup_errors_are_one_line(tmp_path: Path, color_int8, test_video)
     proc = edge_agent("run", str(write(tmp_path, {"pipelines": []})), cwd=tmp_path)
     assert proc.returncode == ConfigError.exit_code
     assert "pipelines: list should have at least 1 item" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_schema_describes_the_config(tmp_path: Path) -> None:
+    """The printed JSON Schema (for editors' YAML support) accepts a valid config and rejects a typo."""
+    import json
+
+    import jsonschema
+
+    proc = edge_agent("check", "--schema", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    good = base(Path("m.tflite"), "clip.mp4")
+    jsonschema.validate(good, schema)
+    good["pipelines"][0]["publish"] = {"qos": 1, "polcy": "every"}
+    try:
+        jsonschema.validate(good, schema)
+    except jsonschema.ValidationError as exc:
+        assert "polcy" in exc.message
+    else:
+        raise AssertionError("the schema accepted an unknown key")
+    assert schema["properties"]["drain_timeout_s"]["description"]

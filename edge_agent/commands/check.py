@@ -6,6 +6,7 @@ Exit 0 when everything is fine, 2 for config problems (every one listed with its
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -85,12 +86,18 @@ def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
 
 
 @click.command("check")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
     "--models/--no-models", default=True, show_default=True, help="Also load each model and check it."
 )
-def command(config: Path, models: bool) -> None:
+@click.option("--schema", is_flag=True, help="Print the config's JSON Schema (for editors) and exit.")
+def command(config: Path | None, models: bool, schema: bool) -> None:
     """Validate CONFIG and, with --models, load each model and check it against its manifest."""
+    if schema:
+        click.echo(json.dumps(AgentConfig.model_json_schema(), indent=2))
+        return
+    if config is None:
+        raise click.UsageError("give the CONFIG file to check (or --schema)")
     cfg = load_config(config)
     problems = environment_problems(cfg)
     if problems:
