@@ -59,6 +59,9 @@ class PipelineRun:
     # the machine's cores with it during the run; daemon_cores = daemon CPU time / wall time
     cpu_ms_per_result: dict[str, float] = field(default_factory=dict)
     daemon_cores: float | None = None
+    # the daemon's busiest threads (first: the inference thread), per result: ms on a CPU and ms runnable
+    # but waiting for one (the machine's cores were busy: other threads of the daemon, or other processes)
+    threads_ms_per_result: list[dict[str, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -116,6 +119,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_schedstats(pid: int, into: dict[int, tuple[int, int]]) -> None:
+    """Per thread of ``pid``: (ns on a CPU, ns runnable but waiting for a CPU), from /proc/.../schedstat;
+    keeps the latest value of every thread seen (threads that ended keep their last reading)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return
+    for task in tasks:
+        try:
+            run_ns, wait_ns, _ = (int(v) for v in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue
+        into[int(task.name)] = (run_ns, wait_ns)
+
+
 def _ts_epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -140,6 +158,8 @@ def run_daemon(
         )
         deadline = time.monotonic() + timeout
         seen, seen_at = 0, time.monotonic()
+        sched: dict[int, tuple[int, int]] = {}
+        next_sched = 0.0
         next_count = time.monotonic() + 0.5
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the daemon's own CPU time
@@ -150,6 +170,9 @@ def run_daemon(
             if hwm is not None:
                 rss = max(rss, hwm)
             now = time.monotonic()
+            if now >= next_sched:
+                next_sched = now + 0.1
+                thread_schedstats(proc.pid, sched)
             if now >= next_count:  # results so far, from the recorder's file (cheap: count topic markers)
                 next_count = now + 0.5
                 count = record.read_bytes().count(b"/result ") if record.exists() else 0
@@ -176,6 +199,11 @@ def run_daemon(
     if run.results:
         run.cpu_ms_per_result = {who: s * 1000 / run.results for who, s in cpu.items()}
         run.daemon_cores = cpu["daemon"] / wall
+        busiest = sorted(sched.values(), reverse=True)[:6]
+        run.threads_ms_per_result = [
+            {"cpu": run_ns / 1e6 / run.results, "waiting_for_cpu": wait_ns / 1e6 / run.results}
+            for run_ns, wait_ns in busiest
+        ]
     return run
 
 

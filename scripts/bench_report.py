@@ -48,6 +48,12 @@ def cpu_medians(pipes: list[dict]) -> dict:
     }
 
 
+def busiest_thread(pipes: list[dict]) -> dict:
+    """The daemon's busiest thread (the inference thread): median ms per result on a CPU / waiting for one."""
+    first = [p["threads_ms_per_result"][0] for p in pipes if p.get("threads_ms_per_result")]
+    return {k: median([t[k] for t in first]) for k in ("cpu", "waiting_for_cpu")} if first else {}
+
+
 def summarize_model(
     key: str, limits: list[dict], pipes: list[dict], keras: list[dict], tflrt: list[dict]
 ) -> dict:
@@ -78,6 +84,9 @@ def summarize_model(
         "subscriber", 0.0
     )
     row["daemon_cores"] = med_of(ok, "daemon_cores")
+    row["inference_thread_ms_per_result"] = busiest_thread(ok)
+    row["infer_cpu_ms"] = row["inference_thread_ms_per_result"].get("cpu", float("nan"))
+    row["infer_wait_ms"] = row["inference_thread_ms_per_result"].get("waiting_for_cpu", float("nan"))
     if keras:
         row["keras_ms"] = med_of(keras, "function_ms")  # the faster way of the two: the fair comparison
         row["keras_eager_ms"] = med_of(keras, "eager_ms")
@@ -181,6 +190,8 @@ COLUMNS = [
     ("daemon CPU ms/res", "daemon_cpu_ms", ".3f"),
     ("broker+sub ms/res", "tools_cpu_ms", ".3f"),
     ("daemon cores", "daemon_cores", ".2f"),
+    ("infer thr CPU ms", "infer_cpu_ms", ".3f"),
+    ("infer thr runq ms", "infer_wait_ms", ".3f"),
     ("start->1st s", "startup_s", ".2f"),
     ("Keras tf.fn ms", "keras_ms", ".2f"),
     ("Keras eager ms", "keras_eager_ms", ".2f"),
@@ -283,6 +294,8 @@ WHAT_IS_MEASURED = {
     "keras_ms": "median of model(x, training=False) inside tf.function (keras_eager_ms: called eagerly), "
     "own process, intra-op threads = --threads; keras_vs_pipeline = keras_ms / edge-agent ms per result",
     "overhead_ms_per_result": "1000/pipeline_fps - 1000/limit_fps",
+    "inference_thread_ms_per_result": "the daemon's busiest thread (the inference thread), from "
+    "/proc/<pid>/task/<tid>/schedstat: ms per result on a CPU, and ms runnable but waiting for a CPU",
     "cpu_ms_per_result": "CPU time (user+system, all threads) per result: daemon (wait4 rusage), broker and "
     "subscriber (/proc/<pid>/stat); limit_cpu_ms_per_result: the bare loop's CPU per iteration",
 }
