@@ -17,11 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 from edge_agent.sdnotify import Notifier
+
+if TYPE_CHECKING:  # the heavy modules are imported where they are first used
+    from edge_agent.pipeline import ModelStages, Pipeline
+    from edge_agent.publish.mqtt import MqttPublisher
+    from edge_agent.publish.outbox import Outbox, SeqCounter
+    from edge_agent.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class Watchdog:
     def due(self, now: float) -> bool:
         return self.interval_s is not None and now - self._last_ping >= self.interval_s
 
-    def healthy(self, pipelines: list[Any]) -> list[str]:
+    def lagging(self, pipelines: list[Pipeline]) -> list[str]:
         """Names of running pipelines that made no progress since the last ping (empty = healthy)."""
         return [
             p.name
@@ -50,7 +56,7 @@ class Watchdog:
             if p.state in ("starting", "running") and p.progress == self._seen.get(p.name, -1)
         ]
 
-    def pinged(self, now: float, pipelines: list[Any]) -> None:
+    def pinged(self, now: float, pipelines: list[Pipeline]) -> None:
         self._last_ping = now
         self._seen = {p.name: p.progress for p in pipelines}
 
@@ -65,12 +71,12 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
-        self.outbox: Any = None
-        self.publisher: Any = None
-        self.pipelines: list[Any] = []
-        self._model_stages: list[Any] = []  # one per configured pipeline once every model loaded
-        self._seqs: list[Any] = []
-        self._sources: list[Any] = []
+        self.outbox: Outbox | None = None
+        self.publisher: MqttPublisher | None = None
+        self.pipelines: list[Pipeline] = []
+        self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
+        self._seqs: list[SeqCounter] = []
+        self._sources: list[Source] = []
         self._threads: list[threading.Thread] = []
         self._stop_requested = False
         self._reload_requested = False
@@ -263,7 +269,7 @@ class Daemon:
         )
         self.notifier.ready(self._status_line())
 
-    def _reload_model(self, pipe: Any, pcfg: PipelineConfig, load_model: Callable[[Any], Any]) -> bool:
+    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig, load_model: Callable[[Any], Any]) -> bool:
         """Load ``pcfg.model`` and hand it to the pipeline; on any error keep the old one. True if swapped."""
         try:
             model = load_model(pcfg.model)
@@ -282,7 +288,7 @@ class Daemon:
         )
         return True
 
-    def _reload_failed(self, pipe: Any, exc: EdgeAgentError) -> None:
+    def _reload_failed(self, pipe: Pipeline, exc: EdgeAgentError) -> None:
         old = pipe.stages.info
         pipe.last_error = f"reload failed, still running {old['name']} (sha256 {old['sha256'][:12]}): {exc}"
         log.error(
@@ -332,7 +338,7 @@ class Daemon:
                 self._stall_logged.discard(p.name)
         if not self.watchdog.due(now):
             return
-        lagging = self.watchdog.healthy(self.pipelines)
+        lagging = self.watchdog.lagging(self.pipelines)
         if lagging:
             log.debug("watchdog: no ping, no progress in %s", ", ".join(lagging))
             return
@@ -375,7 +381,7 @@ class Daemon:
             self.notifier.status(text)
 
     # -- construction helpers --------------------------------------------------------------------------------
-    def _stages(self, p: PipelineConfig, model: Any) -> Any:
+    def _stages(self, p: PipelineConfig, model: Any) -> ModelStages:
         from edge_agent.pipeline import ModelStages
 
         kind = "image" if p.source.type == "camera" else "samples"
@@ -384,7 +390,9 @@ class Daemon:
         except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
             raise type(exc)(f"pipeline {p.name}: {exc}") from None
 
-    def _make_pipeline(self, p: PipelineConfig, stages: Any, source: Any, seq: Any) -> Any:
+    def _make_pipeline(
+        self, p: PipelineConfig, stages: ModelStages, source: Source, seq: SeqCounter
+    ) -> Pipeline:
         from edge_agent.pipeline import Pipeline
 
         evidence = None
