@@ -281,6 +281,11 @@ def small_models(tmp_path_factory) -> dict[str, Path]:
     image = keras.Input((None, None, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(image))
     keras.Model(image, keras.layers.Dense(3, activation="softmax")(pooled)).save(base / "dynamic.keras")
+    scene = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(scene)
+    keras.Model(scene, keras.layers.Conv2D(2, 1, activation="softmax")(features)).save(
+        base / "segmentation.keras"
+    )
     rng = np.random.default_rng(0)
     np.save(base / "rows.npy", rng.standard_normal((60, 6)).astype(np.float32))
     np.savetxt(
@@ -373,6 +378,32 @@ def test_dynamic_input_size_needs_input_shape(small_models, tmp_path):
     }  # fmt: skip
     assert manifest["evaluation"]["samples"] == 30 and manifest["evaluation"]["top1_agreement"] >= 0.9
     assert "calibration data eval.npz spans" in proc.stderr  # 0..1 data vs a -1..1 preprocessing: warned
+
+
+def test_segmentation_mask_and_its_labels(small_models, tmp_path):
+    out = tmp_path / "seg.tflite"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("background\nroad\nsky\n")
+    args = [
+        "quantize",
+        small_models["segmentation"],
+        "-o",
+        out,
+        "--task",
+        "segmentation",
+        "--calib",
+        "random",
+    ]
+    proc = run_edge_convert(*args, "--labels", labels)
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 2 and "has 3 labels but the model outputs 2 classes" in proc.stderr
+    assert not out.exists()
+    labels.write_text("background\nroad\n")
+    proc = run_edge_convert(*args, "--labels", labels, "--scale", "1/255")
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    assert manifest["outputs"][0]["role"] == "mask" and manifest["outputs"][0]["shape"] == [1, 16, 16, 2]
+    assert manifest["labels"] == ["background", "road"]
 
 
 # -------------------------------------------------------------------------------- bad input
