@@ -81,15 +81,15 @@ def test_watchdog_rule() -> None:
 
     dog = Watchdog(interval_s=0.5)
     a, b = _P("a"), _P("b")
-    assert dog.due(0.0) and dog.healthy([a, b]) == []  # first ping: nothing to compare with yet
+    assert dog.due(0.0) and dog.lagging([a, b]) == []  # first ping: nothing to compare with yet
     dog.pinged(0.0, [a, b])
     assert not dog.due(0.4) and dog.due(0.5)
     a.progress += 1  # a turned (a frame, or an idle read timeout); b did not: stuck
-    assert dog.healthy([a, b]) == ["b"]
+    assert dog.lagging([a, b]) == ["b"]
     b.progress += 3
-    assert dog.healthy([a, b]) == []
+    assert dog.lagging([a, b]) == []
     dog.pinged(1.0, [a, b])
     b.state = "finished"  # a finished file source does not hold the pings back
     a.progress += 1
-    assert dog.healthy([a, b]) == []
+    assert dog.lagging([a, b]) == []
     assert not Watchdog(interval_s=None).due(100.0)  # systemd does not watch us: never due
