@@ -212,7 +212,13 @@ class Pipeline:
     def snapshot(self) -> dict[str, Any]:
         """This pipeline's entry in the stats payload."""
         src = self.source.stats
-        return self.stats.snapshot(source=src, model=self.model_info(), skipped=src.get("skipped"))
+        return self.stats.snapshot(
+            source=src,
+            model=self.model_info(),
+            skipped=src.get("skipped"),
+            state=self.state,
+            last_error=self.last_error,
+        )
 
     # -- the inference thread --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

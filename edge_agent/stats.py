@@ -114,12 +114,19 @@ class PipelineStats:
             self.published += int(published)
 
     def snapshot(
-        self, *, source: dict[str, Any], model: dict[str, Any], skipped: int | None = None
+        self,
+        *,
+        source: dict[str, Any],
+        model: dict[str, Any],
+        skipped: int | None = None,
+        state: str | None = None,
+        last_error: str | None = None,
     ) -> dict[str, Any]:
         """The ``pipelines[name]`` object of the stats payload.
 
         ``source``: the source's stats (connected, reconnects, last_error are kept); ``model``: {name, sha256,
-        backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one.
+        backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one;
+        ``state``/``last_error``: the pipeline's own (a failed reload shows here while the old model runs on).
         """
         with self._lock:
             counters = {
@@ -129,7 +136,10 @@ class PipelineStats:
                 "published": self.published,
                 "errors": self.errors,
             }
+        pipeline = {"state": state} if state is not None else {}
+        pipeline["last_error"] = last_error
         return {
+            **pipeline,
             "fps": self.fps.rate(),
             **counters,
             "latency_ms": {stage: w.percentiles() for stage, w in self.latency.items() if len(w)},

@@ -188,6 +188,16 @@ def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
         assert {r["model"]["sha256"] for r in later} == {first[0]["model"]["sha256"]}
         assert agent.proc.poll() is None
 
+        def reload_failure_on_stats(messages: list) -> bool:
+            for topic, payload, _retain in messages:
+                if topic == "edge/testdev/stats":
+                    entry = validate_payload(payload, "stats")["pipelines"]["cam"]
+                    if entry["state"] == "running" and "reload failed" in (entry["last_error"] or ""):
+                        return True
+            return False
+
+        sub.wait_for(reload_failure_on_stats, timeout=10)  # subscribers see it too, not only the log
+
         good_config = config.read_text()
         config.write_text(good_config + "pipelines_typo: 1\n")  # an edit with a mistake: rejected as a whole
         agent.send(signal.SIGHUP)
