@@ -109,6 +109,27 @@ class FloatModel:
             keras_model=fixed,
         )
 
+    def batch_of_one(self) -> Any:
+        """The Keras model rebuilt on a fixed batch of 1, for conversion.
+
+        With a dynamic batch the converter keeps ops that compute the batch at run time (SHAPE,
+        STRIDED_SLICE, PACK before a Flatten) and the interpreter re-allocates its tensors at the first
+        invoke; the device always feeds one frame, so a static graph is smaller and simpler to run.
+        The unchanged model is kept for batched float predictions. Models with recurrent layers are
+        left as they are: on a static batch, int8 calibration of a non-unrolled LSTM crashed the process
+        (SIGSEGV in TensorFlow 2.21) instead of failing with a message."""
+        if self.keras_model is None or None in self.input_shape[1:] or self.recurrent_layers_without_unroll():
+            return self.keras_model
+        import keras
+
+        try:
+            inp = keras.Input(
+                batch_shape=(1, *self.input_shape[1:]), name=self.keras_model.inputs[0].name.split(":")[0]
+            )
+            return keras.Model(inp, self.keras_model(inp), name=self.keras_model.name)
+        except Exception:  # a model that cannot be re-applied: convert it as it is
+            return self.keras_model
+
     def recurrent_layers_without_unroll(self) -> list[str]:
         """Names of LSTM/GRU-like layers the TFLite converter cannot lower (they need ``unroll=True``)."""
         if self.keras_model is None:

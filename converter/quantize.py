@@ -54,7 +54,7 @@ def _converter_factories(tf: Any, model: FloatModel) -> list[Callable[[], Any]]:
     SavedModels written by ``tf.saved_model.save`` keep resource variables that calibration cannot read
     there, and convert through their serving function instead."""
     if model.keras_model is not None:
-        return [lambda: tf.lite.TFLiteConverter.from_keras_model(model.keras_model)]
+        return [lambda: tf.lite.TFLiteConverter.from_keras_model(model.batch_of_one())]
     return [
         lambda: tf.lite.TFLiteConverter.from_saved_model(str(model.path)),
         lambda: tf.lite.TFLiteConverter.from_concrete_functions([model.signature], model.saved_model),
