@@ -345,6 +345,24 @@ def test_purge_of_a_fresh_install_removes_everything(staged: Path) -> None:
     assert tree(staged, skip_venv=False) == {}
 
 
+def test_purge_after_the_service_ran_removes_the_private_state(staged: Path, wheel: Path) -> None:
+    """With DynamicUser=, systemd moves the state to /var/lib/private/edge-agent and leaves a symlink."""
+    state, private = staged / STATE, staged / "var/lib/private/edge-agent"
+    private.parent.mkdir(mode=0o700)
+    state.rename(private)
+    state.symlink_to("private/edge-agent")
+    (private / "outbox.sqlite").write_bytes(b"results")
+    again = run_install(staged, *offline_args(wheel))  # the symlinked state dir counts as present
+    assert "ok /var/lib/edge-agent/ (exists)" in again.stdout and "nothing to do" in again.stdout
+    proc = run_install(staged, "--uninstall")
+    assert proc.returncode == 0 and (state / "outbox.sqlite").read_bytes() == b"results"
+    proc = run_install(staged, "--purge")
+    assert proc.returncode == 0, proc.stderr
+    assert "remove /var/lib/private/edge-agent/" in proc.stdout
+    assert tree(staged, skip_venv=False) == {"var": ("dir", 0o755, None), "var/lib": ("dir", 0o755, None),
+                                              "var/lib/private": ("dir", 0o700, None)}  # fmt: skip
+
+
 def test_uninstall_dry_run_removes_nothing(staged: Path) -> None:
     before = tree(staged, skip_venv=False)
     proc = run_install(staged, "--uninstall", "--dry-run")
