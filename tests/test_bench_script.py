@@ -35,7 +35,9 @@ def positive(value: object) -> bool:
 
 @pytest.fixture(scope="module")
 def quick_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    work = request.config.cache.mkdir("edge-agent-bench")  # models made once, kept across sessions
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    # the models are made once and kept across sessions in pytest's cache
+    work = cache.mkdir("edge-agent-bench") if cache is not None else tmp_path_factory.mktemp("bench-work")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     env = dict(os.environ, EDGE_AGENT_PYTHON=sys.executable)
     done = subprocess.run(
