@@ -92,6 +92,11 @@ def limit_run(
     )
 
 
+def ideal_run(model: str, video: str, threads: int) -> dict:
+    cmd = [sys.executable, str(HERE / "bench_ideal.py"), model, video, "--threads", str(threads)]
+    return run_json(cmd, f"two-thread upper bound on {Path(video).name}", timeout=600)
+
+
 def keras_run(keras_path: str, threads: int, seconds: float) -> dict:
     return run_json(
         [
@@ -203,10 +208,12 @@ def main(
     sensor: dict | None = None
     try:
         for key in keys:
-            limits, pipes, keras, tflrt = [], [], [], []
+            limits, ideals, pipes, keras, tflrt = [], [], [], [], []
             for i in range(runs):
                 say(f"{key}: run {i + 1}/{runs}: bare loop ({seconds:.0f} s)")
                 limits.append(limit_run(made[key]["tflite"], threads, seconds))
+                say(f"{key}: run {i + 1}/{runs}: two-thread upper bound (decode + preprocess + invoke)")
+                ideals.append(ideal_run(made[key]["tflite"], video_of[key], threads))
                 say(f"{key}: run {i + 1}/{runs}: edge-agent run on {Path(video_of[key]).name}")
                 pipes.append(
                     pipeline_run(
@@ -231,7 +238,7 @@ def main(
                     for i in range(runs):
                         say(f"{key}: run {i + 1}/{runs}: Keras in TensorFlow")
                         keras.append(keras_run(keras_path, threads, seconds * 2))
-            models[key] = summarize_model(key, limits, pipes, keras, tflrt)
+            models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals)
         if not no_sensor:
             sensor = run_sensor(scratch, broker, made[SENSOR_MODEL], threads, runs, seconds, sensor_windows)
     finally:

@@ -55,8 +55,14 @@ def busiest_thread(pipes: list[dict]) -> dict:
 
 
 def summarize_model(
-    key: str, limits: list[dict], pipes: list[dict], keras: list[dict], tflrt: list[dict]
+    key: str,
+    limits: list[dict],
+    pipes: list[dict],
+    keras: list[dict],
+    tflrt: list[dict],
+    ideals: list[dict] | None = None,
 ) -> dict:
+    ideals = ideals or []
     ok = [p for p in pipes if not p.get("error")]
     row: dict = {
         "what": IMAGE_MODELS[key],
@@ -74,6 +80,11 @@ def summarize_model(
         "skipped": med_of(ok, "skipped"),
     }
     row["pipeline_vs_limit"] = row["pipeline_fps"] / row["limit_fps"]
+    if ideals:
+        row["decode_ms"] = med_of(ideals, "decode_ms")
+        row["ideal_fps"] = med_of(ideals, "ideal_fps")
+        row["ideal_vs_limit"] = row["ideal_fps"] / row["limit_fps"]
+        row["pipeline_vs_ideal"] = row["pipeline_fps"] / row["ideal_fps"]
     # what each result costs on top of the bare invoke, in the inference thread's time budget
     row["overhead_ms_per_result"] = 1000.0 / row["pipeline_fps"] - 1000.0 / row["limit_fps"]
     row["stages_ms"] = stage_medians(ok)
@@ -101,8 +112,14 @@ def summarize_model(
         row["tflite_runtime_p50_ms"] = med_of(tflrt, "p50_ms")
         row["tflite_runtime_rss_mb"] = med_of(tflrt, "rss_mb")
         row["limit_vs_tflite_runtime"] = row["limit_fps"] / row["tflite_runtime_fps"]
-    row["errors"] = [p["error"] for p in [*limits, *pipes, *keras, *tflrt] if p.get("error")]
-    row["runs"] = {"limit": limits, "pipeline": pipes, "keras": keras, "tflite_runtime": tflrt}
+    row["errors"] = [p["error"] for p in [*limits, *ideals, *pipes, *keras, *tflrt] if p.get("error")]
+    row["runs"] = {
+        "limit": limits,
+        "ideal": ideals,
+        "pipeline": pipes,
+        "keras": keras,
+        "tflite_runtime": tflrt,
+    }
     return row
 
 
@@ -180,6 +197,10 @@ COLUMNS = [
     ("bare loop fps", "limit_fps", ".0f"),
     ("edge-agent fps", "pipeline_fps", ".0f"),
     ("  / bare loop", "pipeline_vs_limit", ".3f"),
+    ("2-thread bound fps", "ideal_fps", ".0f"),
+    ("  / bare loop", "ideal_vs_limit", ".3f"),
+    ("edge-agent / bound", "pipeline_vs_ideal", ".3f"),
+    ("decode ms/frame", "decode_ms", ".3f"),
     ("overhead ms/res", "overhead_ms_per_result", ".3f"),
     ("bare p99 ms", "limit_p99_ms", ".2f"),
     ("e2e p50 ms", "e2e_p50_ms", ".2f"),
@@ -294,6 +315,9 @@ WHAT_IS_MEASURED = {
     "keras_ms": "median of model(x, training=False) inside tf.function (keras_eager_ms: called eagerly), "
     "own process, intra-op threads = --threads; keras_vs_pipeline = keras_ms / edge-agent ms per result",
     "overhead_ms_per_result": "1000/pipeline_fps - 1000/limit_fps",
+    "ideal_fps": "upper bound for a Python pipeline on this machine and video (bench_ideal.py): a capture "
+    "thread (OpenCV decode + edge-agent's ImagePreprocessor) and an inference thread (copy + invoke), "
+    "nothing else; decode_ms: OpenCV decode alone, ms per frame",
     "inference_thread_ms_per_result": "the daemon's busiest thread (the inference thread), from "
     "/proc/<pid>/task/<tid>/schedstat: ms per result on a CPU, and ms runnable but waiting for a CPU",
     "cpu_ms_per_result": "CPU time (user+system, all threads) per result: daemon (wait4 rusage), broker and "

@@ -1,0 +1,91 @@
+"""Worker: the best any Python pipeline can do on this machine with this video, to read the daemon's
+number against. Two threads and nothing else: a capture thread (OpenCV decode + edge-agent's own
+ImagePreprocessor into a free buffer) and an inference thread (copy into the input tensor + invoke +
+get_tensor). No postprocessing, no payload, no outbox, no MQTT. Also times the decode alone.
+
+    bare loop (limit)  >=  this (decode + preprocess overlapped)  >=  edge-agent end to end
+
+The first gap is the machine (decoding frames costs CPU on the same cores); the second is edge-agent.
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+
+def decode_ms(video: str, limit: int) -> tuple[float, int]:
+    import cv2
+
+    cap = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
+    n, t0 = 0, time.perf_counter()
+    while n < limit:
+        ok, _ = cap.read()
+        if not ok:
+            break
+        n += 1
+    cap.release()
+    return (time.perf_counter() - t0) * 1000 / max(n, 1), n
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("video", type=click.Path(exists=True, dir_okay=False))
+@click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
+def main(model: str, video: str, threads: int) -> None:
+    """Decode-only speed and the two-thread upper bound for MODEL on VIDEO."""
+    import cv2
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge_agent.manifest import load_manifest, manifest_path_for
+    from edge_agent.processing.preprocess import ImagePreprocessor
+
+    decode, frames = decode_ms(video, 600)
+    manifest = load_manifest(manifest_path_for(Path(model)), verify_sha256=False)
+    spec = manifest.inputs[0]
+    pre = ImagePreprocessor(spec, manifest.preprocess)
+    interp = Interpreter(model_path=model, num_threads=threads)
+    interp.allocate_tensors()
+    in_index = interp.get_input_details()[0]["index"]
+    out_index = interp.get_output_details()[0]["index"]
+    free: queue.Queue = queue.Queue()
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    for _ in range(3):
+        free.put(np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
+
+    def capture() -> None:
+        cap = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                ready.put(None)
+                return
+            buf = free.get()
+            pre(frame, out=buf)
+            ready.put(buf)
+
+    threading.Thread(target=capture, daemon=True).start()
+    tensor = interp.tensor(in_index)
+    n, t0 = 0, 0.0
+    while (buf := ready.get()) is not None:
+        if n == 10:  # the first few include opening the file and warming the interpreter
+            t0 = time.perf_counter()
+        np.copyto(tensor(), buf)
+        free.put(buf)
+        interp.invoke()
+        interp.get_tensor(out_index)
+        n += 1
+    fps = (n - 10) / (time.perf_counter() - t0) if n > 20 else 0.0
+    click.echo(json.dumps({"decode_ms": decode, "decode_frames": frames, "ideal_fps": fps, "frames": n}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
