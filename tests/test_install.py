@@ -177,6 +177,19 @@ def test_prefix_moves_the_venv_and_execstart(tmp_path: Path, wheel: Path) -> Non
     assert unit.replace("/srv/ea/venv", "/opt/edge-agent/venv") == SHIPPED_UNIT.read_text()
 
 
+def test_uninstall_with_a_shared_prefix_removes_only_its_own(tmp_path: Path, wheel: Path) -> None:
+    root = tmp_path / "root"
+    other = root / "usr/local/bin/someone-elses-tool"
+    other.parent.mkdir(parents=True)
+    other.write_text("keep me")
+    assert run_install(root, *offline_args(wheel), "--prefix", "/usr/local").returncode == 0
+    assert (root / "usr/local/venv/bin/edge-agent").is_file()
+    proc = run_install(root, "--prefix", "/usr/local", "--uninstall")
+    assert proc.returncode == 0, proc.stderr
+    assert other.read_text() == "keep me"
+    assert sorted(p.name for p in (root / "usr/local").iterdir()) == ["bin"]
+
+
 def test_second_run_changes_nothing(staged: Path, wheel: Path) -> None:
     before = tree(staged)
     venv_stamp = (staged / VENV / ".edge-agent-install").stat().st_mtime_ns
@@ -381,6 +394,7 @@ def test_uninstall_dry_run_removes_nothing(staged: Path) -> None:
         (["--python"], "--python needs a value"),
         (["--wheel", "/nonexistent/x.whl"], "--wheel /nonexistent/x.whl: no such file"),
         (["--prefix", "relative/dir"], "--prefix must be an absolute path"),
+        (["--prefix", "/"], "--prefix / would put the venv at /venv"),
         (["--enable", "--uninstall"], "--enable and --uninstall/--purge exclude each other"),
     ],
 )
