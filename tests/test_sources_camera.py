@@ -17,21 +17,12 @@ from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.streams import decode_frame_number
+from tests.waiting import WAIT_S, wait_until
 
 pytest.importorskip("cv2")
 
 # Short timeouts so that stream failures are noticed within seconds; generous waits for a loaded machine.
 FAST = {"open_timeout_s": 3.0, "read_timeout_s": 1.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
-WAIT_S = 20.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

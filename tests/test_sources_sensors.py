@@ -25,17 +25,7 @@ from edge_agent.sources.iio import IioSourceConfig
 from edge_agent.sources.samples import QUEUE_WINDOWS
 from edge_agent.sources.serial_lines import SerialSourceConfig
 from edge_agent.sources.window import WindowConfig
-
-WAIT_S = 20.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from tests.waiting import WAIT_S, wait_until
 
 
 @pytest.fixture

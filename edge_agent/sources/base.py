@@ -50,6 +50,28 @@ class Source(ABC):
         """{"frames", "skipped", "reconnects", "connected", "last_error"} (+ source-specific counters)."""
 
 
+class Interruptible:
+    """For sources with background threads: they end on the daemon's stop event (``_stop``) or on
+    ``close()`` (``_halt``), and every wait of theirs wakes for either."""
+
+    _stop: threading.Event
+    _halt: threading.Event
+    _POLL_S = 0.1  # how long a wait may overrun a stop
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._halt.is_set()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait, waking early for stop or close; True when stopping."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._halt.wait(min(self._POLL_S, remaining))
+        return True
+
+
 class Backoff:
     """Exponential reconnect delay: ``minimum`` doubling up to ``maximum``, back to ``minimum`` on success."""
 

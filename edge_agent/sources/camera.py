@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
-from edge_agent.sources.base import Backoff, Frame, Source
+from edge_agent.sources.base import Backoff, Frame, Interruptible, Source
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class _Attempt:
         self.error: str | None = None
 
 
-class CameraSource(Source):
+class CameraSource(Interruptible, Source):
     """Frames from OpenCV ``VideoCapture``; see the module docstring for the delivery rules."""
 
     def __init__(self, cfg: CameraSourceConfig, window: object | None = None) -> None:
@@ -230,19 +230,6 @@ class CameraSource(Source):
         return cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
 
     # -- threads ----------------------------------------------------------------------------------
-
-    def _stopping(self) -> bool:
-        return self._stop.is_set() or self._halt.is_set()
-
-    def _sleep(self, seconds: float) -> bool:
-        """Wait, waking early for stop or close; True when stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._halt.wait(min(_POLL_S, remaining))
-        return True
 
     def _supervise(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)

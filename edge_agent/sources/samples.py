@@ -16,7 +16,7 @@ from abc import abstractmethod
 
 import numpy as np
 
-from edge_agent.sources.base import Backoff, Frame, RateLimitedWarning, Source
+from edge_agent.sources.base import Backoff, Frame, Interruptible, RateLimitedWarning, Source
 from edge_agent.sources.lines import MAX_LINE_BYTES, BadLine, HeaderMismatch, LineParser, LineSplitter
 from edge_agent.sources.window import WindowConfig, Windower
 
@@ -26,7 +26,7 @@ QUEUE_WINDOWS = 16  # windows waiting for the model; more than this and a live s
 _POLL_S = 0.1
 
 
-class SampleSource(Source):
+class SampleSource(Interruptible, Source):
     """Base of the sensor sources. Subclasses implement ``_check`` (fatal problems, at start) and ``_run``
     (the producer loop, which returns when the source has ended for good and calls ``_emit`` per sample)."""
 
@@ -102,19 +102,6 @@ class SampleSource(Source):
     @abstractmethod
     def _run(self) -> None:
         """Produce samples until stopped (return) or until the source has ended for good (return)."""
-
-    def _stopping(self) -> bool:
-        return self._stop.is_set() or self._halt.is_set()
-
-    def _sleep(self, seconds: float) -> bool:
-        """Wait, waking early for stop or close; True when stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._halt.wait(min(_POLL_S, remaining))
-        return True
 
     def _set_connected(self, connected: bool, error: str | None = None) -> None:
         with self._cond:
