@@ -117,6 +117,19 @@ def test_binary_classifier_with_one_sigmoid_output() -> None:
     assert result.label == "defect" and result.score == pytest.approx(0.8)
 
 
+def test_ties_go_to_the_lowest_class_id_on_every_cpu() -> None:
+    m = _manifest(
+        "classification",
+        [{"name": "p", "shape": [1, 12], "dtype": "int8", "role": "probabilities",
+          "quantization": {"scale": 1 / 256, "zero_point": -128}}],
+    )  # fmt: skip
+    raw = np.full((1, 12), -128, np.int8)
+    raw[0, [9, 4, 7]] = 0  # three classes with the same quantized score
+    result = create_postprocessor(m, {"top_k": 2})({"probabilities": raw}, PostContext())
+    assert [c.class_id for c in result.top_k] == [4, 7]
+    assert result.class_id == 4
+
+
 def test_results_are_immutable() -> None:
     m = _manifest(
         "classification", [{"name": "p", "shape": [1, 2], "dtype": "float32", "role": "probabilities"}]

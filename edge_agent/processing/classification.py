@@ -75,8 +75,9 @@ class ClassificationPostprocessor(BasePostprocessor):
         elif self.apply_softmax:
             scores = softmax(scores)
         k = min(self.options.top_k, scores.size)
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best], kind="stable")]
+        # A full stable sort, not argpartition: int8 outputs tie often, and argpartition picks among equal
+        # scores differently on x86 and aarch64 numpy builds. Ties go to the lowest class id everywhere.
+        best = np.argsort(-scores, kind="stable")[:k]
         top = tuple(
             ClassScore(self.label_for(int(i)), int(i), float(scores[i]))
             for i in best
