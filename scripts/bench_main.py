@@ -193,6 +193,7 @@ def main(
             raise click.BadParameter(f"unknown model(s) {sorted(unknown)}; choose from {list(IMAGE_MODELS)}")
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
+    load_before = os.getloadavg()  # other work on the machine makes every number here noisier
     which = (
         (["mobilenet", "camera"] if any(k.startswith("mobilenet") for k in keys) else [])
         + (["digits"] if "digits_int8" in keys else [])
@@ -249,6 +250,7 @@ def main(
         **machine(),
         "threads": threads,
         "runs": runs,
+        "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
         "quick": quick,
         "loop_seconds": seconds,
         "versions": versions(),

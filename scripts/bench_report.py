@@ -240,7 +240,8 @@ def table(report: dict) -> str:
         lines.append(f"{s[:11] + ' p50/p99':<18}" + "".join(f"{c:>{w}}" for c in cells))
     head = (
         f"edge-agent benchmark  {report['date']}  {report['cpu']} x{report['cores']}  "
-        f"{report['threads']} thread(s)  medians of {report['runs']} run(s)"
+        f"{report['threads']} thread(s)  medians of {report['runs']} run(s)  load "
+        f"{report['loadavg_1_5_15_min']['start'][0]:.1f} -> {report['loadavg_1_5_15_min']['end'][0]:.1f}"
     )
     out = [head, *lines]
     s = report.get("sensor")
