@@ -165,7 +165,8 @@ def sensor_run(
 @click.option(
     "--tflite-runtime-python",
     type=click.Path(exists=True, dir_okay=False),
-    help="A python with tflite-runtime (numpy<2) to add the tflite-runtime row.",
+    help="A python with tflite-runtime to add its row; make one with: python3.11 -m venv V && "
+    "V/bin/pip install tflite-runtime 'numpy<2'",
 )
 def main(
     quick: bool,
@@ -303,4 +304,4 @@ def run_sensor(
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="scripts/bench")
