@@ -39,6 +39,7 @@ from bench_report import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-agent-bench"
 SENSOR_MODEL = "sensor_dense_int8"
+PACED_FRACTION = 2 / 3  # the paced run plays the video at this fraction of the full-speed rate
 
 
 def say(text: str) -> None:
@@ -113,8 +114,15 @@ def keras_run(keras_path: str, threads: int, seconds: float) -> dict:
     )
 
 
-def pipeline_run(work: Path, broker: Broker, name: str, model: str, video: str, threads: int) -> PipelineRun:
-    cfg = write_config(work, broker, name, {"type": "camera", "url": video}, Path(model), threads)
+def pipeline_run(
+    work: Path, broker: Broker, name: str, model: str, video: str, threads: int, fps: float | None = None
+) -> PipelineRun:
+    """The daemon on ``video``: at full speed, or played at ``fps`` (below saturation: latency without
+    queueing)."""
+    source: dict = {"type": "camera", "url": video}
+    if fps:
+        source["fps"] = round(fps, 1)
+    cfg = write_config(work, broker, name, source, Path(model), threads)
     return run_daemon(work, broker, name, cfg, expect=None, timeout=600)
 
 
@@ -210,7 +218,7 @@ def main(
     sensor: dict | None = None
     try:
         for key in keys:
-            limits, ideals, pipes, keras, tflrt = [], [], [], [], []
+            limits, ideals, pipes, paced, keras, tflrt = [], [], [], [], [], []
             for i in range(runs):
                 say(f"{key}: run {i + 1}/{runs}: bare loop ({seconds:.0f} s)")
                 limits.append(limit_run(made[key]["tflite"], threads, seconds))
@@ -222,6 +230,20 @@ def main(
                         scratch, broker, key.replace("_", "-"), made[key]["tflite"], video_of[key], threads
                     ).as_dict()
                 )
+                if pipes[-1]["fps"] > 0:  # latency when not saturated: the same video at 2/3 of that rate
+                    rate = PACED_FRACTION * pipes[-1]["fps"]
+                    say(f"{key}: run {i + 1}/{runs}: edge-agent run paced at {rate:.0f} fps")
+                    paced.append(
+                        pipeline_run(
+                            scratch,
+                            broker,
+                            key.replace("_", "-"),
+                            made[key]["tflite"],
+                            video_of[key],
+                            threads,
+                            rate,
+                        ).as_dict()
+                    )
                 if tflite_runtime_python:
                     say(f"{key}: run {i + 1}/{runs}: tflite-runtime loop")
                     tflrt.append(
@@ -240,7 +262,7 @@ def main(
                     for i in range(runs):
                         say(f"{key}: run {i + 1}/{runs}: Keras in TensorFlow")
                         keras.append(keras_run(keras_path, threads, seconds * 2))
-            models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals)
+            models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals, paced)
         if not no_sensor:
             sensor = run_sensor(scratch, broker, made[SENSOR_MODEL], threads, runs, seconds, sensor_windows)
     finally:

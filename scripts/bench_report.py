@@ -61,8 +61,9 @@ def summarize_model(
     keras: list[dict],
     tflrt: list[dict],
     ideals: list[dict] | None = None,
+    paced: list[dict] | None = None,
 ) -> dict:
-    ideals = ideals or []
+    ideals, paced = ideals or [], paced or []
     ok = [p for p in pipes if not p.get("error")]
     row: dict = {
         "what": IMAGE_MODELS[key],
@@ -88,6 +89,12 @@ def summarize_model(
     # what each result costs on top of the bare invoke, in the inference thread's time budget
     row["overhead_ms_per_result"] = 1000.0 / row["pipeline_fps"] - 1000.0 / row["limit_fps"]
     row["stages_ms"] = stage_medians(ok)
+    paced_ok = [p for p in paced if not p.get("error")]
+    if paced_ok:
+        row["paced_fps"] = med_of(paced_ok, "fps")
+        row["e2e_paced_p50_ms"] = med_of(paced_ok, "e2e_p50_ms")
+        row["e2e_paced_p99_ms"] = med_of(paced_ok, "e2e_p99_ms")
+        row["paced_stages_ms"] = stage_medians(paced_ok)
     row["limit_cpu_ms_per_result"] = med_of(limits, "cpu_ms_per_iter")
     row["cpu_ms_per_result"] = cpu_medians(ok)
     row["daemon_cpu_ms"] = row["cpu_ms_per_result"].get("daemon", float("nan"))
@@ -112,11 +119,12 @@ def summarize_model(
         row["tflite_runtime_p50_ms"] = med_of(tflrt, "p50_ms")
         row["tflite_runtime_rss_mb"] = med_of(tflrt, "rss_mb")
         row["limit_vs_tflite_runtime"] = row["limit_fps"] / row["tflite_runtime_fps"]
-    row["errors"] = [p["error"] for p in [*limits, *ideals, *pipes, *keras, *tflrt] if p.get("error")]
+    row["errors"] = [p["error"] for p in [*limits, *ideals, *pipes, *paced, *keras, *tflrt] if p.get("error")]
     row["runs"] = {
         "limit": limits,
         "ideal": ideals,
         "pipeline": pipes,
+        "paced": paced,
         "keras": keras,
         "tflite_runtime": tflrt,
     }
@@ -162,6 +170,12 @@ def check_targets(models: dict, sensor: dict | None) -> dict:
             r["e2e_p99_ms"] <= r["limit_p99_ms"] + 5.0,
             f"{r['e2e_p99_ms']:.2f} vs {r['limit_p99_ms']:.2f} + 5 ms",
         )
+        if "e2e_paced_p99_ms" in r:
+            put(
+                f"{key}: paced (2/3 rate) e2e_p99_ms <= limit_p99_ms + 5",
+                r["e2e_paced_p99_ms"] <= r["limit_p99_ms"] + 5.0,
+                f"{r['e2e_paced_p99_ms']:.2f} vs {r['limit_p99_ms']:.2f} + 5 ms at {r['paced_fps']:.0f} fps",
+            )
         put(f"{key}: startup_s <= 2", r["startup_s"] <= 2.0, f"{r['startup_s']:.2f} s")
     if "mobilenet_v2_int8" in models:
         r = models["mobilenet_v2_int8"]
@@ -205,6 +219,9 @@ COLUMNS = [
     ("bare p99 ms", "limit_p99_ms", ".2f"),
     ("e2e p50 ms", "e2e_p50_ms", ".2f"),
     ("e2e p99 ms", "e2e_p99_ms", ".2f"),
+    ("paced fps (2/3)", "paced_fps", ".0f"),
+    ("paced e2e p50 ms", "e2e_paced_p50_ms", ".2f"),
+    ("paced e2e p99 ms", "e2e_paced_p99_ms", ".2f"),
     ("daemon RSS MB", "rss_mb", ".1f"),
     ("bare RSS MB", "limit_rss_mb", ".1f"),
     ("bare CPU ms/inf", "limit_cpu_ms_per_result", ".3f"),
@@ -305,6 +322,8 @@ def machine() -> dict:
 WHAT_IS_MEASURED = {
     "limit": "bare ai-edge-litert loop: set_tensor + invoke + get_tensor on a random, already quantized "
     "input; fps = iterations / loop time, p50/p99 per iteration",
+    "e2e_paced": "the same e2e, with the video played at 2/3 of the full-speed rate of that run (source fps "
+    "cap): latency without queueing behind a saturated inference thread",
     "pipeline_fps": "results/s received by a mosquitto_sub subscriber, steady state (first 10 left out)",
     "e2e": "frame capture -> subscriber receive = (receive - payload ts) + latency_ms.total; ts = payload "
     "build time, ms resolution, truncated, so up to 1 ms high: capture -> wait for the inference thread -> "
