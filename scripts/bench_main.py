@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,8 @@ def main(
     tflite_runtime_python: str | None,
 ) -> None:
     """Measure edge-agent end to end next to the bare interpreter loop and Keras in TensorFlow."""
+    # SIGTERM unwinds like Ctrl-C, so the daemon, the subscriber and the broker are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = runs or (1 if quick else 3)
     seconds = seconds or (1.0 if quick else 5.0)
     sensor_windows = sensor_windows or (3000 if quick else 20000)

@@ -138,6 +138,16 @@ def _ts_epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_daemon(
     work: Path, broker: Broker, name: str, config: Path, *, expect: int | None, timeout: float
 ) -> PipelineRun:
@@ -157,36 +167,43 @@ def run_daemon(
             [*agent_command(), "run", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
         deadline = time.monotonic() + timeout
+        killed = False
         seen, seen_at = 0, time.monotonic()
         sched: dict[int, tuple[int, int]] = {}
         next_sched = 0.0
         next_count = time.monotonic() + 0.5
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the daemon's own CPU time
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                break
-            hwm = _vm_hwm_mb(proc.pid)
-            if hwm is not None:
-                rss = max(rss, hwm)
-            now = time.monotonic()
-            if now >= next_sched:
-                next_sched = now + 0.1
-                thread_schedstats(proc.pid, sched)
-            if now >= next_count:  # results so far, from the recorder's file (cheap: count topic markers)
-                next_count = now + 0.5
-                count = record.read_bytes().count(b"/result ") if record.exists() else 0
-                if count != seen:
-                    seen, seen_at = count, now
-                if expect is not None and seen >= expect and now - seen_at > 3.0:
-                    stopped_by = "bench"
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the daemon's own CPU time
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                hwm = _vm_hwm_mb(proc.pid)
+                if hwm is not None:
+                    rss = max(rss, hwm)
+                now = time.monotonic()
+                if now >= next_sched:
+                    next_sched = now + 0.1
+                    thread_schedstats(proc.pid, sched)
+                if now >= next_count:  # results so far, from the recorder's file (cheap: count topic markers)
+                    next_count = now + 0.5
+                    count = record.read_bytes().count(b"/result ") if record.exists() else 0
+                    if count != seen:
+                        seen, seen_at = count, now
+                    if expect is not None and seen >= expect and now - seen_at > 3.0:
+                        stopped_by = "bench"
+                        proc.send_signal(signal.SIGTERM)
+                if now > deadline:
+                    stopped_by = "bench (timeout)"
+                    if killed:
+                        proc.kill()  # did not stop within 30 s of SIGTERM
                     proc.send_signal(signal.SIGTERM)
-            if now > deadline:
-                stopped_by = "bench (timeout)"
-                proc.send_signal(signal.SIGTERM)
-                deadline = now + 30
-                timeout = -1
-            time.sleep(0.02)
+                    deadline, killed = now + 30, True
+                time.sleep(0.02)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no daemon or subscriber behind
+            _terminate(proc)
+            recorder.stop()
+            raise
         exit_code = proc.returncode
     wall = time.time() - t0
     cpu = {"daemon": usage.ru_utime + usage.ru_stime}
