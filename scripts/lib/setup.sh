@@ -36,7 +36,8 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing edge-agent[$extras] into $VENV (first run: a few minutes)" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    # setuptools warns about every editable install; nothing for a newcomer to act on
+    PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e ".[$extras]"
     touch "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
