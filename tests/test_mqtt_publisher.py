@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -117,6 +118,16 @@ def test_clean_stop_drains_and_publishes_offline(mosquitto, subscriber, outbox) 
     late = subscriber(broker, STATUS_TOPIC)
     late.wait_for(lambda m: (STATUS_TOPIC, b"offline", True) in m, timeout=5)
     pub.stop(drain_timeout=1)  # a second stop is harmless
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_packets_leave_at_once_without_nagle(mosquitto, outbox, publishers, tls: bool) -> None:
+    # With Nagle on, a result published after a QoS 0 stats message waits ~40 ms for the broker's delayed ACK.
+    broker = mosquitto(tls=tls)
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.connected, 10, "connect")
+    sock = pub._client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_qos0_skips_the_outbox(mosquitto, subscriber, outbox, publishers) -> None:

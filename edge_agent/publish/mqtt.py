@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -184,6 +185,19 @@ class _PahoLog:
         if level >= logging.WARNING:
             self.last_problem = fmt % args if args else fmt
             log.debug("paho: %s", self.last_problem)
+
+
+def _disable_nagle(sock: Any) -> None:
+    """Send each MQTT packet at once. paho leaves Nagle's algorithm on, so after a small write that the
+    broker has not acknowledged yet (a QoS 0 stats or status message), the next PUBLISHes wait for its
+    delayed TCP ACK: about 40 ms. Measured with scripts/bench: end-to-end p99 37 ms -> 10 ms."""
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # not fatal: only latency suffers
+        log.debug("could not set TCP_NODELAY: %s", exc)
 
 
 class MqttPublisher:
@@ -431,6 +445,7 @@ class MqttPublisher:
             hint = _refusal_hint(name, self.cfg)
             self._set_error(f"broker {self.broker} refused the connection: {name.lower()}; {hint}")
             return
+        _disable_nagle(client.socket())
         # The outbox, not paho's memory, is the source of truth: drop paho's resend queue and replay pending
         # rows from the outbox in id order (otherwise every in-flight message would go out twice).
         client.drop_out_messages()
