@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.digits",  # the digits CNN: trained once, cached; converted with edge-convert
     "tests.fixtures.tflite_models",  # small TFLite models with known heads, made by TensorFlow
     "tests.fixtures.streams",  # videos rendered by the tests and ffmpeg streams on loopback
+    "tests.fixtures.sources",  # sources started by a test, always closed
 ]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from edge_agent.errors import ConfigError, SourceError
 from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt, camera_kind
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
+from tests.fixtures.sources import read_frames
 from tests.fixtures.streams import decode_frame_number
 from tests.waiting import WAIT_S, wait_until
 
@@ -26,31 +27,19 @@ FAST = {"open_timeout_s": 3.0, "read_timeout_s": 1.0, "reconnect_min_s": 0.2, "r
 
 
 @pytest.fixture
-def open_source() -> Iterator[Callable[..., CameraSource]]:
+def open_source(run_source) -> Callable[..., CameraSource]:
     """Factory: a started CameraSource; stopped and closed at teardown."""
-    stop = threading.Event()
-    sources: list[CameraSource] = []
 
     def make(url: str | int, **fields: object) -> CameraSource:
-        source = create_source(CameraSourceConfig(url=url, **fields))
+        source = run_source(CameraSourceConfig(url=url, **fields))
         assert isinstance(source, CameraSource)
-        sources.append(source)
-        source.start(stop)
         return source
 
-    yield make
-    stop.set()
-    for source in sources:
-        source.close()
+    return make
 
 
 def read_numbers(source: CameraSource, count: int) -> list[int]:
-    numbers = []
-    while len(numbers) < count:
-        frame = source.read(timeout=WAIT_S)
-        assert frame is not None, f"no frame within {WAIT_S} s; stats {source.stats}"
-        numbers.append(decode_frame_number(frame.data))
-    return numbers
+    return [decode_frame_number(frame.data) for frame in read_frames(source, count)]
 
 
 def test_kind_of_url() -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,34 +25,8 @@ from edge_agent.sources.iio import IioSourceConfig
 from edge_agent.sources.samples import QUEUE_WINDOWS
 from edge_agent.sources.serial_lines import SerialSourceConfig
 from edge_agent.sources.window import WindowConfig
+from tests.fixtures.sources import read_frames
 from tests.waiting import WAIT_S, wait_until
-
-
-@pytest.fixture
-def run_source() -> Iterator[Callable[..., Source]]:
-    """Factory: create_source(cfg, window) started; stopped and closed at teardown."""
-    stop = threading.Event()
-    sources: list[Source] = []
-
-    def make(cfg, window: WindowConfig | None = None) -> Source:
-        source = create_source(cfg, window)
-        sources.append(source)
-        source.start(stop)
-        return source
-
-    yield make
-    stop.set()
-    for source in sources:
-        source.close()
-
-
-def read_windows(source: Source, count: int) -> list[Frame]:
-    frames = []
-    while len(frames) < count:
-        frame = source.read(timeout=WAIT_S)
-        assert frame is not None, f"no window within {WAIT_S} s; stats {source.stats}"
-        frames.append(frame)
-    return frames
 
 
 def read_to_end(source: Source) -> list[Frame]:
@@ -109,7 +83,7 @@ def test_iio_scaled_values_in_windows(run_source, sysfs: Path) -> None:
         sysfs_root=str(sysfs),
     )
     source = run_source(cfg, WindowConfig(size=8, hop=4))
-    frames = read_windows(source, 3)
+    frames = read_frames(source, 3)
     expected = [100 * 0.0383, -50 * 0.0383, 256 * 0.5, (1000 - 500) * 0.1]
     for frame in frames:
         assert frame.kind == "samples" and frame.data.shape == (8, 4) and frame.data.dtype == np.float32
@@ -118,21 +92,21 @@ def test_iio_scaled_values_in_windows(run_source, sysfs: Path) -> None:
     assert source.stats["connected"] is True
     # the thread keeps sampling: a new raw value shows up in later windows
     (sysfs / "iio:device1" / "in_accel_x_raw").write_text("200\n")
-    assert wait_until(lambda: np.isclose(read_windows(source, 1)[0].data[-1, 0], 200 * 0.0383))
+    assert wait_until(lambda: np.isclose(read_frames(source, 1)[0].data[-1, 0], 200 * 0.0383))
 
 
 def test_iio_device_by_directory_and_no_window(run_source, sysfs: Path) -> None:
     cfg = IioSourceConfig(
         device="iio:device0", channels=["in_pressure_raw"], rate_hz=100, sysfs_root=str(sysfs)
     )
-    frame = read_windows(run_source(cfg), 1)[0]
+    frame = read_frames(run_source(cfg), 1)[0]
     assert frame.data.shape == (1, 1) and frame.data[0, 0] == 1000.0  # no scale file: scale 1, offset 0
 
 
 def test_iio_rate_is_roughly_kept(run_source, sysfs: Path) -> None:
     cfg = IioSourceConfig(device="adxl345", channels=["accel_x"], rate_hz=50, sysfs_root=str(sysfs))
     source = run_source(cfg)
-    read_windows(source, 1)
+    read_frames(source, 1)
     before, t0 = source.stats["samples"], time.monotonic()
     time.sleep(1.0)
     rate = (source.stats["samples"] - before) / (time.monotonic() - t0)
@@ -154,7 +128,7 @@ def test_iio_unknown_device_or_channel_is_a_source_error(sysfs: Path) -> None:
 def test_iio_device_that_goes_away_and_comes_back(run_source, sysfs: Path) -> None:
     cfg = IioSourceConfig(device="adxl345", channels=["accel_x"], rate_hz=100, sysfs_root=str(sysfs))
     source = run_source(cfg)
-    read_windows(source, 1)
+    read_frames(source, 1)
     device, parked = sysfs / "iio:device1", sysfs.parent / "parked"
     device.rename(parked)  # driver unbound
     assert wait_until(lambda: not source.stats["connected"]), source.stats
@@ -164,7 +138,7 @@ def test_iio_device_that_goes_away_and_comes_back(run_source, sysfs: Path) -> No
     assert source.stats["reconnects"] >= 1
     while source.read(timeout=0.01) is not None:  # drop what was queued before the outage
         pass
-    assert read_windows(source, 2)[-1].data[0, 0] == pytest.approx(100 * 0.0383)
+    assert read_frames(source, 2)[-1].data[0, 0] == pytest.approx(100 * 0.0383)
 
 
 # -- command --------------------------------------------------------------------------------------
@@ -209,7 +183,7 @@ def test_command_restarts_when_it_exits(run_source) -> None:
     source = run_source(CommandSourceConfig(argv=python_command("print('1,2'); print('3,4')")))
     assert wait_until(lambda: source.stats["reconnects"] >= 2 and source.stats["samples"] >= 6), source.stats
     assert not source.finished
-    frames = read_windows(source, 3)
+    frames = read_frames(source, 3)
     assert all(f.data.tolist() in ([[1, 2]], [[3, 4]]) for f in frames)
 
 
@@ -287,29 +261,29 @@ def test_file_follow_reads_appended_lines(run_source, tmp_path: Path) -> None:
     with path.open("a") as f:
         f.write("2,20\n3,")
         f.flush()
-        assert read_windows(source, 1)[0].data.tolist() == [[1, 10], [2, 20]]
+        assert read_frames(source, 1)[0].data.tolist() == [[1, 10], [2, 20]]
         f.write("30\n4,40\n")  # the partial line is completed
-    assert read_windows(source, 1)[0].data.tolist() == [[3, 30], [4, 40]]
+    assert read_frames(source, 1)[0].data.tolist() == [[3, 30], [4, 40]]
     assert not source.finished
     path.write_text("a,b\n7,70\n8,80\n")  # truncated and rewritten (same inode)
-    assert read_windows(source, 1)[0].data.tolist() == [[7, 70], [8, 80]]
+    assert read_frames(source, 1)[0].data.tolist() == [[7, 70], [8, 80]]
 
 
 def test_file_follow_survives_rotation(run_source, tmp_path: Path) -> None:
     path = tmp_path / "rotating.csv"
     path.write_text("1\n2\n")
     source = run_source(FileSourceConfig(path=str(path), follow=True))
-    assert [f.data[0, 0] for f in read_windows(source, 2)] == [1, 2]
+    assert [f.data[0, 0] for f in read_frames(source, 2)] == [1, 2]
     path.rename(tmp_path / "rotating.csv.1")
     path.write_text("3\n")
-    assert read_windows(source, 1)[0].data[0, 0] == 3
+    assert read_frames(source, 1)[0].data[0, 0] == 3
 
 
 def test_file_rate_hz_paces_the_replay(run_source, tmp_path: Path) -> None:
     path = tmp_path / "paced.csv"
     path.write_text("".join(f"{i}\n" for i in range(1000)))
     source = run_source(FileSourceConfig(path=str(path), rate_hz=20))
-    read_windows(source, 1)
+    read_frames(source, 1)
     time.sleep(1.0)
     assert 5 <= source.stats["samples"] <= 40, source.stats  # 1000 unpaced would be read at once
     assert not source.finished
@@ -367,7 +341,7 @@ def test_serial_lines_and_replug(run_source, serial_device: FakeSerialDevice) ->
     assert wait_until(lambda: source.stats["connected"]), source.stats
     serial_device.write("1,2\n3,4\nbad,line\n5,")
     serial_device.write("6\n7,8\n")
-    frames = read_windows(source, 2)
+    frames = read_frames(source, 2)
     assert [f.data.tolist() for f in frames] == [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]
     assert source.stats["bad_lines"] == 1
     serial_device.unplug()
@@ -377,7 +351,7 @@ def test_serial_lines_and_replug(run_source, serial_device: FakeSerialDevice) ->
     assert wait_until(lambda: source.stats["connected"]), source.stats
     assert source.stats["reconnects"] >= 1
     serial_device.write("9,10\n11,12\n")
-    assert read_windows(source, 1)[0].data.tolist() == [[9, 10], [11, 12]]
+    assert read_frames(source, 1)[0].data.tolist() == [[9, 10], [11, 12]]
 
 
 def test_serial_json(run_source, serial_device: FakeSerialDevice) -> None:
@@ -385,7 +359,7 @@ def test_serial_json(run_source, serial_device: FakeSerialDevice) -> None:
     source = run_source(cfg)
     assert wait_until(lambda: source.stats["connected"]), source.stats
     serial_device.write('{"h": 40.5, "t": 21.25}\n')
-    assert read_windows(source, 1)[0].data.tolist() == [[21.25, 40.5]]
+    assert read_frames(source, 1)[0].data.tolist() == [[21.25, 40.5]]
 
 
 def test_stdin_until_eof(tmp_path: Path) -> None:
