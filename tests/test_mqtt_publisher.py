@@ -163,6 +163,7 @@ pub = MqttPublisher(cfg, sys.argv[3], outbox)
 pub.start()
 for i in range(int(sys.argv[4])):
     pub.publish_result(f"edge/{sys.argv[3]}/door/result", json.dumps({"seq": i + 1}).encode(), 1)
+assert pub.wait_stored(10)  # durable from here on: the SIGKILL below must not lose any of them
 if sys.argv[5] == "wait-connected":
     deadline = time.monotonic() + 10
     while not pub.connected and time.monotonic() < deadline:
@@ -240,9 +241,10 @@ while not pub.connected:
     time.sleep(0.01)
 print("streaming", flush=True)
 seq = 0
-while True:   # as fast as it goes, until SIGKILL
+while True:   # at a fast sensor pipeline's rate (publish_result itself does not wait), until SIGKILL
     seq += 1
     pub.publish_result(f"edge/{sys.argv[3]}/door/result", json.dumps({"seq": seq}).encode(), 1)
+    time.sleep(0.0003)
 """
 
 
@@ -327,7 +329,7 @@ def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publis
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
     wait_until(lambda: pub.last_error is not None, 5, "last_error")
     assert "cannot connect to broker 127.0.0.1" in pub.last_error
-    assert not pub.connected and outbox.depth() == 20
+    assert pub.wait_stored(5) and not pub.connected and outbox.depth() == 20
     broker.start()
     assert pub.flush(timeout=15), pub.stats()
     sub.wait_for(has_all(set(range(1, 21))), timeout=10)
@@ -589,16 +591,30 @@ def test_tls_insecure_skips_only_the_host_name_check(mosquitto, subscriber, outb
     assert lax.flush(timeout=10), lax.stats()
 
 
-def test_publish_result_many_batches_in_order(mosquitto, subscriber, outbox, publishers) -> None:
+def test_results_handed_in_while_the_outbox_is_busy_are_stored_together_in_order(
+    mosquitto, subscriber, outbox, publishers
+) -> None:
+    """The inference thread never waits for SQLite: results queue up while the sender thread writes, and
+    the next write takes them all in one transaction, in order."""
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
     pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    pub.publish_result_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, 101)])
-    wait_until(lambda: pub.connected, 10, "connect")  # QoS 0 is sent only while connected
-    pub.publish_result_many([(RESULT_TOPIC, payload(500), 0)])  # QoS 0 in a batch: sent, not stored
+    wait_until(lambda: pub.connected, 10, "connect")
+    batches: list[int] = []
+    append_many = outbox.append_many
+    outbox.append_many = lambda items: batches.append(len(items)) or append_many(items)  # type: ignore[method-assign]
+    with outbox._lock:  # a slow disk: the sender is stuck in a write meanwhile
+        started = time.monotonic()
+        for s in range(1, 101):
+            pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+        handed_in = time.monotonic() - started
+        time.sleep(0.2)
+    pub.publish_result(RESULT_TOPIC, payload(500), qos=0)  # QoS 0: sent, not stored
     assert pub.flush(timeout=10), pub.stats()
     sub.wait_for(has_all({*range(1, 101), 500}), timeout=10)
     assert [s for s in seqs(sub) if s != 500] == list(range(1, 101))
+    assert sum(batches) == 100 and len(batches) <= 2, batches
+    assert handed_in < 0.2, f"publish_result waited for the outbox ({handed_in:.3f} s for 100 results)"
 
 
 def test_mqtt5_respects_the_brokers_receive_maximum(mosquitto, subscriber, outbox, publishers) -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _ACK_BATCH = 500
 # Rows read from the outbox per query while sending.
 _SEND_BATCH = 200
+# Results handed in but not yet in the outbox; past this the pipeline waits (only a stalled disk gets here).
+_INCOMING_MAX = 10_000
 
 
 class TlsConfig(BaseModel):
@@ -219,6 +221,7 @@ class MqttPublisher:
         self._inflight_rows = 0
         self._early: set[int] = set()  # mids whose PUBACK came before the sending thread recorded them
         self._acked_rows: list[int] = []  # PUBACKed, not yet deleted from the outbox
+        self._incoming: list[tuple[str, bytes, int]] = []  # QoS >= 1 results not yet in the outbox
         self._cursor = 0  # highest row id handed to paho on this connection
         self._gen = 0  # bumped on every connect/disconnect; a send from an older generation is stale
         self._more = True  # the outbox may hold rows past the cursor
@@ -312,9 +315,14 @@ class MqttPublisher:
 
         Rows not acknowledged by then stay in the outbox for the next start.
         """
-        if not self._started or self._stopping:
+        if not self._started:
+            self._store_incoming()
             return
-        drained = self.flush(drain_timeout) if drain_timeout > 0 else self.outbox.depth() == 0
+        if self._stopping:
+            return
+        drained = (
+            self.flush(drain_timeout) if drain_timeout > 0 else not self._incoming and not self.outbox.depth()
+        )
         self._stopping = True
         if self._connected:
             info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
@@ -331,6 +339,8 @@ class MqttPublisher:
             self._cond.notify_all()
         if self._sender is not None:
             self._sender.join(timeout=10.0)
+        if not self._sender_alive():
+            self._store_incoming()  # whatever the sender did not get to is kept for the next start
         if not drained:
             log.warning(
                 "%d results are still in the outbox %s; they are sent after the next start",
@@ -343,11 +353,22 @@ class MqttPublisher:
         """True only between a successful CONNACK and the next disconnect."""
         return self._connected
 
+    def wait_stored(self, timeout: float) -> bool:
+        """Wait until every result handed in so far is in the outbox (durable); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._incoming:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sender_alive():
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
     def flush(self, timeout: float) -> bool:
         """Wait until every outbox row is acknowledged and deleted; False when ``timeout`` s passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self.outbox.depth() > 0 or self._acked_rows:
+            while self._incoming or self.outbox.depth() > 0 or self._acked_rows:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -363,32 +384,42 @@ class MqttPublisher:
                             "without '+' or '#'; check the pipeline's publish.topic")  # fmt: skip
 
     def publish_result(self, topic: str, payload: bytes, qos: int) -> None:
-        """QoS >= 1: durable (outbox first, sent in order by the sender thread). QoS 0: sent now, or lost."""
+        """QoS >= 1: durable, sent in order. The sender thread writes it to the outbox (with whatever else
+        arrived meanwhile, in one transaction) before sending it, so the caller, the inference thread, never
+        waits for SQLite. QoS 0: sent now, or lost."""
         self._check_topic(topic)
         if qos <= 0:
             self.publish_now(topic, payload, 0)
             return
-        self.outbox.append(topic, payload, qos)
+        with self._cond:
+            while len(self._incoming) >= _INCOMING_MAX and not self._sender_exit and self._sender_alive():
+                self._cond.wait(0.5)  # the outbox cannot keep up (a very slow disk): slow the pipeline down
+            self._incoming.append((topic, payload, qos))
+            if len(self._incoming) == 1:
+                self._cond.notify_all()
+
+    def _sender_alive(self) -> bool:
+        return self._sender is not None and self._sender.is_alive()
+
+    def _store_incoming(self) -> bool:
+        """Write the results handed in so far to the outbox, in order, in one transaction (sender thread,
+        or ``stop`` once the sender has ended). False when the outbox refused them (kept for a retry)."""
+        with self._cond:
+            items, self._incoming = self._incoming, []
+        if not items:
+            return True
+        try:
+            self.outbox.append_many(items)
+        except Exception as exc:  # disk full, read-only, closed: keep them in memory and say so
+            with self._cond:
+                self._incoming[:0] = items
+            self._set_error(f"cannot write results to the outbox {self.outbox.path}: {exc}")
+            return False
         with self._cond:
             self._appends += 1
             self._more = True
-            if self._connected:
-                self._cond.notify_all()
-
-    def publish_result_many(self, items: list[tuple[str, bytes, int]]) -> None:
-        """Several results in one outbox transaction (sensor pipelines producing bursts)."""
-        for topic, _, _ in items:
-            self._check_topic(topic)
-        durable = [item for item in items if item[2] > 0]
-        for topic, payload, qos in items:
-            if qos <= 0:
-                self.publish_now(topic, payload, 0)
-        if durable:
-            self.outbox.append_many(durable)
-            with self._cond:
-                self._appends += 1
-                self._more = True
-                self._cond.notify_all()
+            self._cond.notify_all()
+        return True
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Best effort (stats, status): sent only while connected, never stored. True when handed to paho."""
@@ -555,6 +586,7 @@ class MqttPublisher:
             with self._cond:
                 while not (
                     self._acked_rows
+                    or self._incoming
                     or self._sender_exit
                     or (self._connected and self._more and self._inflight_rows < self._window)
                 ):
@@ -565,12 +597,23 @@ class MqttPublisher:
                 gen, cursor, appends = self._gen, self._cursor, self._appends
                 room = self._window - self._inflight_rows
                 exiting = self._sender_exit
+                incoming = bool(self._incoming)
+            if incoming and not self._store_incoming():
+                if exiting:
+                    return  # stop() tries once more after the join
+                time.sleep(1.0)
+                continue
             if acks:
                 self._ack(acks)
             if exiting:
-                if not self._acked_rows:
+                if not self._acked_rows and not self._incoming:
                     return
                 continue
+            if incoming:
+                with self._cond:  # the rows just written, unless the window is full
+                    send = self._connected and self._more and self._inflight_rows < self._window
+                    gen, cursor, appends = self._gen, self._cursor, self._appends
+                    room = self._window - self._inflight_rows
             if send:
                 try:
                     self._send(gen, cursor, appends, min(room, _SEND_BATCH))
