@@ -101,6 +101,7 @@ class ModelStages:
             if manifest.preprocess is None:
                 raise ModelError(f"model {model.path}: an image input needs a 'preprocess' section")
             self.image_pre: Any = ImagePreprocessor(spec, manifest.preprocess)
+            self._prepare_pre = ImagePreprocessor(spec, manifest.preprocess)
             self.tensor_pre: Any = None
         else:
             if spec.kind == "image":
@@ -120,15 +121,33 @@ class ModelStages:
             "delegate_error": model.delegate_error,
         }
 
-    def run(self, frame: Frame) -> tuple[Any, float, float, float]:
-        """Preprocess into the input buffer, invoke, postprocess. Returns (result, t_pre, t_inv, t_post),
-        as monotonic times at the end of each stage."""
+    def prepare(self, image: np.ndarray) -> PreparedInput:
+        """The model input for ``image``, in a buffer of its own: run on the source's thread (see
+        ``Source.set_preparer``) with a preprocessor of its own, so it never races the inference thread's."""
+        t0 = time.monotonic()
+        tensor = np.empty(self.model.input.shape, dtype=self._prepare_pre.dtype)
+        transform = self._prepare_pre(image, out=tensor)
+        return PreparedInput(self, tensor, transform, (time.monotonic() - t0) * 1000.0)
+
+    def run(self, frame: Frame) -> tuple[Any, float, float, float, float]:
+        """Preprocess into the input buffer (or copy what the source's thread prepared), invoke,
+        postprocess. Returns (result, preprocess_ms, t_invoke_start, t_invoke_end, t_postprocess_end),
+        the times monotonic."""
         from edge_agent.processing.postprocess import PostContext
 
         model = self.model
+        t0 = time.monotonic()
         buf = model.input_buffer()
+        prepared = frame.prepared
+        pre_ms = 0.0
         if self.image_pre is not None:
-            transform = self.image_pre(frame.data, out=buf)
+            if isinstance(prepared, PreparedInput) and prepared.stages is self:
+                # a memoryview copy keeps the GIL (np.copyto drops and re-takes it: 10% of the loop's time
+                # went to waiting for it again while other threads held it)
+                memoryview(buf).cast("B")[:] = memoryview(prepared.tensor).cast("B")
+                transform, pre_ms = prepared.transform, prepared.ms
+            else:
+                transform = self.image_pre(frame.data, out=buf)
             model_input = self.image_pre.to_float(frame.data)[0] if self.wants_input else None
         else:
             transform = None
@@ -138,7 +157,17 @@ class ModelStages:
         outputs = model.invoke()
         t_inv = time.monotonic()
         result = self.post(outputs, PostContext(transform=transform, model_input=model_input))
-        return result, t_pre, t_inv, time.monotonic()
+        return result, pre_ms + (t_pre - t0) * 1000.0, t_pre, t_inv, time.monotonic()
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A frame already turned into the input of ``stages``' model (by the source's thread)."""
+
+    stages: ModelStages
+    tensor: np.ndarray
+    transform: Any
+    ms: float  # time it took
 
 
 @dataclass
@@ -226,6 +255,7 @@ class Pipeline:
         ``stop`` is set is still processed and published (finish in-flight results)."""
         self.state = "running"
         consecutive_errors = 0
+        self.source.set_preparer(self._prepare)
         try:
             while not stop.is_set():
                 self._tick()
@@ -265,11 +295,11 @@ class Pipeline:
 
     def process(self, frame: Frame) -> bool:
         """Run one frame through the model and publish its result if the policy says so. True if published."""
-        t0 = time.monotonic()
-        result, t_pre, t_inv, t_post = self.stages.run(frame)
+        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(frame)
         latency = {
-            "capture_age": (t0 - frame.captured_mono) * 1000.0,
-            "preprocess": (t_pre - t0) * 1000.0,
+            # waiting for the model (in the source's slot), whether or not it was preprocessed meanwhile
+            "capture_age": max(0.0, (t_pre - frame.captured_mono) * 1000.0 - pre_ms),
+            "preprocess": pre_ms,
             "invoke": (t_inv - t_pre) * 1000.0,
             "postprocess": (t_post - t_inv) * 1000.0,
             "total": (t_post - frame.captured_mono) * 1000.0,
@@ -295,6 +325,12 @@ class Pipeline:
                 self.evidence.save(frame.data, seq, label)
         self.stats.frame_done(latency, result=True, published=publish)
         return publish
+
+    def _prepare(self, image: np.ndarray) -> PreparedInput | None:
+        """Runs on the source's thread: preprocess for the model in use now (a frame prepared for a model
+        that was swapped out meanwhile is preprocessed again by ``ModelStages.run``)."""
+        stages = self.stages
+        return stages.prepare(image) if stages.image_pre is not None else None
 
     def _tick(self) -> None:
         self.progress += 1

@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,12 +23,24 @@ class Frame:
     index: int  # frames/windows produced so far by this source (0 for the first one)
     captured_at: float  # time.time() when captured (epoch s)
     captured_mono: float  # time.monotonic() when captured (for latency)
+    prepared: Any = None  # the model input, made on the source's own thread by its preparer (or None)
+
+
+Preparer = Callable[[np.ndarray], Any]
 
 
 class Source(ABC):
     """A camera or sensor. ``start`` raises ``SourceError`` only for problems a retry cannot fix (a missing
     file); everything transient (a stream down, a port gone) is retried in the background and reported in
     ``stats`` (``connected``, ``last_error``, ``reconnects``)."""
+
+    preparer: Preparer | None = None
+
+    def set_preparer(self, preparer: Preparer | None) -> None:
+        """Have the source's producing thread turn each image into the model's input before offering it
+        (``Frame.prepared``), so preprocessing overlaps with inference instead of adding to it. Sources
+        without a thread of their own ignore it; the pipeline preprocesses whatever comes unprepared."""
+        self.preparer = preparer
 
     @abstractmethod
     def start(self, stop: threading.Event) -> None: ...
