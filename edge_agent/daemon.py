@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.affinity import CpuPlan, pin_this_thread, pinned, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 from edge_agent.sdnotify import Notifier
@@ -73,6 +74,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
+        self.cpu_plan: CpuPlan | None = None
         self.pipelines: list[Pipeline] = []
         self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
         self._seqs: list[SeqCounter] = []
@@ -120,6 +122,7 @@ class Daemon:
 
         cfg = self.cfg
         self._set_status("starting")
+        self._place_threads()
         state_dir = _prepare_state_dir(cfg.state_dir)
         self.outbox = Outbox(
             state_dir / "outbox.sqlite3", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
@@ -133,7 +136,8 @@ class Daemon:
         models = []
         try:
             for p in cfg.pipelines:
-                models.append(load_model(p.model))
+                with pinned(self._inference_cpus(p.name)):  # XNNPACK's worker threads start here
+                    models.append(load_model(p.model))
             stages = [self._stages(p, m) for p, m in zip(cfg.pipelines, models, strict=True)]
         except BaseException:
             for m in models:
@@ -152,7 +156,7 @@ class Daemon:
             self.pipelines.append(self._make_pipeline(p, st, source, seq))
         for pipe in self.pipelines:
             t = threading.Thread(
-                target=pipe.run, args=(self.stop_event,), name=f"pipeline-{pipe.name}", daemon=True
+                target=self._run_pipeline, args=(pipe,), name=f"pipeline-{pipe.name}", daemon=True
             )
             self._threads.append(t)
             t.start()
@@ -167,6 +171,27 @@ class Daemon:
             cfg.mqtt.port,
         )
         self.notifier.ready(self._status_line())
+
+    def _place_threads(self) -> None:
+        """Decide the CPU placement and move this (main) thread to the non-inference CPUs before any other
+        thread starts, so the publisher's, the sources' and the outbox's threads inherit them."""
+        cfg = self.cfg
+        self.cpu_plan = plan_cpus(
+            cfg.cpu_pinning, [(p.name, p.model.num_threads) for p in cfg.pipelines], usable_cpus()
+        )
+        if self.cpu_plan is not None and pin_this_thread(self.cpu_plan.other):
+            log.info("CPU placement: %s", self.cpu_plan.describe())
+        else:
+            self.cpu_plan = None
+
+    def _inference_cpus(self, pipeline: str) -> frozenset[int] | None:
+        return self.cpu_plan.inference.get(pipeline) if self.cpu_plan is not None else None
+
+    def _run_pipeline(self, pipe: Pipeline) -> None:
+        cpus = self._inference_cpus(pipe.name)
+        if cpus:
+            pin_this_thread(cpus)
+        pipe.run(self.stop_event)
 
     def serve(self) -> int:
         """The main loop, in the main thread. Returns when asked to stop or when every pipeline ended."""
@@ -272,7 +297,8 @@ class Daemon:
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig, load_model: Callable[[Any], Any]) -> bool:
         """Load ``pcfg.model`` and hand it to the pipeline; on any error keep the old one. True if swapped."""
         try:
-            model = load_model(pcfg.model)
+            with pinned(self._inference_cpus(pipe.name)):
+                model = load_model(pcfg.model)
         except EdgeAgentError as exc:
             self._reload_failed(pipe, exc)
             return False
@@ -303,7 +329,7 @@ class Daemon:
         old = self.cfg
         changed = [
             k
-            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level")
+            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning")
             if getattr(old, k) != getattr(new, k)
         ]
         old_p = {p.name: p for p in old.pipelines}
