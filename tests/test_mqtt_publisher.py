@@ -617,6 +617,27 @@ def test_results_handed_in_while_the_outbox_is_busy_are_stored_together_in_order
     assert handed_in < 0.2, f"publish_result waited for the outbox ({handed_in:.3f} s for 100 results)"
 
 
+def test_acknowledged_rows_are_deleted_in_batches(mosquitto, subscriber, outbox, publishers) -> None:
+    """Not one DELETE transaction (an SD-card write) per PUBACK: acked rows are deleted together, and
+    flush() still returns as soon as everything is acknowledged."""
+    broker = mosquitto()
+    sub = subscriber(broker, RESULT_TOPIC)
+    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    wait_until(lambda: pub.connected, 10, "connect")
+    deletes: list[int] = []
+    ack_many = outbox.ack_many
+    outbox.ack_many = lambda ids: deletes.append(len(ids)) or ack_many(ids)  # type: ignore[method-assign]
+    for s in range(1, 401):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+        time.sleep(0.0005)  # a steady 2,000 results/s, each acknowledged on its own
+    started = time.monotonic()
+    assert pub.flush(timeout=10), pub.stats()
+    assert time.monotonic() - started < 1.0
+    sub.wait_for(has_all(set(range(1, 401))), timeout=10)
+    assert sum(deletes) == 400 and outbox.depth() == 0
+    assert len(deletes) <= 400 / 10, f"{len(deletes)} DELETE transactions for 400 rows"
+
+
 def test_mqtt5_respects_the_brokers_receive_maximum(mosquitto, subscriber, outbox, publishers) -> None:
     """A v5 broker announcing Receive Maximum 10 would drop a client with 256 unacknowledged messages."""
     broker = mosquitto(extra_config=("max_inflight_messages 10",))

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 # Commit acks in batches of at most this many rows (one SQLite transaction each).
 _ACK_BATCH = 500
+# Acknowledged rows are deleted together: once this many are waiting, or the oldest has waited _ACK_DELAY_S,
+# or someone waits for the outbox to empty: one write transaction per ~64 results instead of one per PUBACK
+# (flash wear, CPU). A crash in between only means those rows are sent again after the restart (QoS 1 is
+# at-least-once anyway).
+_ACK_MIN = 64
+_ACK_DELAY_S = 0.05
 # Rows read from the outbox per query while sending.
 _SEND_BATCH = 200
 # Results handed in but not yet in the outbox; past this the pipeline waits (only a stalled disk gets here).
@@ -221,6 +227,8 @@ class MqttPublisher:
         self._inflight_rows = 0
         self._early: set[int] = set()  # mids whose PUBACK came before the sending thread recorded them
         self._acked_rows: list[int] = []  # PUBACKed, not yet deleted from the outbox
+        self._first_ack_at = 0.0  # when the oldest of _acked_rows came
+        self._flushing = 0  # threads in flush(): delete acked rows at once
         self._incoming: list[tuple[str, bytes, int]] = []  # QoS >= 1 results not yet in the outbox
         self._cursor = 0  # highest row id handed to paho on this connection
         self._gen = 0  # bumped on every connect/disconnect; a send from an older generation is stale
@@ -368,11 +376,16 @@ class MqttPublisher:
         """Wait until every outbox row is acknowledged and deleted; False when ``timeout`` s passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._incoming or self.outbox.depth() > 0 or self._acked_rows:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.5))
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._incoming or self.outbox.depth() > 0 or self._acked_rows:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 0.5))
+            finally:
+                self._flushing -= 1
         return True
 
     # -- publishing ----------------------------------------------------------------------------------------
@@ -451,8 +464,7 @@ class MqttPublisher:
             if mid in self._early:
                 self._early.discard(mid)
                 if row_id is not None:
-                    self._acked_rows.append(row_id)
-                    self._cond.notify_all()
+                    self._add_ack(row_id)
             elif gen == self._gen:
                 self._inflight[mid] = row_id
                 if row_id is not None:
@@ -569,8 +581,26 @@ class MqttPublisher:
                     f"broker {self.broker} rejected a result (outbox row {row_id}): {reason_code}"
                 )
             else:
-                self._acked_rows.append(row_id)
+                self._add_ack(row_id)
+            if self._inflight_rows == self._window - 1 and self._more:
+                self._cond.notify_all()  # the window was full: the sender may go on
+
+    def _add_ack(self, row_id: int) -> None:
+        """(holding _cond) Note an acknowledged row; wake the sender only when it has something to do: the
+        first ack (so it times the delay), a full batch, or a flush waiting."""
+        if not self._acked_rows:
+            self._first_ack_at = time.monotonic()
+        self._acked_rows.append(row_id)
+        if len(self._acked_rows) in (1, _ACK_MIN) or self._flushing:
             self._cond.notify_all()
+
+    def _acks_due_in(self) -> float | None:
+        """(holding _cond) Seconds until the acked rows are due for deletion (<= 0: now); None: none."""
+        if not self._acked_rows:
+            return None
+        if len(self._acked_rows) >= _ACK_MIN or self._flushing or self._sender_exit:
+            return 0.0
+        return self._first_ack_at + _ACK_DELAY_S - time.monotonic()
 
     def _set_error(self, message: str) -> None:
         with self._cond:
@@ -584,15 +614,21 @@ class MqttPublisher:
         """Delete acked rows in batches, and hand pending rows to paho in id order within the window."""
         while True:
             with self._cond:
-                while not (
-                    self._acked_rows
-                    or self._incoming
-                    or self._sender_exit
-                    or (self._connected and self._more and self._inflight_rows < self._window)
-                ):
-                    self._cond.wait()
-                acks = self._acked_rows[:_ACK_BATCH]
-                del self._acked_rows[:_ACK_BATCH]
+                while True:
+                    due = self._acks_due_in()
+                    if (
+                        (due is not None and due <= 0)
+                        or self._incoming
+                        or self._sender_exit
+                        or (self._connected and self._more and self._inflight_rows < self._window)
+                    ):
+                        break
+                    self._cond.wait(due)
+                acks: list[int] = []
+                if due is not None and due <= 0:
+                    acks = self._acked_rows[:_ACK_BATCH]
+                    del self._acked_rows[:_ACK_BATCH]
+                    self._first_ack_at = time.monotonic()
                 send = self._connected and self._more and self._inflight_rows < self._window
                 gen, cursor, appends = self._gen, self._cursor, self._appends
                 room = self._window - self._inflight_rows
