@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.affinity import CpuPlan, pin_this_thread, pinned, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
+from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
@@ -122,6 +123,7 @@ class Daemon:
 
         cfg = self.cfg
         self._set_status("starting")
+        limit_malloc_arenas()  # before any thread starts
         self._place_threads()
         state_dir = _prepare_state_dir(cfg.state_dir)
         self.outbox = Outbox(

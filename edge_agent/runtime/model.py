@@ -15,6 +15,7 @@ from edge_agent.manifest import InputSpec, Manifest, file_sha256, load_manifest,
 from edge_agent.runtime.backends import RuntimeApi, select_runtime
 from edge_agent.runtime.config import ModelConfig
 from edge_agent.runtime.delegates import edgetpu_model_path, load_edgetpu
+from edge_agent.runtime.memory import release_mapped_file
 from edge_agent.runtime.synthesize import apply_overrides, synthesize_manifest
 from edge_agent.runtime.tensors import op_names, producer_ops
 from edge_agent.runtime.verify import match_tensors
@@ -66,6 +67,10 @@ class LoadedModel:
         self._input_shape = tuple(self.input.shape)
         self._input_dtype = np.dtype(self.input.dtype)
         self.first_invoke_ms = self._settle()
+        # packed by XNNPACK (or uploaded to the delegate) by now: the file's pages need not stay resident
+        released = release_mapped_file(path)
+        if released:
+            log.debug("%s: released %.1f MB of mapped model file", path.name, released / 2**20)
 
     def _settle(self) -> float:
         """Run once on a zero input before handing out any view of the input.
