@@ -255,7 +255,7 @@ class Pipeline:
         ``stop`` is set is still processed and published (finish in-flight results)."""
         self.state = "running"
         consecutive_errors = 0
-        self.source.set_preparer(self._prepare)
+        self.source.set_preparer(self._prepare, self._min_frame_size())
         try:
             while not stop.is_set():
                 self._tick()
@@ -326,6 +326,14 @@ class Pipeline:
         self.stats.frame_done(latency, result=True, published=publish)
         return publish
 
+    def _min_frame_size(self) -> tuple[int, int] | None:
+        """The smallest frame the model can use (its input size); None: full frames are needed, for the
+        evidence frames (or a sensor model)."""
+        pre = self.stages.image_pre
+        if pre is None or self.evidence is not None:
+            return None
+        return (pre.width, pre.height)
+
     def _prepare(self, image: np.ndarray) -> PreparedInput | None:
         """Runs on the source's thread: preprocess for the model in use now (a frame prepared for a model
         that was swapped out meanwhile is preprocessed again by ``ModelStages.run``)."""
@@ -344,6 +352,7 @@ class Pipeline:
         if swap is None:
             return
         old, self.stages = self.stages, swap.stages
+        self.source.set_preparer(self._prepare, self._min_frame_size())  # the new input may be larger
         log.info(
             "pipeline %s: now running model %s (sha256 %s), was %s",
             self.name,

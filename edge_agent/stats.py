@@ -148,7 +148,12 @@ class PipelineStats:
                 "reconnects": int(source.get("reconnects", 0)),
                 "last_error": source.get("last_error"),
                 # sensor sources also count samples read and lines they could not parse
-                **{k: int(source[k]) for k in ("samples", "bad_lines") if source.get(k) is not None},
+                # cameras: the fraction MJPEG is decoded at, and packets that did not decode
+                **{
+                    k: int(source[k])
+                    for k in ("samples", "bad_lines", "decode_scale", "bad_frames")
+                    if source.get(k) is not None
+                },
             },
             "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
         }

@@ -10,14 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.errors import ConfigError, SourceError
-from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt, camera_kind
+from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt, camera_kind, jpeg_scale
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.sources import read_frames
-from tests.fixtures.streams import decode_frame_number
+from tests.fixtures.streams import decode_frame_number, render_test_video
 from tests.waiting import WAIT_S, wait_until
 
 pytest.importorskip("cv2")
@@ -253,3 +254,75 @@ def test_rtsp_stream_is_read(open_source, ffmpeg_stream, monkeypatch) -> None:
     # most frames must carry their number intact
     assert sum(0 <= n < 100 for n in numbers) >= 6, numbers
     assert source.stats["connected"] is True
+
+
+def test_jpeg_scale_is_the_largest_that_still_covers_the_input() -> None:
+    assert jpeg_scale(640, 480, (224, 224)) == 2  # 320x240
+    assert jpeg_scale(1920, 1080, (224, 224)) == 4  # 480x270; 1/8 would be 240x135
+    assert jpeg_scale(64, 64, (8, 8)) == 8
+    assert jpeg_scale(640, 480, (320, 320)) == 1
+    assert jpeg_scale(100, 100, (13, 13)) == 8  # libjpeg rounds up: ceil(100 / 8) = 13
+    assert jpeg_scale(100, 100, (14, 14)) == 4
+
+
+def _frames_until_end(source: CameraSource) -> list:
+    frames = []
+    while (frame := source.read(timeout=WAIT_S)) is not None:
+        frames.append(frame)
+    assert source.finished, source.stats
+    return frames
+
+
+@pytest.mark.parametrize(("decode_size", "scale"), [("auto", 4), ("full", 1)])
+def test_mjpeg_file_is_decoded_reduced_for_a_small_model_input(
+    open_source, tmp_path: Path, decode_size: str, scale: int
+) -> None:
+    """With decode_size auto, a 256x256 MJPEG video for a 64x64 model comes as 64x64 frames (libjpeg's
+    1/4 DCT scaling), every frame still there and right, and close to what a full decode and an area
+    resize give."""
+    import cv2
+
+    video = render_test_video(tmp_path / "big.avi", frames=30, size=256)
+    source = open_source(str(video), decode_size=decode_size)
+    source.set_preparer(lambda image: image.shape, min_size=(64, 64))
+    frames = _frames_until_end(source)
+    assert [decode_frame_number(f.data) for f in frames] == list(range(30))
+    # prepared on the reader's thread (the first frames may have been read before the preparer was set)
+    assert all(f.prepared == f.data.shape for f in frames[2:])
+    size = 256 // scale
+    assert {f.data.shape for f in frames[2:]} == {(size, size, 3)}
+    assert source.stats["decode_scale"] == scale and source.stats["bad_frames"] == 0
+    full = cv2.VideoCapture(str(video))
+    for f in frames[2:]:
+        ok, image = full.read()
+        while ok and decode_frame_number(image) != f.index:
+            ok, image = full.read()
+        assert ok
+        expected = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        assert np.abs(f.data.astype(int) - expected).mean() < 4.0
+
+
+def test_full_frames_when_the_consumer_needs_them(open_source, tmp_path: Path) -> None:
+    """No min_size (evidence frames are saved) or no preparer at all: full-size frames."""
+    video = render_test_video(tmp_path / "big.avi", frames=10, size=256)
+    for min_size in (None, "no preparer"):
+        source = open_source(str(video))
+        if min_size is None:
+            source.set_preparer(lambda image: None, min_size=None)
+        frames = _frames_until_end(source)
+        assert {f.data.shape for f in frames} == {(256, 256, 3)}
+        assert source.stats["decode_scale"] == 1
+
+
+@pytest.mark.parametrize(("protocol", "scale"), [("http", 4), ("udp", 1)])
+def test_mjpeg_stream_is_decoded_reduced_other_codecs_are_not(
+    open_source, ffmpeg_stream, protocol: str, scale: int
+) -> None:
+    """The http stream is MJPEG (multipart JPEGs): reduced. The udp one is MPEG-2: FFmpeg decodes it."""
+    source = open_source(ffmpeg_stream(protocol).url, **FAST)
+    source.set_preparer(lambda image: None, min_size=(16, 16))
+    frames = read_frames(source, 15)
+    assert {f.data.shape for f in frames[5:]} == {(64 // scale, 64 // scale, 3)}
+    numbers = [decode_frame_number(f.data) for f in frames[5:]]
+    assert all((b - a) % 100 >= 1 for a, b in itertools.pairwise(numbers)), numbers
+    assert source.stats["decode_scale"] == scale

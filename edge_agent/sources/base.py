@@ -35,12 +35,16 @@ class Source(ABC):
     ``stats`` (``connected``, ``last_error``, ``reconnects``)."""
 
     preparer: Preparer | None = None
+    min_size: tuple[int, int] | None = None
 
-    def set_preparer(self, preparer: Preparer | None) -> None:
+    def set_preparer(self, preparer: Preparer | None, min_size: tuple[int, int] | None = None) -> None:
         """Have the source's producing thread turn each image into the model's input before offering it
         (``Frame.prepared``), so preprocessing overlaps with inference instead of adding to it. Sources
-        without a thread of their own ignore it; the pipeline preprocesses whatever comes unprepared."""
+        without a thread of their own ignore it; the pipeline preprocesses whatever comes unprepared.
+        ``min_size`` (width, height): the smallest image the consumer can use, so a camera may decode
+        smaller frames than it captures; None: full-size frames are needed (evidence frames)."""
         self.preparer = preparer
+        self.min_size = min_size
 
     @abstractmethod
     def start(self, stop: threading.Event) -> None: ...

@@ -47,6 +47,12 @@ class CameraSourceConfig(BaseModel):
     )
     width: int | None = Field(default=None, gt=0, description="Requested capture width (devices only).")
     height: int | None = Field(default=None, gt=0, description="Requested capture height (devices only).")
+    decode_size: Literal["auto", "full"] = Field(
+        default="auto",
+        description="auto: MJPEG video files and streams (not V4L2 devices) are decoded at 1/2, 1/4 or 1/8 "
+        "size when that still covers the model's input (libjpeg's DCT scaling: less CPU and memory per "
+        "frame; not with evidence frames, which are saved full size); full: always decode full frames.",
+    )
     decode_threads: int = Field(
         default=1,
         ge=0,
@@ -74,6 +80,17 @@ _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _WATCHDOG_GRACE_S = 1.0
 _POLL_S = 0.1
 _RELEASE_WAIT_S = 2.0
+_JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
+
+
+def jpeg_scale(width: int, height: int, min_size: tuple[int, int]) -> int:
+    """The largest DCT scale (1, 2, 4 or 8) whose output, ceil(width / s) x ceil(height / s), still covers
+    ``min_size`` (width, height); 1 = decode full size."""
+    min_w, min_h = min_size
+    for scale in _JPEG_SCALES:
+        if -(-width // scale) >= min_w and -(-height // scale) >= min_h:
+            return scale
+    return 1
 
 
 def camera_kind(url: str | int) -> CameraKind:
@@ -131,6 +148,8 @@ class CameraSource(Interruptible, Source):
         self._thread: threading.Thread | None = None
         self._preopened: tuple[Any, Any] | None = None  # (capture, first image) of a file checked at start
         self._attempt: _Attempt | None = None
+        self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
+        self._bad_frames = 0  # packets that did not decode (skipped)
 
     # -- Source interface -------------------------------------------------------------------------
 
@@ -190,6 +209,8 @@ class CameraSource(Interruptible, Source):
                 "reconnects": self._reconnects,
                 "connected": self._connected,
                 "last_error": self._last_error,
+                "decode_scale": self._decode_scale,
+                "bad_frames": self._bad_frames,
             }
 
     # -- opening ----------------------------------------------------------------------------------
@@ -331,6 +352,7 @@ class CameraSource(Interruptible, Source):
         next_due = time.monotonic()
         pass_frames = 0  # frames in this pass over a file: a looping file that yields none is an error
         pending = first_image
+        jpeg = _ScaledJpeg(self)  # per capture: a reopened file starts decoding in FFmpeg again
         while not (self._stopping() or attempt.abandoned.is_set()):
             if self.kind == "file" and period and not self._pace(next_due, attempt):
                 break
@@ -338,6 +360,13 @@ class CameraSource(Interruptible, Source):
                 ok, image, pending = True, pending, None
             else:
                 ok, image = cap.read()
+                if ok and jpeg.raw:
+                    image = jpeg.decode(image)
+                    if image is None:
+                        with self._cond:
+                            self._bad_frames += 1
+                        attempt.progress = time.monotonic()
+                        continue
             now = time.monotonic()
             if attempt.abandoned.is_set():
                 break
@@ -355,7 +384,7 @@ class CameraSource(Interruptible, Source):
                     )
                     return cap
                 cap.release()
-                cap, pass_frames = self._open(), 0
+                cap, pass_frames, jpeg = self._open(), 0, _ScaledJpeg(self)
                 if not cap.isOpened():
                     attempt.outcome, attempt.error = (
                         "error",
@@ -365,6 +394,8 @@ class CameraSource(Interruptible, Source):
                 continue
             attempt.progress = now
             pass_frames += 1
+            if jpeg.undecided:
+                jpeg.decide(cap, image)
             if period:
                 if self.kind != "file" and now < next_due:
                     continue  # live source over its fps cap: not offered, not counted as skipped
@@ -414,3 +445,55 @@ class CameraSource(Interruptible, Source):
             return preparer(image)
         except Exception:  # the pipeline preprocesses it again on its own thread, and reports what is wrong
             return None
+
+
+class _ScaledJpeg:
+    """Decoding MJPEG at a fraction of its size (``decode_size: auto``): once the consumer has said how
+    small a frame it can use, and the capture turns out to be MJPEG through FFmpeg, the capture is switched
+    to hand out the JPEG packets as they are and libjpeg decodes them reduced (its DCT scaling skips most of
+    the inverse transform; no full-size image is ever made). 640x480 for a 224x224 model: 1/2 size, 0.15 ms
+    less CPU and 0.7 MB less memory per frame. A reload to a model with a larger input rescales."""
+
+    def __init__(self, source: CameraSource) -> None:
+        self.source = source
+        self.raw = False  # the capture hands out JPEG packets
+        self.undecided = source.cfg.decode_size == "auto" and source.kind != "device"
+        self._full: tuple[int, int] = (0, 0)
+        self._for: tuple[int, int] | None = None  # the min_size the scale was chosen for
+        self._flag = 0
+
+    def decide(self, cap: Any, image: Any) -> None:
+        """After a full-size frame: switch to raw packets if it pays; undecided until min_size is known."""
+        src = self.source
+        if src.min_size is None or src.preparer is None:
+            return  # not known yet (the pipeline starts after the source), or full frames are needed
+        self.undecided = False
+        cv2 = src._cv2
+        if int(cap.get(cv2.CAP_PROP_FOURCC)) != cv2.VideoWriter_fourcc(*"MJPG"):
+            return
+        height, width = image.shape[:2]
+        if jpeg_scale(width, height, src.min_size) == 1:
+            return
+        if not cap.set(cv2.CAP_PROP_FORMAT, -1):  # -1: packets as they are (raw mode)
+            return
+        self.raw, self._full = True, (width, height)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        src = self.source
+        self._for = src.min_size
+        scale = jpeg_scale(*self._full, self._for) if self._for is not None else 1
+        cv2 = src._cv2
+        self._flag = getattr(cv2, f"IMREAD_REDUCED_COLOR_{scale}") if scale > 1 else cv2.IMREAD_COLOR
+        with src._cond:
+            src._decode_scale = scale
+        log.info(
+            "camera %s: MJPEG %dx%d decoded at 1/%d size for a model input of %s",
+            src._label, *self._full, scale, "x".join(map(str, self._for or ("any",))),
+        )  # fmt: skip
+
+    def decode(self, packet: Any) -> Any:
+        """A BGR image, or None for a packet that is not a decodable JPEG."""
+        if self.source.min_size != self._for:
+            self._rescale()
+        return self.source._cv2.imdecode(packet, self._flag)
