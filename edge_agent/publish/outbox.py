@@ -52,8 +52,8 @@ def _connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is exactly one transaction.
-        # check_same_thread=False: the inference thread appends and paho's/our sender thread acks; every
-        # use is serialised by the owner's lock.
+        # check_same_thread=False: the publisher's sender thread appends and acks, the daemon's main thread
+        # reads counters and the seq counter reserves from the pipelines; the owner's lock serialises them.
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(
