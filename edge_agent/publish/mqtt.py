@@ -639,9 +639,9 @@ class MqttPublisher:
                     return  # stop() tries once more after the join
                 time.sleep(1.0)
                 continue
-            if acks:
-                self._ack(acks)
             if exiting:
+                if acks:
+                    self._ack(acks)
                 if not self._acked_rows and not self._incoming:
                     return
                 continue
@@ -657,6 +657,8 @@ class MqttPublisher:
                     log.exception("sending results failed")
                     self._set_error(f"sending results failed: {exc}")
                     time.sleep(1.0)
+            if acks:  # after sending: new results go out first, deleting delivered ones can wait
+                self._ack(acks)
 
     def _ack(self, acks: list[int]) -> None:
         try:
