@@ -1,9 +1,12 @@
 """One pipeline: source -> preprocess -> invoke -> postprocess -> publish policy -> payload -> publisher.
 
 It is handed its source, model and publisher (no I/O setup of its own) and runs in its own inference
-thread. Each loop turn counts as progress, whether a frame was processed or the source had nothing within
-the read timeout; the daemon's watchdog pings systemd only while every running pipeline keeps turning, so
-an inference stuck in the model (or a postprocessor, or an outbox write) stops the pings.
+thread. A camera preprocesses each frame for the model on its own reader thread (``Source.set_preparer``)
+while the model runs on the previous one, and the publisher stores results on its sender thread, so the
+inference thread does little besides invoke. Each loop turn counts as progress, whether a frame was
+processed or the source had nothing within the read timeout; the daemon's watchdog pings systemd only
+while every running pipeline keeps turning, so an inference stuck in the model or a postprocessor (or a
+publisher that stopped taking results) stops the pings.
 Raw frames and sample windows never reach a payload: only the postprocessor's ``to_fields()`` does.
 """
 
