@@ -326,3 +326,20 @@ def test_mjpeg_stream_is_decoded_reduced_other_codecs_are_not(
     numbers = [decode_frame_number(f.data) for f in frames[5:]]
     assert all((b - a) % 100 >= 1 for a, b in itertools.pairwise(numbers)), numbers
     assert source.stats["decode_scale"] == scale
+
+
+def test_mjpeg_libjpeg_cannot_read_falls_back_to_ffmpeg(open_source, tmp_path: Path, monkeypatch) -> None:
+    """An MJPEG variant libjpeg rejects (every packet fails) must not starve the pipeline: after a few
+    packets the source reopens and lets FFmpeg decode, full size, and says so."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: None)  # libjpeg "fails" on every packet
+    video = render_test_video(tmp_path / "big.avi", frames=40, size=256)
+    source = open_source(str(video), reconnect_min_s=0.1)
+    source.set_preparer(lambda image: None, min_size=(64, 64))
+    frames = _frames_until_end(source)
+    assert {f.data.shape for f in frames} == {(256, 256, 3)}
+    assert decode_frame_number(frames[-1].data) == 39  # read to the end after the fallback
+    stats = source.stats
+    assert stats["decode_scale"] == 1 and stats["bad_frames"] >= 10 and stats["reconnects"] == 1
+    assert "did not decode with libjpeg" in stats["last_error"]

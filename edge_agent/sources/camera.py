@@ -80,6 +80,7 @@ _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _WATCHDOG_GRACE_S = 1.0
 _POLL_S = 0.1
 _RELEASE_WAIT_S = 2.0
+_JPEG_GIVE_UP = 10  # packets in a row libjpeg cannot decode, none before, before FFmpeg decodes instead
 _JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
 
 
@@ -150,6 +151,7 @@ class CameraSource(Interruptible, Source):
         self._attempt: _Attempt | None = None
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
+        self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
 
     # -- Source interface -------------------------------------------------------------------------
 
@@ -366,6 +368,17 @@ class CameraSource(Interruptible, Source):
                         with self._cond:
                             self._bad_frames += 1
                         attempt.progress = time.monotonic()
+                        if jpeg.hopeless:  # reopen, and let FFmpeg decode from now on
+                            with self._cond:
+                                self._scaled_jpeg_ok, self._decode_scale = False, 1
+                            attempt.outcome, attempt.error = (
+                                "error",
+                                (
+                                    f"{jpeg.failures} MJPEG packets in a row did not decode with libjpeg; "
+                                    "reopening with FFmpeg decoding them"
+                                ),
+                            )
+                            return cap
                         continue
             now = time.monotonic()
             if attempt.abandoned.is_set():
@@ -457,7 +470,11 @@ class _ScaledJpeg:
     def __init__(self, source: CameraSource) -> None:
         self.source = source
         self.raw = False  # the capture hands out JPEG packets
-        self.undecided = source.cfg.decode_size == "auto" and source.kind != "device"
+        self.undecided = (
+            source.cfg.decode_size == "auto" and source.kind != "device" and source._scaled_jpeg_ok
+        )
+        self.failures = 0  # packets in a row that did not decode
+        self._decoded = 0
         self._full: tuple[int, int] = (0, 0)
         self._for: tuple[int, int] | None = None  # the min_size the scale was chosen for
         self._flag = 0
@@ -496,4 +513,14 @@ class _ScaledJpeg:
         """A BGR image, or None for a packet that is not a decodable JPEG."""
         if self.source.min_size != self._for:
             self._rescale()
-        return self.source._cv2.imdecode(packet, self._flag)
+        image = self.source._cv2.imdecode(packet, self._flag)
+        if image is None:
+            self.failures += 1
+        else:
+            self.failures, self._decoded = 0, self._decoded + 1
+        return image
+
+    @property
+    def hopeless(self) -> bool:
+        """libjpeg has decoded none of the first packets: a variant only FFmpeg reads; give up on it."""
+        return self._decoded == 0 and self.failures >= _JPEG_GIVE_UP
