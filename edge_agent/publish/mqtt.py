@@ -629,9 +629,6 @@ class MqttPublisher:
                     acks = self._acked_rows[:_ACK_BATCH]
                     del self._acked_rows[:_ACK_BATCH]
                     self._first_ack_at = time.monotonic()
-                send = self._connected and self._more and self._inflight_rows < self._window
-                gen, cursor, appends = self._gen, self._cursor, self._appends
-                room = self._window - self._inflight_rows
                 exiting = self._sender_exit
                 incoming = bool(self._incoming)
             if incoming and not self._store_incoming():
@@ -645,11 +642,10 @@ class MqttPublisher:
                 if not self._acked_rows and not self._incoming:
                     return
                 continue
-            if incoming:
-                with self._cond:  # the rows just written, unless the window is full
-                    send = self._connected and self._more and self._inflight_rows < self._window
-                    gen, cursor, appends = self._gen, self._cursor, self._appends
-                    room = self._window - self._inflight_rows
+            with self._cond:  # after storing: the rows just written count, unless the window is full
+                send = self._connected and self._more and self._inflight_rows < self._window
+                gen, cursor, appends = self._gen, self._cursor, self._appends
+                room = self._window - self._inflight_rows
             if send:
                 try:
                     self._send(gen, cursor, appends, min(room, _SEND_BATCH))

@@ -365,20 +365,8 @@ class CameraSource(Interruptible, Source):
                 if ok and jpeg.raw:
                     image = jpeg.decode(image)
                     if image is None:
-                        with self._cond:
-                            self._bad_frames += 1
-                        attempt.progress = time.monotonic()
-                        if jpeg.hopeless:  # reopen, and let FFmpeg decode from now on
-                            with self._cond:
-                                self._scaled_jpeg_ok, self._decode_scale = False, 1
-                            attempt.outcome, attempt.error = (
-                                "error",
-                                (
-                                    f"{jpeg.failures} MJPEG packets in a row did not decode with libjpeg; "
-                                    "reopening with FFmpeg decoding them"
-                                ),
-                            )
-                            return cap
+                        if self._undecodable_packet(jpeg, attempt):
+                            return cap  # reopened by the supervisor, FFmpeg decoding from then on
                         continue
             now = time.monotonic()
             if attempt.abandoned.is_set():
@@ -416,6 +404,22 @@ class CameraSource(Interruptible, Source):
             if self._offer(image, attempt, (time.time(), now)):
                 attempt.delivered += 1
         return cap
+
+    def _undecodable_packet(self, jpeg: _ScaledJpeg, attempt: _Attempt) -> bool:
+        """Count a packet libjpeg could not decode (skipped); True when libjpeg has decoded none of the
+        first ones: the attempt ends so the source reopens and lets FFmpeg decode."""
+        attempt.progress = time.monotonic()
+        with self._cond:
+            self._bad_frames += 1
+            if not jpeg.hopeless:
+                return False
+            self._scaled_jpeg_ok, self._decode_scale = False, 1
+        attempt.outcome = "error"
+        attempt.error = (
+            f"{jpeg.failures} MJPEG packets in a row did not decode with libjpeg; reopening with FFmpeg "
+            "decoding them"
+        )
+        return True
 
     def _pace(self, due: float, attempt: _Attempt) -> bool:
         """File played at the fps cap: wait for the next frame's time; False when stopping."""
