@@ -107,7 +107,16 @@ def test_splitter_keeps_partial_lines_and_drops_overlong() -> None:
 
 
 def test_backoff_doubles_to_the_maximum_and_resets() -> None:
-    backoff = Backoff(0.5, 3.0)
+    backoff = Backoff(0.5, 3.0, jitter=0.0)
     assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+def test_backoff_jitter_spreads_each_step_without_exceeding_it() -> None:
+    delays = [Backoff(1.0, 8.0).next_delay() for _ in range(200)]
+    assert min(delays) >= 0.5 and max(delays) <= 1.0
+    assert max(delays) - min(delays) > 0.3  # spread, not lock-step
+    backoff = Backoff(1.0, 8.0)
+    steps = [backoff.next_delay() for _ in range(6)]
+    assert all(lo / 2 <= d <= lo for d, lo in zip(steps, [1, 2, 4, 8, 8, 8], strict=True))

@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edge_agent.backoff import Backoff
+
+__all__ = ["Backoff", "Frame", "Interruptible", "RateLimitedWarning", "Source"]
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -87,23 +91,6 @@ class Interruptible:
                 return False
             self._halt.wait(min(self._POLL_S, remaining))
         return True
-
-
-class Backoff:
-    """Exponential reconnect delay: ``minimum`` doubling up to ``maximum``, back to ``minimum`` on success."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum = minimum
-        self.maximum = max(maximum, minimum)
-        self._next = minimum
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.minimum
 
 
 class RateLimitedWarning:
