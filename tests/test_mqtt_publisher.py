@@ -126,7 +126,7 @@ def test_packets_leave_at_once_without_nagle(mosquitto, outbox, publishers, tls:
     broker = mosquitto(tls=tls)
     pub = start_publisher(broker.mqtt_config(), outbox, publishers)
     wait_until(lambda: pub.connected, 10, "connect")
-    sock = pub._client.socket()
+    sock = pub.connection.client.socket()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
@@ -349,7 +349,7 @@ def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, pub.stats()["inflight"], len(pub._client._out_messages))
+            peak = max(peak, pub.stats()["inflight"], len(pub.connection.client._out_messages))
             time.sleep(0.002)
 
     sampler = threading.Thread(target=sample)
@@ -540,8 +540,8 @@ def test_disconnect_callback_twice_then_recovery(mosquitto, subscriber, outbox, 
     wait_until(lambda: not pub.connected, 10, "the disconnect")
     rc = ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=0x80)
     flags = mqtt.DisconnectFlags(is_disconnect_packet_from_server=False)
-    pub._client.on_disconnect(pub._client, None, flags, rc, None)  # as if paho reported it again
-    pub._client.on_disconnect(pub._client, None, flags, rc, None)
+    pub.connection.client.on_disconnect(pub.connection.client, None, flags, rc, None)  # as if paho reported it again
+    pub.connection.client.on_disconnect(pub.connection.client, None, flags, rc, None)
     assert not pub.connected and "lost the connection" in (pub.last_error or "")
     for s in range(1, 6):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)

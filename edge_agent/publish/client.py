@@ -1,0 +1,214 @@
+"""Making a paho client: one ``build_client`` and one credential resolver for the daemon, probe, check, tests.
+
+Everything that opens an MQTT connection goes through here, so they agree on the protocol version, the TLS
+file checks, where the password comes from and what a refusal means. paho is imported inside the functions:
+``edge-agent check`` validates a config without loading it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError
+from edge_agent.publish.config import MqttConfig, TlsConfig
+
+log = logging.getLogger(__name__)
+
+_RESOLVE: Any = object()  # build_client(password=...) default: resolve it from the config
+
+
+def _first_line(text: str) -> str:
+    lines = text.splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def unit_credential(name: str, unit: Path) -> Path | None:
+    """Where a systemd unit loads credential ``name`` from (``LoadCredential=name:/path``); None if not."""
+    try:
+        lines = unit.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        cred, sep, path = value.partition(":")
+        if key.strip() == "LoadCredential" and sep and cred.strip() == name:
+            return Path(path.strip())
+    return None
+
+
+def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt", unit: Path | None = None) -> str | None:
+    """The broker password from password_file, password_env or password_credential; None when none is set.
+
+    ``unit``: outside the service (no ``CREDENTIALS_DIRECTORY``), read a credential from the file that this
+    systemd unit's ``LoadCredential=`` names, as the service would see it (``edge-agent probe`` does, as
+    root). Raises ConfigError naming the field when the file, variable or credential is missing.
+    """
+    cred = cfg.password_credential
+    if cred is not None and unit is not None and not os.environ.get("CREDENTIALS_DIRECTORY"):
+        path = unit_credential(cred, unit)
+        if path is None:
+            raise ConfigError(
+                f"credential {cred!r} is not in {unit} ({field_prefix}.password_credential needs "
+                f"LoadCredential={cred}:/path/to/password there)"
+            )
+        cfg = cfg.model_copy(update={"password_credential": None, "password_file": path})
+    if cfg.password_file is not None:
+        path = Path(cfg.password_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{field_prefix}.password_file: {path} does not exist; create it with the broker password "
+                "on its first line (chmod 600), or fix the path"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"{field_prefix}.password_file: cannot read {path}: {exc.strerror}") from None
+        password = _first_line(text)
+        if not password:
+            raise ConfigError(
+                f"{field_prefix}.password_file: {path} is empty; put the password on its first line"
+            )
+        return password
+    if cfg.password_env is not None:
+        value = os.environ.get(cfg.password_env)
+        if value is None:
+            raise ConfigError(
+                f"{field_prefix}.password_env: environment variable {cfg.password_env} is not set; set it "
+                "(e.g. EnvironmentFile= in the systemd unit) or use password_file"
+            )
+        return value.strip()
+    if cfg.password_credential is not None:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(
+                f"{field_prefix}.password_credential: CREDENTIALS_DIRECTORY is not set, so credential "
+                f"{cfg.password_credential!r} is unavailable; run under systemd with "
+                f"LoadCredential={cfg.password_credential}:/path/to/password, or use password_file"
+            )
+        path = Path(cred_dir) / cfg.password_credential
+        try:
+            return _first_line(path.read_text(encoding="utf-8"))
+        except OSError:
+            raise ConfigError(
+                f"{field_prefix}.password_credential: credential {cfg.password_credential!r} not found in "
+                f"{cred_dir}; check LoadCredential={cfg.password_credential}:... in the systemd unit"
+            ) from None
+    return None
+
+
+def tls_file_problems(tls: TlsConfig | None, field_prefix: str = "mqtt") -> list[str]:
+    """One line per TLS file the config names that is not there."""
+    if tls is None:
+        return []
+    return [
+        f"{field_prefix}.tls.{name}: {path} does not exist; fix the path or copy the file there"
+        for name in ("ca_file", "cert_file", "key_file")
+        if (path := getattr(tls, name)) is not None and not Path(path).is_file()
+    ]
+
+
+def credentials_hint(cfg: MqttConfig) -> str:
+    """Where the credentials came from, for a refusal message."""
+    if cfg.username is None:
+        return "the broker wants a login: set mqtt.username and mqtt.password_file"
+    source = (
+        f"mqtt.password_file ({cfg.password_file})"
+        if cfg.password_file
+        else f"mqtt.password_env ({cfg.password_env})"
+        if cfg.password_env
+        else f"mqtt.password_credential ({cfg.password_credential})"
+        if cfg.password_credential
+        else "the password (none is configured)"
+    )
+    return f"check mqtt.username ({cfg.username!r}) and {source}"
+
+
+def refusal_hint(name: str, cfg: MqttConfig) -> str:
+    """What to do about a CONNACK refusal named ``name`` (paho's reason code text)."""
+    # mosquitto 2 answers a wrong password with "not authorized" (CONNACK 5), not "bad user name or password".
+    if name in ("Bad user name or password", "Not authorized"):
+        return credentials_hint(cfg) + ", and the broker's ACL"
+    return {
+        "Client identifier not valid": "check mqtt.client_id",
+        "Identifier rejected": "check mqtt.client_id",
+        "Unsupported protocol version": "set mqtt.protocol to one the broker supports",
+        "Server unavailable": "the broker is up but not accepting clients; check its log",
+    }.get(name, "check the broker's log")
+
+
+def disable_nagle(sock: Any) -> None:
+    """Send each MQTT packet at once. paho leaves Nagle's algorithm on, so after a small write that the
+    broker has not acknowledged yet (a QoS 0 stats or status message), the next PUBLISHes wait for its
+    delayed TCP ACK: about 40 ms. Measured with scripts/bench: end-to-end p99 37 ms -> 10 ms."""
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # not fatal: only latency suffers
+        log.debug("could not set TCP_NODELAY: %s", exc)
+
+
+def _configure_tls(client: Any, tls: TlsConfig, field_prefix: str) -> None:
+    problems = tls_file_problems(tls, field_prefix)
+    if problems:
+        raise ConfigError(problems[0])
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{field_prefix}.tls: cannot load the TLS files (ca_file={tls.ca_file}, "
+            f"cert_file={tls.cert_file}, key_file={tls.key_file}): {exc}; "
+            "they must be PEM and the key must match the certificate"
+        ) from exc
+    if tls.insecure:
+        client.tls_insecure_set(True)
+
+
+def build_client(
+    cfg: MqttConfig,
+    client_id: str,
+    *,
+    password: str | None = _RESOLVE,
+    will: tuple[str, str] | None = None,
+    clean_session: bool = True,
+    field_prefix: str = "mqtt",
+) -> Any:
+    """A paho client (callback API 2) for ``cfg``: protocol, login, TLS, TCP_NODELAY and, given ``will``
+    = (topic, payload), a retained QoS 1 Last Will. Not connected; callbacks are the caller's.
+
+    ``password`` defaults to ``resolve_password(cfg)``; pass it when it was resolved already (or None).
+    Raises ConfigError (naming the field) for a missing password source or unusable TLS files.
+    """
+    import paho.mqtt.client as mqtt
+
+    if password is _RESOLVE:
+        password = resolve_password(cfg, field_prefix)
+    if cfg.protocol == "5":
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=clean_session,
+        )
+    if cfg.username:
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls is not None:
+        _configure_tls(client, cfg.tls, field_prefix)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    # Before CONNECT goes out, on every (re)connect; TLS sockets included.
+    client.on_socket_open = lambda _client, _userdata, sock: disable_nagle(sock)
+    return client
