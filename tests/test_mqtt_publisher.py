@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from edge_agent.publish.mqtt import MqttConfig, MqttPublisher, TlsConfig
 from edge_agent.publish.outbox import Outbox, SeqCounter
 from edge_agent.publish.payloads import result_payload
 from tests.fixtures.broker import Mosquitto, Subscriber, free_port, validate_payload
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "pi-test"
@@ -47,43 +47,12 @@ def has_all(expected: set[int]):
     return check
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "state" / "outbox.db")
-    yield ob
-    ob.close()
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[MqttPublisher]]:
-    """Publishers registered here are stopped at teardown even when the test fails."""
-    made: list[MqttPublisher] = []
-    yield made
-    for pub in made:
-        pub.stop(drain_timeout=0)
-
-
-def start_publisher(cfg: MqttConfig, outbox: Outbox, registry: list[MqttPublisher]) -> MqttPublisher:
-    pub = MqttPublisher(cfg, DEVICE, outbox)
-    registry.append(pub)
-    pub.start()
-    return pub
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_results_arrive_valid_in_order_and_status_is_retained(
-    mosquitto, subscriber, outbox, publishers
+    mosquitto, subscriber, outbox, publisher
 ) -> None:
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub = publisher(broker.mqtt_config())
     assert pub.topic("door", "result") == RESULT_TOPIC
     counter = SeqCounter(outbox, "door")
     sent = [counter.next() for _ in range(50)]
@@ -107,7 +76,7 @@ def test_clean_stop_drains_and_publishes_offline(mosquitto, subscriber, outbox) 
     sub = subscriber(broker, "edge/#")
     pub = MqttPublisher(broker.mqtt_config(), DEVICE, outbox)
     pub.start()
-    wait_until(lambda: pub.connected, 10, "connect")
+    assert wait_until(lambda: pub.connected, 10), "connect"
     for s in range(1, 201):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
     pub.stop(drain_timeout=15)  # returns only after the drain
@@ -121,20 +90,20 @@ def test_clean_stop_drains_and_publishes_offline(mosquitto, subscriber, outbox) 
 
 
 @pytest.mark.parametrize("tls", [False, True])
-def test_packets_leave_at_once_without_nagle(mosquitto, outbox, publishers, tls: bool) -> None:
+def test_packets_leave_at_once_without_nagle(mosquitto, outbox, publisher, tls: bool) -> None:
     # With Nagle on, a result published after a QoS 0 stats message waits ~40 ms for the broker's delayed ACK.
     broker = mosquitto(tls=tls)
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     sock = pub.connection.client.socket()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_qos0_skips_the_outbox(mosquitto, subscriber, outbox, publishers) -> None:
+def test_qos0_skips_the_outbox(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     pub.publish_result(RESULT_TOPIC, payload(7), qos=0)
     assert outbox.depth() == 0
     sub.wait_for(has_all({7}), timeout=5)
@@ -142,10 +111,10 @@ def test_qos0_skips_the_outbox(mosquitto, subscriber, outbox, publishers) -> Non
     sub.wait_for(lambda m: any(t == f"edge/{DEVICE}/stats" for t, _, _ in m), timeout=5)
 
 
-def test_mqtt5(mosquitto, subscriber, outbox, publishers) -> None:
+def test_mqtt5(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(protocol="5"), outbox, publishers)
+    pub = publisher(broker.mqtt_config(protocol="5"))
     for s in range(1, 11):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
     assert pub.flush(timeout=10)
@@ -278,14 +247,14 @@ def test_daemon_killed_mid_stream_loses_nothing(mosquitto, subscriber, tmp_path:
     sub.wait_for(has_all(set(range(1, highest + 1))), timeout=15)  # 1..highest: no hole anywhere
 
 
-def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, outbox, publishers) -> None:
+def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, outbox, publisher) -> None:
     """~15 results/s; the broker is SIGKILLed for 3 s and comes back: every seq arrives, the outbox drains."""
     broker = mosquitto(persistent=True)
     # A persistent session, so the *test* does not miss what the broker delivers before it resubscribes.
     sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
     time.sleep(1.2)  # the broker autosaves every second: the observer's subscription is on disk
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     counter = SeqCounter(outbox, "door")
     sent: list[int] = []
     killed = revived = False
@@ -320,14 +289,14 @@ def test_broker_killed_while_publishing_loses_nothing(mosquitto, subscriber, out
         validate_payload(raw)
 
 
-def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publishers) -> None:
+def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto(persistent=True)
     sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
     broker.stop(kill=False)  # clean shutdown: the observer's session is saved
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub = publisher(broker.mqtt_config())
     for s in range(1, 21):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
-    wait_until(lambda: pub.last_error is not None, 5, "last_error")
+    assert wait_until(lambda: pub.last_error is not None, 5), "last_error"
     assert "cannot connect to broker 127.0.0.1" in pub.last_error
     assert pub.wait_stored(5) and not pub.connected and outbox.depth() == 20
     broker.start()
@@ -336,13 +305,13 @@ def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publis
     assert pub.connected and pub.last_error is None
 
 
-def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publishers) -> None:
+def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publisher) -> None:
     n = 20_000
     broker = mosquitto()
     sub = subscriber(broker, RESULT_TOPIC)
     outbox.append_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, n + 1)])
     cfg = broker.mqtt_config(max_inflight=64)
-    pub = start_publisher(cfg, outbox, publishers)
+    pub = publisher(cfg)
     peak = 0
     stop = threading.Event()
 
@@ -365,42 +334,42 @@ def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, 
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------
-def test_tls_broker(mosquitto, subscriber, outbox, publishers) -> None:
+def test_tls_broker(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto(tls=True)
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub = publisher(broker.mqtt_config())
     for s in range(1, 6):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
     assert pub.flush(timeout=10), pub.stats()
     sub.wait_for(has_all(set(range(1, 6))), timeout=5)
 
 
-def test_tls_with_client_certificate(mosquitto, subscriber, outbox, publishers) -> None:
+def test_tls_with_client_certificate(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto(tls=True, client_cert=True)
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub = publisher(broker.mqtt_config())
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
     assert pub.flush(timeout=10), pub.stats()
     sub.wait_for(has_all({1}), timeout=5)
 
 
-def test_tls_without_the_required_client_certificate_is_reported(mosquitto, outbox, publishers) -> None:
+def test_tls_without_the_required_client_certificate_is_reported(mosquitto, outbox, publisher) -> None:
     broker = mosquitto(tls=True, client_cert=True)
-    pub = start_publisher(broker.mqtt_config(tls=TlsConfig(ca_file=broker.tls.ca_cert)), outbox, publishers)
+    pub = publisher(broker.mqtt_config(tls=TlsConfig(ca_file=broker.tls.ca_cert)))
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
-    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     assert f"broker 127.0.0.1:{broker.port} closed the connection before accepting it" in pub.last_error
     assert "cert_file/key_file" in pub.last_error
     assert not pub.connected and outbox.depth() == 1
 
 
-def test_tls_with_the_wrong_ca_is_reported(mosquitto, outbox, publishers, tmp_path: Path) -> None:
+def test_tls_with_the_wrong_ca_is_reported(mosquitto, outbox, publisher, tmp_path: Path) -> None:
     broker = mosquitto(tls=True)
     other = Mosquitto(tmp_path / "other-ca", tls=True)  # a different CA, never started
     cfg = broker.mqtt_config(tls=TlsConfig(ca_file=other.tls.ca_cert))
-    pub = start_publisher(cfg, outbox, publishers)
+    pub = publisher(cfg)
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
-    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     assert "TLS handshake" in pub.last_error and "mqtt.tls.ca_file" in pub.last_error
     assert not pub.connected and outbox.depth() == 1
 
@@ -419,43 +388,37 @@ def test_corrupt_tls_file_is_a_config_error(outbox, tmp_path: Path) -> None:
 
 
 # -- passwords ---------------------------------------------------------------------------------------------
-def test_password_file(mosquitto, subscriber, outbox, publishers, tmp_path: Path) -> None:
+def test_password_file(mosquitto, subscriber, outbox, publisher, tmp_path: Path) -> None:
     broker = mosquitto(users={"observer": "watch", "agent": "s3cret"})
     sub = subscriber(broker, "edge/#", username="observer", password="watch")
     pw = tmp_path / "mqtt-password"
     pw.write_text("s3cret\n# anything after the first line is ignored\n")
-    pub = start_publisher(broker.mqtt_config(username="agent", password_file=pw), outbox, publishers)
+    pub = publisher(broker.mqtt_config(username="agent", password_file=pw))
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
     assert pub.flush(timeout=10), pub.stats()
     sub.wait_for(has_all({1}), timeout=5)
 
 
-def test_password_credential_and_env(
-    mosquitto, subscriber, outbox, publishers, tmp_path, monkeypatch
-) -> None:
+def test_password_credential_and_env(mosquitto, subscriber, outbox, publisher, tmp_path, monkeypatch) -> None:
     broker = mosquitto(users={"agent": "s3cret"})
     sub = subscriber(broker, "edge/#", username="agent", password="s3cret")
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt-password").write_text("s3cret")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    pub = start_publisher(
-        broker.mqtt_config(username="agent", password_credential="mqtt-password"), outbox, publishers
-    )
+    pub = publisher(broker.mqtt_config(username="agent", password_credential="mqtt-password"))
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
     assert pub.flush(timeout=10), pub.stats()
     pub.stop(drain_timeout=1)
     monkeypatch.setenv("EDGE_MQTT_PW", "s3cret")
-    pub2 = start_publisher(
-        broker.mqtt_config(username="agent", password_env="EDGE_MQTT_PW"), outbox, publishers
-    )
+    pub2 = publisher(broker.mqtt_config(username="agent", password_env="EDGE_MQTT_PW"))
     pub2.publish_result(RESULT_TOPIC, payload(2), qos=1)
     assert pub2.flush(timeout=10), pub2.stats()
     sub.wait_for(has_all({1, 2}), timeout=5)
 
 
 def test_wrong_password_is_reported_retried_and_loses_nothing(
-    mosquitto, subscriber, outbox, publishers, tmp_path: Path
+    mosquitto, subscriber, outbox, publisher, tmp_path: Path
 ) -> None:
     broker = mosquitto(users={"observer": "watch", "agent": "right"})
     sub = subscriber(
@@ -463,10 +426,10 @@ def test_wrong_password_is_reported_retried_and_loses_nothing(
     )
     pw = tmp_path / "pw"
     pw.write_text("wrong")
-    pub = start_publisher(broker.mqtt_config(username="agent", password_file=pw), outbox, publishers)
+    pub = publisher(broker.mqtt_config(username="agent", password_file=pw))
     for s in range(1, 11):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
-    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     msg = pub.last_error
     # mosquitto 2 says "not authorized" for a wrong password; other brokers say "bad user name or password".
     assert f"broker 127.0.0.1:{broker.port} refused the connection: not authorized" in msg
@@ -506,10 +469,10 @@ def test_missing_env_and_credential_name_the_field(outbox, monkeypatch) -> None:
         MqttPublisher(MqttConfig(username="a", password_credential="pw"), DEVICE, outbox)
 
 
-def test_login_required_but_none_configured(mosquitto, outbox, publishers) -> None:
+def test_login_required_but_none_configured(mosquitto, outbox, publisher) -> None:
     broker = mosquitto(users={"agent": "s3cret"})
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.last_error is not None, 10, "last_error")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     assert "refused the connection" in pub.last_error and "set mqtt.username" in pub.last_error
     assert not pub.connected
 
@@ -528,20 +491,21 @@ def test_stop_with_the_broker_unreachable_is_prompt_and_keeps_rows(outbox) -> No
     assert outbox.depth() == 5 and not pub.connected
 
 
-def test_disconnect_callback_twice_then_recovery(mosquitto, subscriber, outbox, publishers) -> None:
+def test_disconnect_callback_twice_then_recovery(mosquitto, subscriber, outbox, publisher) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.reasoncodes import ReasonCode
 
     broker = mosquitto(persistent=True)
     sub = subscriber(broker, "edge/#", client_id="observer", clean_session=False)
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     broker.stop(kill=False)
-    wait_until(lambda: not pub.connected, 10, "the disconnect")
+    assert wait_until(lambda: not pub.connected, 10), "the disconnect"
     rc = ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=0x80)
     flags = mqtt.DisconnectFlags(is_disconnect_packet_from_server=False)
-    pub.connection.client.on_disconnect(pub.connection.client, None, flags, rc, None)  # as if paho reported it again
-    pub.connection.client.on_disconnect(pub.connection.client, None, flags, rc, None)
+    client = pub.connection.client
+    client.on_disconnect(client, None, flags, rc, None)  # as if paho reported it again
+    client.on_disconnect(client, None, flags, rc, None)
     assert not pub.connected and "lost the connection" in (pub.last_error or "")
     for s in range(1, 6):
         pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
@@ -551,10 +515,10 @@ def test_disconnect_callback_twice_then_recovery(mosquitto, subscriber, outbox, 
     assert pub.stats()["reconnects"] == 1
 
 
-def test_several_pipelines_publish_concurrently(mosquitto, subscriber, outbox, publishers) -> None:
+def test_several_pipelines_publish_concurrently(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
+    pub = publisher(broker.mqtt_config())
     names = [f"p{i}" for i in range(4)]
 
     def produce(name: str) -> None:
@@ -579,27 +543,27 @@ def test_several_pipelines_publish_concurrently(mosquitto, subscriber, outbox, p
         assert got == list(range(1, 301)), name  # per pipeline: complete and in seq order
 
 
-def test_tls_insecure_skips_only_the_host_name_check(mosquitto, subscriber, outbox, publishers) -> None:
+def test_tls_insecure_skips_only_the_host_name_check(mosquitto, subscriber, outbox, publisher) -> None:
     broker = mosquitto(tls=True, server_san="DNS:broker.elsewhere.example")  # cert does not name 127.0.0.1
-    strict = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: strict.last_error is not None, 10, "last_error")
+    strict = publisher(broker.mqtt_config())
+    assert wait_until(lambda: strict.last_error is not None, 10), "last_error"
     assert "TLS handshake" in strict.last_error and not strict.connected
     strict.stop(drain_timeout=0)
     cfg = broker.mqtt_config(tls=TlsConfig(ca_file=broker.tls.ca_cert, insecure=True))
-    lax = start_publisher(cfg, outbox, publishers)
+    lax = publisher(cfg)
     lax.publish_result(RESULT_TOPIC, payload(1), qos=1)
     assert lax.flush(timeout=10), lax.stats()
 
 
 def test_results_handed_in_while_the_outbox_is_busy_are_stored_together_in_order(
-    mosquitto, subscriber, outbox, publishers
+    mosquitto, subscriber, outbox, publisher
 ) -> None:
     """The inference thread never waits for SQLite: results queue up while the sender thread writes, and
     the next write takes them all in one transaction, in order."""
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     batches: list[int] = []
     append_many = outbox.append_many
     outbox.append_many = lambda items: batches.append(len(items)) or append_many(items)  # type: ignore[method-assign]
@@ -617,13 +581,13 @@ def test_results_handed_in_while_the_outbox_is_busy_are_stored_together_in_order
     assert handed_in < 0.2, f"publish_result waited for the outbox ({handed_in:.3f} s for 100 results)"
 
 
-def test_acknowledged_rows_are_deleted_in_batches(mosquitto, subscriber, outbox, publishers) -> None:
+def test_acknowledged_rows_are_deleted_in_batches(mosquitto, subscriber, outbox, publisher) -> None:
     """Not one DELETE transaction (an SD-card write) per PUBACK: acked rows are deleted together, and
     flush() still returns as soon as everything is acknowledged."""
     broker = mosquitto()
     sub = subscriber(broker, RESULT_TOPIC)
-    pub = start_publisher(broker.mqtt_config(), outbox, publishers)
-    wait_until(lambda: pub.connected, 10, "connect")
+    pub = publisher(broker.mqtt_config())
+    assert wait_until(lambda: pub.connected, 10), "connect"
     deletes: list[int] = []
     ack_many = outbox.ack_many
     outbox.ack_many = lambda ids: deletes.append(len(ids)) or ack_many(ids)  # type: ignore[method-assign]
@@ -638,12 +602,12 @@ def test_acknowledged_rows_are_deleted_in_batches(mosquitto, subscriber, outbox,
     assert len(deletes) <= 400 / 10, f"{len(deletes)} DELETE transactions for 400 rows"
 
 
-def test_mqtt5_respects_the_brokers_receive_maximum(mosquitto, subscriber, outbox, publishers) -> None:
+def test_mqtt5_respects_the_brokers_receive_maximum(mosquitto, subscriber, outbox, publisher) -> None:
     """A v5 broker announcing Receive Maximum 10 would drop a client with 256 unacknowledged messages."""
     broker = mosquitto(extra_config=("max_inflight_messages 10",))
     sub = subscriber(broker, RESULT_TOPIC)
     outbox.append_many([(RESULT_TOPIC, payload(s), 1) for s in range(1, 2001)])
-    pub = start_publisher(broker.mqtt_config(protocol="5", max_inflight=256), outbox, publishers)
+    pub = publisher(broker.mqtt_config(protocol="5", max_inflight=256))
     peak = 0
     deadline = time.monotonic() + 30
     while outbox.depth() > 0 and time.monotonic() < deadline:

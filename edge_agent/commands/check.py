@@ -13,7 +13,7 @@ import click
 
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError
-from edge_agent.publish.mqtt import resolve_password
+from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig
 
 
@@ -37,11 +37,7 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
         resolve_password(cfg.mqtt)
     except ConfigError as exc:
         problems.append(str(exc))
-    if cfg.mqtt.tls is not None:
-        for name in ("ca_file", "cert_file", "key_file"):
-            f = getattr(cfg.mqtt.tls, name)
-            if f is not None and not f.is_file():
-                problems.append(f"mqtt.tls.{name}: {f} does not exist")
+    problems += tls_file_problems(cfg.mqtt.tls)
     for i, p in enumerate(cfg.pipelines):
         s = p.source
         if isinstance(s, CameraSourceConfig) and isinstance(s.url, str) and Path(s.url).is_absolute():

@@ -137,6 +137,7 @@ class Broker:
     connected: bool
     result: str  # what happened, in words
     source: str  # where the address came from
+    hint: str | None = None  # what to do about a refusal
 
 
 @dataclass(frozen=True)
@@ -383,15 +384,18 @@ def probe_system(roots: Roots, state_dir: Path = DEFAULT_STATE_DIR) -> System:
 
 
 def check_broker(target: BrokerTarget, timeout: float) -> Broker:
-    """TCP connect, then a real MQTT CONNECT with the configured credentials and TLS; never publishes."""
+    """TCP connect, then a real MQTT CONNECT with the configured credentials and TLS; never publishes.
+
+    The client is the daemon's own (``build_client``): same protocol, TLS checks and login."""
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.publish.client import build_client, credentials_hint, refusal_hint
 
     mqtt_cfg, password = target.mqtt, target.password
     host, port, tls = mqtt_cfg.host, mqtt_cfg.port, mqtt_cfg.tls is not None
 
-    def broker(reachable: bool, connected: bool, result: str) -> Broker:
-        return Broker(host, port, tls, mqtt_cfg.username, reachable, connected, result, target.source)
+    def broker(reachable: bool, connected: bool, result: str, hint: str | None = None) -> Broker:
+        return Broker(host, port, tls, mqtt_cfg.username, reachable, connected, result, target.source, hint)
 
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -399,22 +403,11 @@ def check_broker(target: BrokerTarget, timeout: float) -> Broker:
         return broker(False, False, f"unreachable: {exc.strerror or exc}")
     if target.login_problem:
         return broker(True, False, f"reachable; login not tried: {target.login_problem}")
-
-    protocol = mqtt.MQTTv5 if mqtt_cfg.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"edge-agent-probe-{os.getpid()}", protocol=protocol
-    )
+    try:
+        client = build_client(mqtt_cfg, f"edge-agent-probe-{os.getpid()}", password=password)
+    except ConfigError as exc:
+        return broker(True, False, f"reachable; connect not tried: {exc}")
     client.connect_timeout = timeout
-    if mqtt_cfg.username:
-        client.username_pw_set(mqtt_cfg.username, password)
-    if tls:
-        t = mqtt_cfg.tls
-        client.tls_set(
-            ca_certs=str(t.ca_file) if t.ca_file else None,
-            certfile=str(t.cert_file) if t.cert_file else None,
-            keyfile=str(t.key_file) if t.key_file else None,
-        )
-        client.tls_insecure_set(t.insecure)
     answer: dict[str, Any] = {}
     client.on_connect = lambda _c, _u, _f, reason, _p: answer.setdefault("reason", reason)
     try:
@@ -431,12 +424,8 @@ def check_broker(target: BrokerTarget, timeout: float) -> Broker:
     if reason is None:
         return broker(True, False, f"no MQTT answer within {timeout:g}s (is it an MQTT port? TLS expected?)")
     if reason.is_failure:
-        hint = (
-            ""
-            if mqtt_cfg.username
-            else " (the broker wants a login: set mqtt.username and a password source)"
-        )
-        return broker(True, False, f"refused: {reason}{hint}")
+        login = "" if mqtt_cfg.username else f" ({credentials_hint(mqtt_cfg)})"
+        return broker(True, False, f"refused: {reason}{login}", refusal_hint(str(reason), mqtt_cfg))
     who = f"as {mqtt_cfg.username}" if mqtt_cfg.username else "anonymously"
     return broker(True, True, f"connected {who}")
 
@@ -449,24 +438,14 @@ class BrokerTarget:
     login_problem: str | None = None  # why the configured password could not be read
 
 
-def _unit_credential(name: str, unit: Path | None = None) -> Path | None:
-    """Where the service unit loads credential ``name`` from (LoadCredential=name:/path)."""
-    try:
-        lines = (unit or DEFAULT_UNIT).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        key, _, value = line.partition("=")
-        cred, sep, path = value.partition(":")
-        if key.strip() == "LoadCredential" and sep and cred.strip() == name:
-            return Path(path.strip())
-    return None
-
-
 def broker_target(config: Path | None, host: str | None, port: int | None) -> BrokerTarget | None:
-    """The broker to try and the password the service would use; None when there is nothing to check."""
+    """The broker to try and the password the service would use; None when there is nothing to check.
+
+    Outside the service, a ``password_credential`` is read from the file that the unit's LoadCredential=
+    names (root only, mode 0600), through the daemon's one credential resolver."""
     from edge_agent.config import load_config
-    from edge_agent.publish.mqtt import MqttConfig, resolve_password
+    from edge_agent.publish.client import resolve_password
+    from edge_agent.publish.config import MqttConfig
 
     if config is None and host is None and DEFAULT_CONFIG.is_file():
         config = DEFAULT_CONFIG
@@ -484,15 +463,8 @@ def broker_target(config: Path | None, host: str | None, port: int | None) -> Br
         updates["port"] = port
     if updates:
         mqtt_cfg = mqtt_cfg.model_copy(update=updates)
-    cred = mqtt_cfg.password_credential
-    if cred and not os.environ.get("CREDENTIALS_DIRECTORY"):
-        # Outside the service: read the file its unit loads the credential from (root only, mode 0600).
-        path = _unit_credential(cred)
-        if path is None:
-            return BrokerTarget(mqtt_cfg, None, source, f"credential {cred!r} is not in {DEFAULT_UNIT}")
-        mqtt_cfg = mqtt_cfg.model_copy(update={"password_credential": None, "password_file": path})
     try:
-        return BrokerTarget(mqtt_cfg, resolve_password(mqtt_cfg), source)
+        return BrokerTarget(mqtt_cfg, resolve_password(mqtt_cfg, unit=DEFAULT_UNIT), source)
     except ConfigError as exc:
         return BrokerTarget(mqtt_cfg, None, source, str(exc))
 
@@ -654,6 +626,7 @@ def render(report: dict[str, Any]) -> str:
                     ["address", f"{b.host}:{b.port}{' (TLS)' if b.tls else ''} from {b.source}"],
                     ["reachable", "yes" if b.reachable else "NO"],
                     ["connect", b.result],
+                    *([["what to do", b.hint]] if b.hint else []),
                 ],
                 "",
             )
