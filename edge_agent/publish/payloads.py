@@ -101,7 +101,8 @@ def stats_payload(
     ``pipelines[name]`` = {fps, frames, skipped, results, published,
     latency_ms: {stage: {p50, p99}}, source: {connected, reconnects, last_error},
     model: {name, sha256, backend, delegate, delegate_error}} (see ``stats.PipelineStats.snapshot``);
-    ``mqtt`` = {connected, reconnects, last_error}; ``outbox`` = {depth, bytes, dropped} (``Outbox.stats``).
+    ``mqtt`` = {connected, reconnects, last_error, published, acked, inflight, inbound}
+    (``MqttPublisher.stats``); ``outbox`` = {depth, bytes, dropped} (``Outbox.stats``).
     """
     obj = {
         "schema": STATS_SCHEMA,
