@@ -1,76 +1,48 @@
-"""A private mosquitto on a free loopback port, and a recording subscriber (``mosquitto_sub``, in C, so the
-measuring side costs the 2-core machine next to nothing) that stamps every message with its receive time."""
+"""A private mosquitto on a free loopback port (the tests' wrapper), and a recording subscriber
+(``mosquitto_sub``, in C, so the measuring side costs the 2-core machine next to nothing) that stamps every
+message with its receive time."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# One mosquitto wrapper for tests and benchmarks: the tests' one is exercised by every test run, and already
+# knows restarts, passwords, ACLs and TLS. Needs the dev extra (pytest), which scripts/bench installs.
+from tests.fixtures.broker import Mosquitto, free_port  # noqa: E402
 
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with code {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+__all__ = ["Broker", "Received", "Recorder", "free_port", "read_records"]
 
 
-class Broker:
-    """mosquitto with no persistence and no queue limits (a benchmark must not lose what it counts)."""
+class Broker(Mosquitto):
+    """The tests' mosquitto with a benchmark's settings: no persistence and no queue limits (a benchmark must
+    not lose what it counts, as in the tests), TCP_NODELAY and no inflight limit on the broker's side."""
 
     def __init__(self, work: Path) -> None:
-        self.work = work
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        super().__init__(work / "broker", extra_config=("set_tcp_nodelay true", "max_inflight_messages 0"))
 
-    def start(self) -> Broker:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(exe).exists():
+    def start(self, timeout: float = 10.0) -> Broker:
+        if not Path(shutil.which("mosquitto") or "/usr/sbin/mosquitto").exists():
             raise RuntimeError("mosquitto is not installed: apt-get install mosquitto mosquitto-clients")
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence false",
-            "max_queued_messages 0",
-            "set_tcp_nodelay true",
-            "max_inflight_messages 0",
-            "log_type error",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else mosquitto drops to 'mosquitto' and cannot read our folder
-        conf = self.work / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        log = (self.work / "mosquitto.log").open("wb")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-        _wait_port(self.port, 5.0, self.proc)
+        super().start(timeout)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def stop(self, kill: bool = False) -> None:
+        super().stop(kill=kill)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The running mosquitto process (for its CPU time)."""
+        return self._proc if self.running else None
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_broker import Broker  # noqa: E402  (the tests' mosquitto wrapper, with benchmark settings)
+
 from edge_agent.publish.mqtt import MqttPublisher  # noqa: E402
 from edge_agent.publish.outbox import Outbox, SeqCounter  # noqa: E402
 from edge_agent.publish.payloads import result_payload  # noqa: E402
-from tests.fixtures.broker import Mosquitto  # noqa: E402
 
 TOPIC = "edge/bench/door/result"
 LAT = {"capture_age": 1.2, "preprocess": 0.4, "invoke": 3.9, "postprocess": 0.1, "total": 5.6}
@@ -72,7 +73,7 @@ def bench_payload(n: int) -> float:
     return rate(n, lambda: [make_payload(i) for i in range(n)])
 
 
-def bench_end_to_end(workdir: Path, broker: Mosquitto, n: int) -> float:
+def bench_end_to_end(workdir: Path, broker: Broker, n: int) -> float:
     with Outbox(workdir / f"e2e-{time.monotonic_ns()}.db") as ob:
         pub = MqttPublisher(broker.mqtt_config(), "bench", ob)
         pub.start()
@@ -91,7 +92,7 @@ def bench_end_to_end(workdir: Path, broker: Mosquitto, n: int) -> float:
         return n / elapsed
 
 
-def bench_backlog(workdir: Path, broker: Mosquitto, n: int) -> dict[str, float]:
+def bench_backlog(workdir: Path, broker: Broker, n: int) -> dict[str, float]:
     import psutil
 
     proc = psutil.Process()
@@ -125,7 +126,7 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         work = Path(tmp)
-        broker = Mosquitto(work / "broker").start()
+        broker = Broker(work).start()
         try:
             cases: list[tuple[str, Callable[[], float]]] = [
                 ("payload build (result_payload)", lambda: bench_payload(args.n)),
