@@ -55,3 +55,30 @@ def test_demo_quick_shows_results_arriving_over_mqtt_and_reuses_its_work(tmp_pat
     assert "Reusing the trained digits CNN" in second.stdout
     assert "Reusing the int8 model" in second.stdout
     assert "Reusing the demo video" in second.stdout
+
+
+def test_demo_help_installs_nothing_and_lists_every_option(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    env = {"PATH": "/usr/bin:/bin", "EDGE_AGENT_VENV": str(venv), "HOME": str(tmp_path)}
+    shown = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=10,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert not venv.exists()  # nothing was set up
+    # the wrapper's text lists what demo.py accepts (the two must not drift apart)
+    import click
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import demo
+    finally:
+        sys.path.pop(0)
+    command: click.Command = demo.main
+    options = {o for p in command.params for o in p.opts if o.startswith("--")}
+    listed = set(re.findall(r"^\s+(?:-h, )?(--[a-z-]+)", shown.stdout, re.MULTILINE))
+    assert options | {"--help"} == listed

@@ -209,8 +209,85 @@ def test_unwritable_state_dir_is_a_config_error(tmp_path: Path) -> None:
         Outbox(blocker / "outbox.db")
 
 
-def test_corrupt_database_is_a_config_error(db: Path) -> None:
+def test_garbage_database_is_moved_aside_and_a_fresh_one_used(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(ConfigError, match="not usable"):
-        Outbox(db)
+    with Outbox(db) as box:
+        assert box.append("t", b"x", 1) >= 1 and box.depth() == 1
+    aside = list(db.parent.glob(db.name + ".corrupt-*"))
+    assert [p.read_bytes()[:18] for p in aside] == [b"this is not sqlite"]  # kept for a human, untouched
+    assert "damaged" in caplog.text and aside[0].name in caplog.text
+
+
+def test_truncated_database_is_moved_aside_and_seq_never_repeats(db: Path) -> None:
+    with Outbox(db) as box:
+        for _ in range(2000):
+            box.append("t", b"p" * 200, 1)
+    counter = SeqCounter(db, "cam", block=10)
+    handed_out = [counter.next() for _ in range(25)]
+    counter.close()
+    with db.open("r+b") as f:  # a power cut in the middle of the file's life
+        f.truncate(db.stat().st_size // 3)
+    for part in db.parent.glob(db.name + "-*"):
+        part.unlink()
+    with Outbox(db) as box:
+        assert box.depth() == 0
+        after = SeqCounter(box, "cam")
+        assert after.next() > max(handed_out)
+        after.close()
+    assert len(list(db.parent.glob(db.name + ".corrupt-*"))) == 1
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+
+
+def test_full_file_system_drops_and_counts_then_recovers_keeping_what_was_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "2m")
+    try:
+        box = Outbox(state / "outbox.sqlite3")
+        stored = box.append_many([("t", b"early-%d" % i, 1) for i in range(50)])
+        filler = state / "filler"
+        with filler.open("wb") as f:  # take every free block the file system has
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        dropped = 0
+        for _ in range(200):  # results keep coming while the disk is full
+            if not box.append_many([("t", b"x" * 4096, 1)]):
+                dropped += 1
+        assert dropped > 0 and box.dropped >= dropped
+        assert "file system is full" in caplog.text
+        filler.unlink()  # room again: storing resumes by itself
+        assert len(box.append_many([("t", b"late", 1)])) == 1
+        payloads = [m.payload for m in box.pending(limit=1000)]
+        assert [p for p in payloads if p.startswith(b"early-")] == [b"early-%d" % i for i in range(50)]
+        assert payloads[-1] == b"late" and len(stored) == 50
+        dropped_total = box.dropped
+        box.close()
+        with Outbox(state / "outbox.sqlite3") as again:  # the drops were persisted once there was room
+            assert again.dropped == dropped_total
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_read_only_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "ro"
+    _mount_tmpfs(state, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        with pytest.raises(ConfigError, match=r"outbox.*(read-only|readonly|unable to open)"):
+            Outbox(state / "outbox.sqlite3")
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

@@ -327,3 +327,18 @@ def test_default_runtime_never_imports_tensorflow(color_int8: TinyModel) -> None
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok litert"
+
+
+def test_routine_runtime_lines_stay_off_stderr_and_the_rest_passes_through(
+    color_int8: TinyModel, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.runtime.native_log import routine_native_lines_hidden
+
+    load_model(ModelConfig(path=color_int8.path)).close()  # LiteRT prints its XNNPACK INFO line here
+    with routine_native_lines_hidden():
+        import os
+
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\nWARNING: a real problem\n")
+    err = capfd.readouterr().err
+    assert "Created TensorFlow Lite" not in err
+    assert "WARNING: a real problem\n" in err  # anything else written meanwhile is kept, verbatim

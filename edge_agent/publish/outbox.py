@@ -6,6 +6,15 @@ pipeline appends them in seq order). The queue is bounded by count and bytes; wh
 and the drops are counted (persisted in the same database, so they survive restarts).
 
 The same database holds the per-pipeline seq reservations (``SeqCounter``).
+
+Storage faults (an SD card is where these happen):
+- a database that SQLite cannot read (truncated by a power cut, corrupted) is moved aside as
+  ``<name>.corrupt-<UTC time>`` (with its -wal/-shm files) and a fresh one is started, with one ERROR
+  log line: the device keeps working instead of failing at every start. The results in the old file are
+  lost to the daemon (kept on disk for a human); seq then continues from the current time in milliseconds,
+  which is above any seq this device can have handed out, so seq still never repeats;
+- a full file system: the results that cannot be stored are dropped and counted (``outbox.dropped``), the
+  daemon keeps running and stores again by itself once there is room; nothing stored before is touched.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +57,60 @@ class OutboxMessage:
     qos: int
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL: the file system (or the database's size limit) has no room."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code == sqlite3.SQLITE_FULL
+    return "database or disk is full" in str(exc)
+
+
+def _corrupt(exc: BaseException) -> bool:
+    """The file is there but is not a usable database (not: locked, read-only, no room)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _move_aside(path: Path, exc: BaseException) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            part.rename(Path(f"{target}{suffix}"))
+    log.error(
+        "the outbox database %s was damaged (%s): moved it aside to %s and started a fresh one; the "
+        "results that were waiting in it are not sent (the file is kept for inspection)",
+        path,
+        exc,
+        target.name,
+    )
+    return target
+
+
 def _connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
+    """Open the database in WAL mode; a damaged one is moved aside once and a fresh one opened."""
+    try:
+        return _open(path, synchronous=synchronous)
+    except sqlite3.DatabaseError as exc:
+        if not _corrupt(exc):
+            raise ConfigError(
+                f"the outbox database {path} is not usable ({exc}); check the state directory's file "
+                "system (read-only? full?) and its owner"
+            ) from exc
+        _move_aside(path, exc)
+    conn = _open(path, synchronous=synchronous)
+    # seq reservations were in the damaged file: continue above anything handed out before
+    conn.execute(
+        "INSERT OR IGNORE INTO counters (name, value) VALUES ('seq_floor', ?)", (int(time.time() * 1000),)
+    )
+    return conn
+
+
+def _open(path: Path, *, synchronous: str) -> sqlite3.Connection:
     """Open the database in WAL mode; one connection per object, guarded by that object's lock."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,12 +131,14 @@ def _connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as exc:
+        # a file SQLite can open may still be damaged further in: check it once per start (milliseconds
+        # for a typical outbox; a deep-damaged page shows up here and not as a crash in the sender thread)
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+    except sqlite3.DatabaseError:
         conn.close()
-        raise ConfigError(
-            f"the outbox database {path} is not usable ({exc}); move it aside (results in it are lost) "
-            "and restart"
-        ) from exc
+        raise
     return conn
 
 
@@ -96,6 +161,9 @@ class Outbox:
         self._bytes = int(size)
         row = self._conn.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         self._dropped = int(row[0]) if row else 0
+        self._unstored = 0  # dropped since the file system became full
+        self._unpersisted = 0  # of those, not yet added to the persisted counter
+        self._unstored_since: float | None = None
         self._closed = False
 
     # -- writers -------------------------------------------------------------------------------------------
@@ -112,25 +180,62 @@ class Outbox:
             self._check_open()
             conn = self._conn
             ids: list[int] = []
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.cursor()
-                for row in rows:
-                    cur.execute("INSERT INTO outbox (topic, payload, qos, size) VALUES (?, ?, ?, ?)", row)
-                    ids.append(int(cur.lastrowid))  # type: ignore[arg-type]
-                depth = self._depth + len(rows)
-                size = self._bytes + sum(r[3] for r in rows)
-                dropped = 0
-                if depth > self.max_messages or size > self.max_bytes:
-                    depth, size, dropped = self._drop_oldest(cur, depth, size, keep_from=ids[-1])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = conn.cursor()
+                    for row in rows:
+                        cur.execute("INSERT INTO outbox (topic, payload, qos, size) VALUES (?, ?, ?, ?)", row)
+                        ids.append(int(cur.lastrowid))  # type: ignore[arg-type]
+                    depth = self._depth + len(rows)
+                    size = self._bytes + sum(r[3] for r in rows)
+                    dropped = 0
+                    if depth > self.max_messages or size > self.max_bytes:
+                        depth, size, dropped = self._drop_oldest(cur, depth, size, keep_from=ids[-1])
+                    persisted = self._persist_unstored(cur)
+                    conn.execute("COMMIT")
+                    self._unpersisted -= persisted
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._disk_full(len(rows), exc)
+                return []
+            if self._unstored_since is not None:
+                log.warning("outbox %s: storing again (%d dropped while full)", self.path, self._unstored)
+                self._unstored_since = None
+                self._unstored = 0
             self._depth, self._bytes = depth, size
             if dropped:
                 self._warn_dropped(dropped)
             return ids
+
+    def _disk_full(self, count: int, exc: BaseException) -> None:
+        """No room to store: these results are dropped and counted; later appends try again."""
+        self._dropped += count
+        self._unstored += count
+        self._unpersisted += count
+        if self._unstored_since is None:
+            self._unstored_since = time.monotonic()
+            log.error(
+                "outbox %s: the file system is full (%s); new results are dropped and counted until there is "
+                "room again (free space on the state directory's file system)",
+                self.path,
+                exc,
+            )
+
+    def _persist_unstored(self, cur: sqlite3.Cursor) -> int:
+        """Drops counted while the disk was full go into the persisted counter with the next commit."""
+        if self._unpersisted:
+            cur.execute(
+                "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (self._unpersisted,),
+            )
+        return self._unpersisted
 
     def _warn_dropped(self, dropped: int) -> None:
         before = self._dropped
@@ -288,6 +393,9 @@ class SeqCounter:
                 "SELECT reserved_until FROM seq_reservations WHERE pipeline = ?", (self.pipeline,)
             ).fetchone()
             start = int(row[0]) if row else 1
+            floor = conn.execute("SELECT value FROM counters WHERE name = 'seq_floor'").fetchone()
+            if floor is not None:
+                start = max(start, int(floor[0]))
             limit = start + self._block
             conn.execute(
                 "INSERT INTO seq_reservations (pipeline, reserved_until) VALUES (?, ?) "

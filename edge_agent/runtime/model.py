@@ -16,6 +16,7 @@ from edge_agent.runtime.backends import RuntimeApi, select_runtime
 from edge_agent.runtime.config import ModelConfig
 from edge_agent.runtime.delegates import edgetpu_model_path, load_edgetpu
 from edge_agent.runtime.memory import release_mapped_file
+from edge_agent.runtime.native_log import routine_native_lines_hidden
 from edge_agent.runtime.synthesize import apply_overrides, synthesize_manifest
 from edge_agent.runtime.tensors import op_names, producer_ops
 from edge_agent.runtime.verify import match_tensors
@@ -157,8 +158,9 @@ class LoadedModel:
 
 def _open_interpreter(api: RuntimeApi, path: Path, num_threads: int, delegates: list[Any]) -> Any:
     try:
-        interpreter = api.make_interpreter(str(path), num_threads=num_threads, delegates=delegates)
-        interpreter.allocate_tensors()
+        with routine_native_lines_hidden():
+            interpreter = api.make_interpreter(str(path), num_threads=num_threads, delegates=delegates)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(
             f"{path}: the {api.name} runtime cannot load it ({str(exc).strip() or type(exc).__name__}); "
