@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.config import FleetConfig
 from edge_agent.fleet.errors import DeployRefused
+from edge_agent.fleet.fetch import fetch_model
 from edge_agent.fleet.messages import Deployment, Running, split_manifest
 from edge_agent.fleet.signing import load_trusted_keys
 from edge_agent.fleet.state import DeployRun, StateReporter
@@ -69,7 +69,9 @@ class DeployAgent:
         self.store = ModelStore(state_dir)
         self._subscribe, self._load, self._golden = subscribe, load_candidate, run_golden
         self._swap, self._health = swap, pipeline_health
-        self.reporter = StateReporter(topic_prefix, device_id, list(cfg.groups), publish, self.running)
+        self.reporter = StateReporter(
+            topic_prefix, device_id, list(cfg.groups), publish, self.running, state_dir / "fleet-state.json"
+        )
         self.counts: Counter[str] = Counter()
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(_QUEUE_MAX)
         self._stop = threading.Event()
@@ -151,22 +153,19 @@ class DeployAgent:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Subscribe to this device's and its groups' deploy and command topics and start the worker."""
+        """Start the worker (it first finishes what a restart interrupted), then subscribe to this device's
+        and its groups' deploy and command topics. Call after the broker connection is set up."""
         if not self.enabled:
             return
-        targets = [{"device": self.me.device_id}, *({"group": g} for g in sorted(self.me.groups))]
-        for t in targets:
-            self._subscribe(
-                deploy_topic(self.prefix, **t), self._inbound("deploy"), self.cfg.max_inbound_bytes
-            )
-            self._subscribe(
-                command_topic(self.prefix, **t), self._inbound("command"), self.cfg.max_inbound_bytes
-            )
-        for item in self._startup:
-            self._queue.put(item)
-        self._startup.clear()
         self._thread = threading.Thread(target=self._work, name="fleet-deploy", daemon=True)
         self._thread.start()
+        for item in [("hello", None), *self._startup]:
+            self._queue.put(item)
+        self._startup.clear()
+        limit = self.cfg.max_inbound_bytes
+        for t in [{"device": self.me.device_id}, *({"group": g} for g in sorted(self.me.groups))]:
+            self._subscribe(deploy_topic(self.prefix, **t), self._inbound("deploy"), limit)
+            self._subscribe(command_topic(self.prefix, **t), self._inbound("command"), limit)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -253,6 +252,9 @@ class DeployAgent:
         run.advance("verified")
         self._apply(run, dep, attempts=self.store.entry(dep.pipeline)["pending"]["attempts"])
 
+    def _on_hello(self, _: None) -> None:
+        self.reporter.republish_last()
+
     def _on_report(self, item: tuple[str, int, str, str, str]) -> None:
         pipeline, number, sha256, state, reason = item
         run = self.reporter.run(pipeline, number, sha256)
@@ -276,7 +278,7 @@ class DeployAgent:
             run.advance("fetching")
             path = self.store.model_path(sha)
             if not (path.is_file() and file_sha256(path) == sha):
-                data = self._fetch(dep)
+                data = fetch_model(dep, self.cfg, self._subscribe, self._stop)
                 path = self.store.write_model(
                     data, sha, dep.model.size, self.cfg.max_model_bytes, manifest_raw
                 )
@@ -321,47 +323,6 @@ class DeployAgent:
             except Exception as exc:
                 raise DeployRefused("golden_mismatch", f"golden samples failed: {exc}") from None
         return candidate
-
-    def _fetch(self, dep: Deployment) -> bytes:
-        size, limit = dep.model.size, self.cfg.max_model_bytes
-        if size > limit:
-            raise DeployRefused("too_large", f"model of {size} bytes exceeds fleet.max_model_bytes ({limit})")
-        if dep.transport.kind == "http":
-            if not self.cfg.allow_http:
-                raise DeployRefused("fetch_failed", "http(s) model URLs are off (fleet.allow_http: false)")
-            return self._fetch_http(dep.transport.url, limit)
-        return self._fetch_mqtt(dep.transport.topic, limit)
-
-    def _fetch_mqtt(self, topic: str, limit: int) -> bytes:
-        got: list[bytes] = []
-        arrived = threading.Event()
-
-        def handler(_topic: str, payload: bytes) -> None:
-            if payload:  # an empty retained message means "cleared", not a model
-                got.append(bytes(payload[: limit + 1]))
-                arrived.set()
-
-        unsubscribe = self._subscribe(topic, handler, limit + 1)
-        try:
-            deadline = time.monotonic() + self.cfg.fetch_timeout_s
-            while not arrived.wait(0.2):
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    raise DeployRefused(
-                        "fetch_failed",
-                        f"no model on {topic} after {self.cfg.fetch_timeout_s:g} s (not published, cleared, "
-                        "or bigger than the broker's message_size_limit)",
-                    )
-        finally:
-            if callable(unsubscribe):
-                unsubscribe()
-        return got[0]
-
-    def _fetch_http(self, url: str, limit: int) -> bytes:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                return resp.read(limit + 1)
-        except (OSError, ValueError) as exc:
-            raise DeployRefused("fetch_failed", f"cannot download {url[:200]}: {exc}") from None
 
     # -- watch and roll back -------------------------------------------------------------------------------
     def _safe_health(self, pipeline: str) -> dict[str, Any]:

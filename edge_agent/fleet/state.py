@@ -12,9 +12,11 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from edge_agent.fleet.messages import DeployState, Running
+from edge_agent.fleet.store import atomic_write
 from edge_agent.fleet.topics import state_topic
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,32 @@ class StateReporter:
     """Builds and publishes deploy-state payloads; ``running()`` says what each pipeline runs now."""
 
     def __init__(self, prefix: str, device: str, groups: list[str], publish: Publish,
-                 running: Callable[[], dict[str, Running]]):  # fmt: skip
+                 running: Callable[[], dict[str, Running]], persist: Path | None = None):  # fmt: skip
         self.topic = state_topic(prefix, device)
         self.device, self.groups, self._publish, self._running = device, groups, publish, running
+        self.persist = persist  # the last report, republished (with what runs now) at the next start
         self.last: dict[str, Any] | None = None
+
+    def republish_last(self) -> None:
+        """At start: the last event again with the current ``running`` map, or a first 'active' report."""
+        last = None
+        if self.persist is not None:
+            try:
+                last = json.loads(self.persist.read_text())
+            except (OSError, ValueError):
+                last = None
+        run = DeployRun(self, None, None, None)
+        if isinstance(last, dict) and last.get("state") in ALLOWED:
+            run.pipeline, run.number, run.sha256 = (
+                last.get("pipeline"),
+                last.get("number"),
+                last.get("sha256"),
+            )
+            run.state = last["state"]
+            self.report(run, last.get("reason"), bool(last.get("confirmed")))
+        else:
+            run.state = "active"
+            self.report(run, "started", True)
 
     def run(self, pipeline: str | None, number: int | None, sha256: str | None = None) -> DeployRun:
         return DeployRun(self, pipeline, number, sha256)
@@ -82,6 +106,11 @@ class StateReporter:
         )
         payload = msg.model_dump(mode="json", by_alias=True)
         self.last = payload
+        if self.persist is not None:
+            try:
+                atomic_write(self.persist, [json.dumps(payload).encode()])
+            except OSError:
+                log.warning("could not save the deploy state to %s", self.persist, exc_info=True)
         log.info("deploy %s %s: %s%s", run.pipeline, run.number, run.state, f" ({reason})" if reason else "")
         try:
             self._publish(self.topic, json.dumps(payload, separators=(",", ":")).encode(), True)
