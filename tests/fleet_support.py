@@ -104,9 +104,18 @@ def device_client(broker: Any, device_id: str, **kw: Any) -> FleetClient:
     ).connect()
 
 
-def make_agent(broker: Any, state_dir: Path, device_id: str, keys_dir: Path, initial: Path, *,
-               groups: tuple[str, ...] = (), watch_s: float = 0.5, client_kw: dict[str, Any] | None = None,
-               **cfg: Any) -> tuple[DeployAgent, FakeDevice, FleetClient]:  # fmt: skip
+def make_agent(
+    broker: Any,
+    state_dir: Path,
+    device_id: str,
+    keys_dir: Path,
+    initial: Path,
+    *,
+    groups: tuple[str, ...] = (),
+    watch_s: float = 0.5,
+    client_kw: dict[str, Any] | None = None,
+    **cfg: Any,
+) -> tuple[DeployAgent, FakeDevice, FleetClient]:
     client = device_client(broker, device_id, **(client_kw or {}))
     device = FakeDevice(initial)
     agent = DeployAgent(

@@ -30,8 +30,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trusted.mkdir()
     (trusted / "op.pub").write_bytes(public.read_bytes())
     files = read_model(make_model(tmp / "models", "m1", b"GOOD"))
-    return {"key": load_private_key(private), "rogue": load_private_key(rogue), "files": files,
-            "trusted": load_trusted_keys(trusted)}  # fmt: skip
+    return {
+        "key": load_private_key(private),
+        "rogue": load_private_key(rogue),
+        "files": files,
+        "trusted": load_trusted_keys(trusted),
+    }
 
 
 def _deployment(
@@ -42,13 +46,21 @@ def _deployment(
     target: tuple[str, str] = ("device", "cam-01"),
     pipeline: str = "cam",
 ) -> dict[str, Any]:
-    return build_deployment(setup["files"], number=number, target=target, pipeline=pipeline, key=setup[key],
-                            prefix="edge", healthy_for_s=1.0)  # fmt: skip
+    return build_deployment(
+        setup["files"],
+        number=number,
+        target=target,
+        pipeline=pipeline,
+        key=setup[key],
+        prefix="edge",
+        healthy_for_s=1.0,
+    )
 
 
 def _verify(setup: dict[str, Any], payload: bytes, last: int | None = 5, max_bytes: int = 1 << 20) -> Any:
-    return verify_deployment(payload, max_bytes=max_bytes, trusted_keys=setup["trusted"], me=ME,
-                             last_number=lambda p: last)  # fmt: skip
+    return verify_deployment(
+        payload, max_bytes=max_bytes, trusted_keys=setup["trusted"], me=ME, last_number=lambda p: last
+    )
 
 
 def _reason(fn: Any) -> str:
