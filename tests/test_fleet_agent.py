@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from edge_agent.fleet.agent import DeployAgent
 from edge_agent.fleet.broker import FleetClient
+from edge_agent.fleet.config import FleetConfig
 from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
 from edge_agent.fleet.signing import generate_keypair, load_private_key
 from edge_agent.fleet.store import ModelStore
 from edge_agent.fleet.topics import model_topic
 from tests.fixtures.broker import validate_payload
-from tests.fleet_support import device_client, make_agent, make_model
+from tests.fleet_support import FakeDevice, device_client, make_agent, make_model
 
 
 @pytest.fixture
@@ -293,3 +297,27 @@ def test_without_trusted_keys_remote_deploy_is_off(env: dict[str, Any], tmp_path
     agent.start()
     assert not agent.enabled and subscribed == []
     client.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=3000) | st.text(max_size=500).map(str.encode))
+def test_fuzz_agent_inbound_never_raises_nor_swaps(tmp_path_factory: Any, payload: bytes) -> None:
+    """The worker's handling of any deploy or command payload: no exception escapes, nothing is swapped, a
+    refusal is reported as a valid deploy-state message."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    initial = make_model(tmp / "etc", "initial", b"GOOD")
+    published: list[tuple[str, bytes, bool]] = []
+    fake = FakeDevice(initial)
+    agent = DeployAgent(
+        FleetConfig(trusted_keys_dir=tmp / "none", max_inbound_bytes=2048),
+        device_id="cam-01", state_dir=tmp / "state", initial_models={"cam": initial},
+        subscribe=lambda t, h, m: None, publish=lambda t, p, r: published.append((t, p, r)),
+        load_candidate=fake.load_candidate, run_golden=fake.run_golden, swap=fake.swap,
+        pipeline_health=fake.pipeline_health, trusted_keys={"0" * 16: object()},
+    )  # fmt: skip
+    agent._on_deploy(payload)
+    agent._on_command(payload)
+    assert fake.swaps == []
+    for _, p, retain in published:
+        assert retain
+        validate_payload(p, "deploy-state")

@@ -164,6 +164,8 @@ def deploy(client: Any, model: Path, pipeline: str, device: tuple[str, ...], gro
     for kind, name in targets:
         number = send(kind, name)
         devices = [name] if kind == "device" else view.members(name)
+        if not devices:
+            click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
         out = d.follow(view, devices, number, timeout=wait, done_state="active", echo=click.echo)
         failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
     for c in canaries:  # the group deployment covers them now
