@@ -321,3 +321,48 @@ def test_fuzz_agent_inbound_never_raises_nor_swaps(tmp_path_factory: Any, payloa
     for _, p, retain in published:
         assert retain
         validate_payload(p, "deploy-state")
+
+
+def test_model_from_an_http_url(env: dict[str, Any]) -> None:
+    """For big models the deployment may name an http(s) URL instead of the retained MQTT message."""
+    import functools
+    import http.server
+    import threading
+
+    folder = env["tmp"] / "www"
+    files = read_model(make_model(folder, "web", b"GOOD"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, fake, _ = start(env)
+        url = f"http://127.0.0.1:{server.server_address[1]}/web.tflite"
+        dep = build_deployment(
+            files,
+            number=900,
+            target=("device", "cam-01"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.2,
+            url=url,
+        )
+        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        assert outcome(env, 900)["state"] == "active"
+        assert fake.swaps[-1].read_bytes() == files.data
+        other = read_model(make_model(env["tmp"] / "elsewhere", "gone", b"GOOD"))
+        dep2 = build_deployment(
+            other,
+            number=901,
+            target=("device", "cam-01"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.2,
+            url=url + ".gone",
+        )
+        env["op"].publish("edge/cam-01/deploy", encode(dep2))
+        state = outcome(env, 901)
+        assert state["state"] == "failed" and state["reason"].startswith("fetch_failed:"), state
+    finally:
+        server.shutdown()
