@@ -1,0 +1,20 @@
+"""Why a deployment was refused: one exception with a short machine-readable reason code."""
+
+from __future__ import annotations
+
+from edge_agent.errors import EdgeAgentError
+
+
+class DeployRefused(EdgeAgentError):
+    """A deployment, command or model was refused; ``reason`` is a stable code, the message says why.
+
+    Reason codes: malformed, oversized, schema, unknown_key, bad_signature, replayed, wrong_target,
+    unknown_pipeline, sha256_mismatch, truncated, too_large, fetch_failed, incompatible, golden_mismatch,
+    no_previous, disabled, interrupted.
+    """
+
+    exit_code = 9
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,159 @@
+"""Models on the device's disk and the record of what each pipeline runs, both crash-safe.
+
+Files: ``state_dir/models/<sha256>.tflite`` and ``<sha256>.json`` (its manifest), each written to a
+``.tmp-`` file, fsynced, renamed over the final name, then the directory fsynced: after a power cut a
+model file is either absent or whole (its sha256 is checked again before use anyway). The record
+``state_dir/fleet.json`` is written the same way; it says per pipeline which model is current, which is
+the previous one, the last deployment number applied, and the deployment in progress (with its phase),
+so a restart knows whether it was interrupted before the swap (old model still current) or after it.
+Leftover ``.tmp-`` files are removed at open. Only the current and previous models are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.fleet.errors import DeployRefused
+
+RECORD_VERSION = 1
+TMP_MARK = ".tmp-"
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write through ``.tmp-<name>``, fsync, rename over ``path``, fsync the directory."""
+    tmp = path.with_name(f"{TMP_MARK}{path.name}")
+    with tmp.open("wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def check_model_bytes(data: bytes, sha256: str, size: int, max_bytes: int) -> None:
+    """DeployRefused('too_large' | 'truncated' | 'sha256_mismatch') unless ``data`` is exactly the model."""
+    if size > max_bytes or len(data) > max_bytes:
+        raise DeployRefused(
+            "too_large", f"model of {max(size, len(data))} bytes exceeds fleet.max_model_bytes ({max_bytes})"
+        )
+    if len(data) < size:
+        raise DeployRefused("truncated", f"model has {len(data)} of its {size} bytes (truncated in transit?)")
+    if len(data) > size:
+        raise DeployRefused("sha256_mismatch", f"model has {len(data)} bytes, the deployment says {size}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise DeployRefused(
+            "sha256_mismatch", f"model sha256 {actual[:12]}... differs from the signed {sha256[:12]}..."
+        )
+
+
+def _empty_entry() -> dict[str, Any]:
+    return {"current": None, "previous": None, "last_number": None, "pending": None}
+
+
+class ModelStore:
+    """The ``models/`` directory and ``fleet.json``; thread-safe; every change is persisted before return."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir / "models"
+        self.record_path = state_dir / "fleet.json"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        leftovers = [*self.dir.glob(f"{TMP_MARK}*"), *state_dir.glob(f"{TMP_MARK}fleet.json")]
+        for p in leftovers:  # a write interrupted before its rename: the final file is still the old one
+            p.unlink(missing_ok=True)
+        self.removed_leftovers = [p.name for p in leftovers]
+        self._record = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            rec = json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return {"version": RECORD_VERSION, "pipelines": {}}
+        except (OSError, ValueError):
+            # Only reachable if the file system lost a renamed file's data; start over with the config's
+            # models (the daemon's fallback) rather than refuse to run.
+            return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
+        if not isinstance(rec, dict) or not isinstance(rec.get("pipelines"), dict):
+            return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
+        return rec
+
+    def _save(self) -> None:
+        atomic_write(self.record_path, [json.dumps(self._record, indent=1, sort_keys=True).encode()])
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def entry(self, pipeline: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._record["pipelines"].get(pipeline) or _empty_entry())
+
+    def last_number(self, pipeline: str) -> int | None:
+        return self.entry(pipeline)["last_number"]
+
+    def model_path(self, sha256: str) -> Path:
+        return self.dir / f"{sha256}.tflite"
+
+    def manifest_path(self, sha256: str) -> Path:
+        return self.dir / f"{sha256}.json"
+
+    def current_model(self, pipeline: str) -> Path | None:
+        """The model file the daemon should load for ``pipeline`` at start, or None for the config's own."""
+        cur = self.entry(pipeline)["current"]
+        if cur is None or cur.get("sha256") is None:
+            return None
+        path = self.model_path(cur["sha256"])
+        return path if path.is_file() else None
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def write_model(
+        self, data: bytes, sha256: str, size: int, max_bytes: int, manifest: dict[str, Any]
+    ) -> Path:
+        """Check and store a model and its manifest; returns the model path."""
+        check_model_bytes(data, sha256, size, max_bytes)
+        atomic_write(self.manifest_path(sha256), [json.dumps(manifest, indent=1).encode()])
+        path = self.model_path(sha256)
+        atomic_write(path, [data])
+        return path
+
+    def update(self, pipeline: str, **fields: Any) -> dict[str, Any]:
+        """Set fields of ``pipeline``'s entry (current, previous, last_number, pending) and persist."""
+        with self._lock:
+            entry = self._record["pipelines"].setdefault(pipeline, _empty_entry())
+            entry.update(copy.deepcopy(fields))
+            self._save()
+            return copy.deepcopy(entry)
+
+    def prune(self) -> list[str]:
+        """Delete model files no pipeline's current, previous or pending refers to; returns their names."""
+        with self._lock:
+            keep: set[str] = set()
+            for e in self._record["pipelines"].values():
+                for slot in (e.get("current"), e.get("previous")):
+                    if slot and slot.get("sha256"):
+                        keep.add(slot["sha256"])
+                if e.get("pending"):
+                    keep.add(e["pending"]["sha256"])
+            removed = []
+            for p in self.dir.iterdir():
+                stem = p.name.split(".")[0]
+                if p.suffix in (".tflite", ".json") and stem not in keep:
+                    p.unlink(missing_ok=True)
+                    removed.append(p.name)
+            if removed:
+                fsync_dir(self.dir)
+            return removed

@@ -1,0 +1,368 @@
+"""DeployAgent end to end over a real mosquitto: real signatures, real files; the model loader, golden
+runner, swap and health are the fakes in fleet_support (the daemon's real ones come at integration)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.fleet.agent import DeployAgent
+from edge_agent.fleet.broker import FleetClient
+from edge_agent.fleet.config import FleetConfig
+from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
+from edge_agent.fleet.signing import generate_keypair, load_private_key
+from edge_agent.fleet.store import ModelStore
+from edge_agent.fleet.topics import model_topic
+from tests.fixtures.broker import validate_payload
+from tests.fleet_support import FakeDevice, device_client, make_agent, make_model
+
+
+@pytest.fixture
+def env(tmp_path: Path, mosquitto: Any, subscriber: Any) -> dict[str, Any]:
+    broker = mosquitto()
+    private, public, _ = generate_keypair(tmp_path / "keys")
+    rogue, _, _ = generate_keypair(tmp_path / "rogue")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    (trusted / "op.pub").write_bytes(public.read_bytes())
+    initial = make_model(tmp_path / "etc", "initial", b"GOOD")
+    states = subscriber(broker, "edge/+/deploy/state")
+    operator = device_client(broker, "operator")
+    env = {
+        "broker": broker,
+        "key": load_private_key(private),
+        "rogue": load_private_key(rogue),
+        "trusted": trusted,
+        "initial": initial,
+        "states": states,
+        "op": operator,
+        "tmp": tmp_path,
+        "number": 100,
+    }
+    yield env
+    operator.close()
+
+
+def start(env: dict[str, Any], device: str = "cam-01", **kw: Any) -> tuple[Any, Any, FleetClient]:
+    agent, fake, client = make_agent(
+        env["broker"], env["tmp"] / device, device, env["trusted"], env["initial"], groups=("lobby",), **kw
+    )
+    env.setdefault("cleanup", []).append((agent, client))
+    agent.recover()
+    agent.start()
+    wait_state(env, device, lambda s: s["reason"] == "started" or s["state"] in ("active", "failed"))
+    return agent, fake, client
+
+
+@pytest.fixture(autouse=True)
+def _stop_agents(env: dict[str, Any]) -> Any:
+    yield
+    for agent, client in env.get("cleanup", []):
+        agent.stop()
+        client.close()
+
+
+def wait_state(env: dict[str, Any], device: str, pred: Any, timeout: float = 15) -> dict[str, Any]:
+    topic = f"edge/{device}/deploy/state"
+
+    def done(msgs: list[tuple[str, bytes, bool]]) -> bool:
+        return any(pred(json.loads(p)) for t, p, _ in msgs if t == topic and p)
+
+    msgs = env["states"].wait_for(done, timeout)
+    return next(json.loads(p) for t, p, _ in reversed(msgs) if t == topic and p and pred(json.loads(p)))
+
+
+def deploy(
+    env: dict[str, Any],
+    name: str,
+    behaviour: bytes,
+    *,
+    target: tuple[str, str] = ("device", "cam-01"),
+    key: str = "key",
+    publish_model: bytes | None = None,
+    number: int | None = None,
+    padding: int = 1000,
+) -> tuple[int, str]:
+    files = read_model(make_model(env["tmp"] / "ws", name, behaviour, padding=padding))
+    if number is None:
+        env["number"] += 1
+        number = env["number"]
+    dep = build_deployment(
+        files, number=number, target=target, pipeline="cam", key=env[key], prefix="edge", healthy_for_s=0.5
+    )
+    env["op"].publish(
+        model_topic("edge", files.sha256), files.data if publish_model is None else publish_model
+    )
+    topic = "edge/cam-01/deploy" if target[0] == "device" else f"edge/groups/{target[1]}/deploy"
+    env["op"].publish(topic, encode(dep))
+    return number, files.sha256
+
+
+def outcome(env: dict[str, Any], number: int, device: str = "cam-01") -> dict[str, Any]:
+    return wait_state(
+        env,
+        device,
+        lambda s: (
+            s["number"] == number
+            and (s["state"] in ("failed", "rolled_back") or (s["state"] == "active" and s["confirmed"]))
+        ),
+    )
+
+
+def test_deploy_to_group_end_to_end(env: dict[str, Any]) -> None:
+    agent, fake, client = start(env)
+    number, sha = deploy(env, "v2", b"GOOD", target=("group", "lobby"))
+    state = outcome(env, number)
+    assert state["state"] == "active" and state["sha256"] == sha, state
+    assert state["running"]["cam"] == {"sha256": sha, "number": number, "model": "v2"}
+    validate_payload(state, "deploy-state")
+    seen = [
+        json.loads(p)["state"] for t, p, _ in env["states"].snapshot() if json.loads(p)["number"] == number
+    ]
+    assert seen == ["received", "verified", "fetching", "testing", "active", "active"]
+    stored = agent.store.model_path(sha)
+    assert fake.swaps == [stored] and stored.is_file()
+    assert agent.store.entry("cam")["previous"]["path"] == str(env["initial"])
+    # The retained deployment again (a reconnect): ignored, no new state.
+    before = len(env["states"].snapshot())
+    client.close()
+    client._client.reconnect()
+    client._client.loop_start()
+    env["op"].publish(
+        "edge/groups/lobby/deploy", env["op"].retained("edge/groups/lobby/deploy")["edge/groups/lobby/deploy"]
+    )
+    deadline = time.monotonic() + 5
+    while agent.stats().get("duplicates_ignored", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.stats()["duplicates_ignored"] >= 2  # the reconnect's retained copy and the re-publish
+    assert len(env["states"].snapshot()) == before
+    assert ModelStore(env["tmp"] / "cam-01").current_model("cam") == stored  # what a restart would load
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("golden", "golden_mismatch"),
+        ("shape", "incompatible"),
+        ("sha", "sha256_mismatch"),
+        ("truncated", "truncated"),
+        ("too_large", "too_large"),
+        ("unknown_key", "unknown_key"),
+        ("replayed", "replayed"),
+        ("bad_signature", "bad_signature"),
+        ("malformed", "malformed"),
+        ("wrong_target", "wrong_target"),
+    ],
+)
+def test_refused_with_reason_and_old_model_keeps_running(env: dict[str, Any], case: str, reason: str) -> None:
+    agent, fake, _ = start(env, max_model_bytes=4096)
+    running = env["initial"]
+    if case == "golden":
+        number, _ = deploy(env, "wrong", b"WRONG")
+    elif case == "shape":
+        number, _ = deploy(env, "shape", b"SHAPE")
+    elif case == "sha":
+        files = read_model(make_model(env["tmp"] / "x", "sha", b"GOOD"))
+        number, _ = deploy(env, "sha", b"GOOD", publish_model=files.data[:-1] + b"X")
+    elif case == "truncated":
+        files = read_model(make_model(env["tmp"] / "x", "trunc", b"GOOD"))
+        number, _ = deploy(env, "trunc", b"GOOD", publish_model=files.data[:-100])
+    elif case == "too_large":
+        number, _ = deploy(env, "big", b"GOOD", padding=5000)
+    elif case == "unknown_key":
+        number, _ = deploy(env, "rogue", b"GOOD", key="rogue")
+    elif case == "replayed":
+        first, _ = deploy(env, "v2", b"GOOD")
+        assert outcome(env, first)["state"] == "active"
+        fake.swaps.clear()
+        running = fake.running.path
+        number, _ = deploy(env, "v3", b"GOOD", number=first - 1)
+    elif case == "wrong_target":
+        files = read_model(make_model(env["tmp"] / "ws", "other", b"GOOD"))
+        env["number"] += 1
+        number = env["number"]
+        dep = build_deployment(
+            files,
+            number=number,
+            target=("device", "cam-02"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.5,
+        )
+        env["op"].publish("edge/cam-01/deploy", encode(dep))  # right topic, wrong signed target
+    else:
+        files = read_model(make_model(env["tmp"] / "ws", "forged", b"GOOD"))
+        env["number"] += 1
+        number = env["number"]
+        dep = build_deployment(
+            files,
+            number=number,
+            target=("device", "cam-01"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.5,
+        )
+        if case == "bad_signature":
+            dep["healthy_for_s"] = 0.0
+            env["op"].publish("edge/cam-01/deploy", encode(dep))
+        else:
+            env["op"].publish("edge/cam-01/deploy", b'{"pipeline": "cam", "number": %d, "oops' % number)
+    if case == "malformed":  # unparsable: no number to report
+        state = wait_state(env, "cam-01", lambda s: s["state"] == "failed")
+    else:
+        state = outcome(env, number)
+    assert state["state"] == "failed" and state["reason"].startswith(reason + ":"), state
+    assert fake.swaps == [] and fake.running.path == running
+    assert state["running"]["cam"]["number"] == (None if case != "replayed" else number + 1)
+    assert agent.stats()[f"refused_{reason}"] == 1
+    # The agent still takes the next good deployment.
+    good, _sha = deploy(env, "after", b"GOOD")
+    assert outcome(env, good)["state"] == "active"
+
+
+def test_rolls_back_when_errors_rise_and_on_command(env: dict[str, Any]) -> None:
+    agent, fake, _ = start(env)
+    number, _ = deploy(env, "breaks", b"BREAKS")
+    state = outcome(env, number)
+    assert state["state"] == "rolled_back" and "errors rose" in state["reason"], state
+    assert fake.swaps[-1] == env["initial"] and state["running"]["cam"]["number"] is None
+    number, _ = deploy(env, "slow", b"SLOW")
+    state = outcome(env, number)
+    assert state["state"] == "rolled_back" and "p99" in state["reason"], state
+    good, _sha = deploy(env, "good", b"GOOD")
+    assert outcome(env, good)["state"] == "active"
+    env["number"] += 1
+    cmd = build_rollback(number=env["number"], target=("device", "cam-01"), pipeline="cam", key=env["key"])
+    env["op"].publish("edge/cam-01/command", encode(cmd))
+    state = outcome(env, env["number"])
+    assert state["state"] == "rolled_back" and state["reason"] == "rollback command"
+    assert fake.running.path == env["initial"]
+    assert agent.store.entry("cam")["previous"] is None
+
+
+def test_restart_during_test_resumes_and_twice_during_watch_rolls_back(env: dict[str, Any]) -> None:
+    """A SIGKILL leaves the record's 'pending' behind; a new agent over the same state_dir finishes it."""
+    state_dir = env["tmp"] / "cam-01"
+    files = read_model(make_model(env["tmp"] / "ws", "v2", b"GOOD"))
+    env["op"].publish(model_topic("edge", files.sha256), files.data)
+    dep = build_deployment(
+        files,
+        number=500,
+        target=("device", "cam-01"),
+        pipeline="cam",
+        key=env["key"],
+        prefix="edge",
+        healthy_for_s=0.3,
+    )
+    store = ModelStore(state_dir)
+    store.update(
+        "cam",
+        last_number=500,
+        pending={"deployment": dep, "sha256": files.sha256, "phase": "testing", "attempts": 0},
+    )
+    agent, fake, client = start(env)
+    state = outcome(env, 500)
+    assert state["state"] == "active" and fake.swaps == [agent.store.model_path(files.sha256)]
+    agent.stop()
+    client.close()
+    # Killed twice while watching: the new model is suspected of killing the daemon; the start goes back.
+    store = ModelStore(state_dir)
+    entry = store.entry("cam")
+    store.update(
+        "cam", pending={"deployment": dep, "sha256": files.sha256, "phase": "watching", "restarts": 1}
+    )
+    assert entry["current"]["sha256"] == files.sha256
+    agent2, _, _ = make_agent(
+        env["broker"], state_dir, "cam-01", env["trusted"], env["initial"], groups=("lobby",)
+    )
+    env["cleanup"].append((agent2, _))
+    assert agent2.recover() == {}  # back to the config's model
+    agent2.start()
+    state = wait_state(env, "cam-01", lambda s: s["state"] == "rolled_back")
+    assert "restarted twice" in state["reason"] and state["running"]["cam"]["number"] is None
+
+
+def test_without_trusted_keys_remote_deploy_is_off(env: dict[str, Any], tmp_path: Path) -> None:
+    subscribed: list[str] = []
+    agent, _, client = make_agent(env["broker"], tmp_path / "d", "cam-09", tmp_path / "none", env["initial"])
+    agent._subscribe = lambda t, h, m: subscribed.append(t)
+    agent.start()
+    assert not agent.enabled and subscribed == []
+    client.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=3000) | st.text(max_size=500).map(str.encode))
+def test_fuzz_agent_inbound_never_raises_nor_swaps(tmp_path_factory: Any, payload: bytes) -> None:
+    """The worker's handling of any deploy or command payload: no exception escapes, nothing is swapped, a
+    refusal is reported as a valid deploy-state message."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    initial = make_model(tmp / "etc", "initial", b"GOOD")
+    published: list[tuple[str, bytes, bool]] = []
+    fake = FakeDevice(initial)
+    agent = DeployAgent(
+        FleetConfig(trusted_keys_dir=tmp / "none", max_inbound_bytes=2048),
+        device_id="cam-01", state_dir=tmp / "state", initial_models={"cam": initial},
+        subscribe=lambda t, h, m: None, publish=lambda t, p, r: published.append((t, p, r)),
+        load_candidate=fake.load_candidate, run_golden=fake.run_golden, swap=fake.swap,
+        pipeline_health=fake.pipeline_health, trusted_keys={"0" * 16: object()},
+    )  # fmt: skip
+    agent._on_deploy(payload)
+    agent._on_command(payload)
+    assert fake.swaps == []
+    for _, p, retain in published:
+        assert retain
+        validate_payload(p, "deploy-state")
+
+
+def test_model_from_an_http_url(env: dict[str, Any]) -> None:
+    """For big models the deployment may name an http(s) URL instead of the retained MQTT message."""
+    import functools
+    import http.server
+    import threading
+
+    folder = env["tmp"] / "www"
+    files = read_model(make_model(folder, "web", b"GOOD"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, fake, _ = start(env)
+        url = f"http://127.0.0.1:{server.server_address[1]}/web.tflite"
+        dep = build_deployment(
+            files,
+            number=900,
+            target=("device", "cam-01"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.2,
+            url=url,
+        )
+        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        assert outcome(env, 900)["state"] == "active"
+        assert fake.swaps[-1].read_bytes() == files.data
+        other = read_model(make_model(env["tmp"] / "elsewhere", "gone", b"GOOD"))
+        dep2 = build_deployment(
+            other,
+            number=901,
+            target=("device", "cam-01"),
+            pipeline="cam",
+            key=env["key"],
+            prefix="edge",
+            healthy_for_s=0.2,
+            url=url + ".gone",
+        )
+        env["op"].publish("edge/cam-01/deploy", encode(dep2))
+        state = outcome(env, 901)
+        assert state["state"] == "failed" and state["reason"].startswith("fetch_failed:"), state
+    finally:
+        server.shutdown()

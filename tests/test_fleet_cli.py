@@ -1,0 +1,187 @@
+"""``edge-fleet`` as a real process against a real mosquitto, with DeployAgents (fake model loading) as the
+devices; and the shipped mosquitto ACL example in a real broker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_agent.fleet.deploy import read_model
+from edge_agent.fleet.signing import generate_keypair
+from tests.fleet_support import make_agent, make_model
+
+EDGE_FLEET = str(Path(sys.executable).parent / "edge-fleet")
+ACL = Path(__file__).resolve().parents[1] / "edge_agent" / "templates" / "mosquitto-acl.example"
+
+
+def fleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EDGE_FLEET, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_keygen_cli(tmp_path: Path) -> None:
+    res = fleet("keygen", str(tmp_path / "k"))
+    assert res.returncode == 0, res.stderr
+    assert "key id" in res.stdout
+    assert stat.S_IMODE((tmp_path / "k" / "fleet.key").stat().st_mode) == 0o600
+    again = fleet("keygen", str(tmp_path / "k"))
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "refusing to overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+@pytest.fixture
+def fleet_env(tmp_path: Path, mosquitto: Any) -> Any:
+    broker = mosquitto()
+    private, public, _ = generate_keypair(tmp_path / "keys")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    (trusted / "op.pub").write_bytes(public.read_bytes())
+    initial = make_model(tmp_path / "etc", "initial", b"GOOD")
+    devices = {}
+    for name in ("cam-01", "cam-02", "cam-03"):
+        agent, fake, client = make_agent(broker, tmp_path / name, name, trusted, initial, groups=("lobby",))
+        agent.recover()
+        agent.start()
+        devices[name] = (agent, fake, client)
+    time.sleep(0.5)  # their first deploy-state (group membership) is retained on the broker
+    env = {"broker": broker, "key": private, "tmp": tmp_path, "devices": devices, "initial": initial,
+           "common": ["--broker", f"{broker.host}:{broker.port}"]}  # fmt: skip
+    yield env
+    for agent, _, client in devices.values():
+        agent.stop()
+        client.close()
+
+
+def test_deploy_with_canary_then_status(fleet_env: dict[str, Any], subscriber: Any) -> None:
+    env = fleet_env
+    model = make_model(env["tmp"] / "ws", "v2", b"GOOD")
+    sha = read_model(model).sha256
+    args = ["deploy", str(model), "--pipeline", "cam", "--group", "lobby", "--canary", "1"]
+    res = fleet(*args, "--key", str(env["key"]), "--healthy-for", "0.5s", *env["common"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert out.index("-> device cam-01") < out.index("-> group lobby"), out  # the canary first
+    for name in env["devices"]:
+        assert f"{name:<20} active (confirmed)" in out
+    for _agent, fake, _ in env["devices"].values():
+        assert [p.name for p in fake.swaps] == [f"{sha}.tflite"]
+    # What a device connecting now would get: the retained model and the group deployment; the canary's
+    # per-device deployment is cleared (the group's covers it).
+    sub = subscriber(env["broker"], "edge/#")
+    wanted = {f"edge/models/{sha}", "edge/groups/lobby/deploy"}
+    msgs = sub.wait_for(lambda m: wanted <= {t for t, _, _ in m}, timeout=5)
+    time.sleep(0.3)  # anything else retained arrives with them
+    msgs = sub.snapshot()
+    retained = {t: p for t, p, r in msgs if r}
+    assert retained[f"edge/models/{sha}"] == model.read_bytes()
+    dep = json.loads(retained["edge/groups/lobby/deploy"])
+    assert dep["model"]["sha256"] == sha and dep["target"] == {"kind": "group", "name": "lobby"}
+    assert "edge/cam-01/deploy" not in retained
+
+    status = fleet("status", "--json", *env["common"])
+    assert status.returncode == 0, status.stderr
+    devices = {d["device"]: d for d in json.loads(status.stdout)}
+    assert set(devices) == {"cam-01", "cam-02", "cam-03"}
+    for d in devices.values():
+        assert d["groups"] == ["lobby"]
+        assert d["pipelines"]["cam"]["sha256"] == sha and d["pipelines"]["cam"]["model"] == "v2"
+        assert d["last"]["state"] == "active" and d["last"]["confirmed"]
+    table = fleet("status", "--group", "lobby", *env["common"])
+    assert "cam-02" in table.stdout and sha[:12] in table.stdout
+
+
+def test_canary_failure_stops_before_the_group(fleet_env: dict[str, Any], subscriber: Any) -> None:
+    env = fleet_env
+    model = make_model(env["tmp"] / "ws", "bad", b"BREAKS")
+    args = ["deploy", str(model), "--pipeline", "cam", "--group", "lobby", "--canary", "1"]
+    res = fleet(*args, "--key", str(env["key"]), "--healthy-for", "0.5s", *env["common"])
+    assert res.returncode == 10, res.stdout + res.stderr
+    assert "canary failed, not deploying to group 'lobby'" in res.stderr and "errors rose" in res.stderr
+    assert "Traceback" not in res.stderr
+    sub = subscriber(env["broker"], "edge/+/deploy")
+    time.sleep(0.5)
+    assert not [t for t, p, r in sub.snapshot() if r and p], "no deployment may stay retained"
+    assert env["devices"]["cam-02"][1].swaps == [] and env["devices"]["cam-03"][1].swaps == []
+    fake01 = env["devices"]["cam-01"][1]
+    assert fake01.running.path == env["initial"]  # rolled back on its own
+
+
+def test_rollback_cli_and_errors(fleet_env: dict[str, Any]) -> None:
+    env = fleet_env
+    model = make_model(env["tmp"] / "ws", "v3", b"GOOD")
+    res = fleet("deploy", str(model), "--pipeline", "cam", "--device", "cam-02", "--key", str(env["key"]),
+                "--healthy-for", "0.2s", *env["common"])  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = fleet(
+        "rollback", "--pipeline", "cam", "--device", "cam-02", "--key", str(env["key"]), *env["common"]
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rolled_back  (rollback command)" in res.stdout
+    assert env["devices"]["cam-02"][1].running.path == env["initial"]
+    # Bad input: one line, its exit code, no traceback.
+    (env["tmp"] / "lonely.tflite").write_bytes(b"x")
+    res = fleet("deploy", str(env["tmp"] / "lonely.tflite"), "--pipeline", "cam", "--device", "cam-02",
+                "--key", str(env["key"]), *env["common"])  # fmt: skip
+    assert res.returncode == 3 and "manifest not found" in res.stderr and "Traceback" not in res.stderr
+    res = fleet("status", "--broker", "127.0.0.1:1")
+    assert res.returncode == 6 and "cannot connect" in res.stderr and res.stderr.count("\n") == 1
+
+
+def _client(broker: Any, user: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=mqtt.MQTTv311)
+    c.username_pw_set(user, "pw-" + user)
+    connected = threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    assert connected.wait(10), "no CONNACK"  # publishing before it fails with 'not currently connected'
+    return c
+
+
+def test_acl_example_in_a_real_mosquitto(mosquitto: Any, subscriber: Any) -> None:
+    """The shipped ACL: a device writes its own topics only and reads its deploy topics and models; only the
+    operator writes deployments and models. (Uses the fixture's extra_config for acl_file.)"""
+    users = {u: "pw-" + u for u in ("operator", "cam-01", "cam-02")}
+    broker = mosquitto(users=users, extra_config=(f"acl_file {ACL}",))
+    watch = subscriber(broker, "edge/#", username="operator", password="pw-operator")
+    forged = [("edge/cam-02/deploy", b"forged"), ("edge/groups/lobby/deploy", b"forged"),
+              ("edge/models/" + "0" * 64, b"forged"), ("edge/cam-02/deploy/state", b"forged")]  # fmt: skip
+    for topic, payload in forged:
+        # mosquitto 2.0.11 drops the connection of a v3.1.1 client on a denied PUBLISH ("Bad socket
+        # read/write"), so each attempt gets its own connection, and a refused publish may raise.
+        c = _client(broker, "cam-01")
+        with contextlib.suppress(RuntimeError, ValueError):
+            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(3)
+        c.loop_stop()
+    cam01 = _client(broker, "cam-01")
+    cam01.publish("edge/cam-01/deploy/state", b"mine", qos=1, retain=True).wait_for_publish(5)
+    watch.wait_for(lambda m: any(t == "edge/cam-01/deploy/state" for t, _, _ in m), timeout=5)
+    time.sleep(0.3)
+    assert {t for t, _, _ in watch.snapshot()} == {"edge/cam-01/deploy/state"}, watch.snapshot()
+    # Reading: cam-01 gets its group's deployment and models, never cam-02's deployment.
+    op = _client(broker, "operator")
+    for topic in (
+        "edge/groups/lobby/deploy",
+        "edge/cam-02/deploy",
+        "edge/cam-01/deploy",
+        "edge/models/" + "1" * 64,
+    ):
+        op.publish(topic, b"from operator", qos=1, retain=True).wait_for_publish(5)
+    reader = subscriber(broker, "edge/#", username="cam-01", password="pw-cam-01")
+    reader.wait_for(lambda m: len(m) >= 3, timeout=5)
+    time.sleep(0.3)
+    got = {t for t, _, _ in reader.snapshot()}
+    assert {"edge/groups/lobby/deploy", "edge/cam-01/deploy", "edge/models/" + "1" * 64} <= got
+    assert "edge/cam-02/deploy" not in got
+    cam01.loop_stop()
+    op.loop_stop()

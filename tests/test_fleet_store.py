@@ -1,0 +1,112 @@
+"""Model files and the fleet record survive a crash at any point; sizes and hashes are checked; golden."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.fleet.errors import DeployRefused
+from edge_agent.fleet.golden import GoldenSet, run_golden
+from edge_agent.fleet.store import TMP_MARK, ModelStore, check_model_bytes
+from edge_agent.manifest import Manifest
+
+DATA = b"model bytes " * 100
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def test_checks_size_and_hash() -> None:
+    check_model_bytes(DATA, SHA, len(DATA), 10_000)
+    with pytest.raises(DeployRefused) as info:
+        check_model_bytes(DATA[:-1], SHA, len(DATA), 10_000)
+    assert info.value.reason == "truncated"
+    with pytest.raises(DeployRefused) as info:
+        check_model_bytes(DATA[:-1] + b"X", SHA, len(DATA), 10_000)
+    assert info.value.reason == "sha256_mismatch"
+    with pytest.raises(DeployRefused) as info:
+        check_model_bytes(DATA, SHA, len(DATA), 100)
+    assert info.value.reason == "too_large"
+
+
+def test_crash_between_temp_write_and_rename(tmp_path: Path) -> None:
+    """Simulate a SIGKILL after the temp files were written but before their rename: the next open sees the
+    old record and no half model, and removes the leftovers."""
+    store = ModelStore(tmp_path)
+    store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "old"})
+    store.update("cam", current={"sha256": SHA, "number": 1, "model": "old"}, last_number=1)
+    record_before = store.record_path.read_bytes()
+    # What atomic_write leaves behind when killed before os.replace:
+    (store.dir / f"{TMP_MARK}{'f' * 64}.tflite").write_bytes(b"half a mod")
+    (tmp_path / f"{TMP_MARK}fleet.json").write_text('{"pipelines": {"cam": {"current": {"sha256": "ff')
+    reopened = ModelStore(tmp_path)
+    assert sorted(reopened.removed_leftovers) == sorted(
+        [f"{TMP_MARK}{'f' * 64}.tflite", f"{TMP_MARK}fleet.json"]
+    )
+    assert not list(tmp_path.rglob(f"{TMP_MARK}*"))
+    assert reopened.record_path.read_bytes() == record_before
+    assert reopened.current_model("cam") == reopened.model_path(SHA)
+    assert reopened.model_path(SHA).read_bytes() == DATA
+    assert reopened.last_number("cam") == 1
+
+
+def test_record_persists_and_prune_keeps_current_and_previous(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    shas = []
+    for i in range(3):
+        data = DATA + bytes([i])
+        sha = hashlib.sha256(data).hexdigest()
+        shas.append(sha)
+        store.write_model(data, sha, len(data), 1 << 20, {"name": f"m{i}"})
+    store.update("cam", current={"sha256": shas[2]}, previous={"sha256": shas[1]}, last_number=7)
+    removed = store.prune()
+    assert removed and all(n.startswith(shas[0]) for n in removed)
+    assert json.loads(store.record_path.read_text())["pipelines"]["cam"]["last_number"] == 7
+    assert ModelStore(tmp_path).entry("cam")["previous"] == {"sha256": shas[1]}
+    assert oct(os.stat(store.model_path(shas[2])).st_mode & 0o777)  # written, readable
+
+
+def test_corrupt_record_falls_back_to_config_models(tmp_path: Path) -> None:
+    (tmp_path / "fleet.json").write_text("{garbage")
+    store = ModelStore(tmp_path)
+    assert store.current_model("cam") is None and store.last_number("cam") is None
+
+
+def _manifest(quantized: bool) -> Manifest:
+    out = {"name": "y", "shape": [1, 3], "dtype": "int8" if quantized else "float32", "role": "probabilities"}
+    if quantized:
+        out["quantization"] = {"scale": 1 / 256, "zero_point": -128}
+    return Manifest.model_validate({
+        "name": "m", "task": "classification", "model_file": "m.tflite", "sha256": "0" * 64,
+        "inputs": [{"name": "x", "shape": [1, 2], "dtype": "uint8", "kind": "tensor", "layout": "NC"}],
+        "outputs": [out],
+    })  # fmt: skip
+
+
+def test_golden_tolerance_is_the_quantization_step() -> None:
+    manifest = _manifest(quantized=True)
+    golden = GoldenSet.model_validate({"samples": [
+        {"input": base64.b64encode(bytes([7, 9])).decode(), "outputs": {"y": [0.0, 0.5, 0.99609375]}}
+    ]})  # fmt: skip
+    seen = []
+
+    def invoke(delta: int):  # raw int8 outputs, `delta` steps off the expected ones
+        def f(x: np.ndarray) -> dict[str, np.ndarray]:
+            seen.append(x.copy())
+            return {"y": np.array([[-128 + delta, 0, 127]], dtype=np.int8)}
+
+        return f
+
+    run_golden(golden, manifest, invoke(2))  # two steps: within tolerance
+    assert seen[0].tolist() == [[7, 9]] and seen[0].dtype == np.uint8
+    with pytest.raises(DeployRefused, match=r"output 'y'\[0\]") as info:
+        run_golden(golden, manifest, invoke(3))
+    assert info.value.reason == "golden_mismatch"
+    wrong_size = GoldenSet.model_validate({"samples": [{"input": "AAAA", "outputs": {"y": [0.0, 0.5, 1.0]}}]})
+    with pytest.raises(DeployRefused) as info:
+        run_golden(wrong_size, manifest, invoke(0))
+    assert info.value.reason == "incompatible"

@@ -1,0 +1,167 @@
+"""The inbound path: every refusal has its own reason; the shipped schemas are the models'; fuzzing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
+from edge_agent.fleet.errors import DeployRefused
+from edge_agent.fleet.messages import SCHEMA_DIR, json_schemas
+from edge_agent.fleet.signing import generate_keypair, load_private_key, load_trusted_keys
+from edge_agent.fleet.verify import DeviceIdentity, remote_deploy_status, verify_command, verify_deployment
+from tests.fleet_support import make_model
+
+ME = DeviceIdentity("cam-01", frozenset({"lobby"}), frozenset({"cam"}))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("verify")
+    private, public, _ = generate_keypair(tmp / "keys")
+    rogue, _, _ = generate_keypair(tmp / "rogue")
+    trusted = tmp / "trusted"
+    trusted.mkdir()
+    (trusted / "op.pub").write_bytes(public.read_bytes())
+    files = read_model(make_model(tmp / "models", "m1", b"GOOD"))
+    return {
+        "key": load_private_key(private),
+        "rogue": load_private_key(rogue),
+        "files": files,
+        "trusted": load_trusted_keys(trusted),
+    }
+
+
+def _deployment(
+    setup: dict[str, Any],
+    *,
+    key: str = "key",
+    number: int = 10,
+    target: tuple[str, str] = ("device", "cam-01"),
+    pipeline: str = "cam",
+) -> dict[str, Any]:
+    return build_deployment(
+        setup["files"],
+        number=number,
+        target=target,
+        pipeline=pipeline,
+        key=setup[key],
+        prefix="edge",
+        healthy_for_s=1.0,
+    )
+
+
+def _verify(setup: dict[str, Any], payload: bytes, last: int | None = 5, max_bytes: int = 1 << 20) -> Any:
+    return verify_deployment(
+        payload, max_bytes=max_bytes, trusted_keys=setup["trusted"], me=ME, last_number=lambda p: last
+    )
+
+
+def _reason(fn: Any) -> str:
+    with pytest.raises(DeployRefused) as info:
+        fn()
+    assert str(info.value)  # a sentence, not just a code
+    return info.value.reason
+
+
+def test_valid_deployment_passes(setup: dict[str, Any]) -> None:
+    dep = _verify(setup, encode(_deployment(setup)))
+    assert dep.number == 10 and dep.model.sha256 == setup["files"].sha256
+    group = _verify(setup, encode(_deployment(setup, target=("group", "lobby"))))
+    assert group.target.kind == "group"
+
+
+def test_each_refusal_has_its_reason(setup: dict[str, Any]) -> None:
+    good = _deployment(setup)
+    tampered = {**good, "healthy_for_s": 999.0}
+    assert _reason(lambda: _verify(setup, encode(tampered))) == "bad_signature"
+    assert _reason(lambda: _verify(setup, encode(_deployment(setup, key="rogue")))) == "unknown_key"
+    assert _reason(lambda: _verify(setup, encode(good), last=10)) == "replayed"
+    assert _reason(lambda: _verify(setup, encode(good), last=11)) == "replayed"
+    other = _deployment(setup, target=("device", "cam-02"))
+    assert _reason(lambda: _verify(setup, encode(other))) == "wrong_target"
+    other_group = _deployment(setup, target=("group", "garage"))
+    assert _reason(lambda: _verify(setup, encode(other_group))) == "wrong_target"
+    assert _reason(lambda: _verify(setup, encode(_deployment(setup, pipeline="door")))) == "unknown_pipeline"
+    assert _reason(lambda: _verify(setup, b"{not json")) == "malformed"
+    assert _reason(lambda: _verify(setup, b"[1, 2]")) == "malformed"
+    assert _reason(lambda: _verify(setup, b'{"x": NaN}')) == "malformed"
+    assert _reason(lambda: _verify(setup, encode(good), max_bytes=100)) == "oversized"
+    assert _reason(lambda: _verify(setup, encode({**good, "extra": 1}))) == "schema"
+    bad_sha = json.loads(json.dumps(good))
+    bad_sha["model"]["manifest"]["sha256"] = "0" * 64
+    assert _reason(lambda: _verify(setup, encode(bad_sha))) == "schema"
+
+
+def test_rollback_command_is_verified_too(setup: dict[str, Any]) -> None:
+    cmd = build_rollback(number=20, target=("group", "lobby"), pipeline="cam", key=setup["key"])
+    args: dict[str, Any] = {"max_bytes": 4096, "trusted_keys": setup["trusted"], "me": ME}
+    assert verify_command(encode(cmd), last_number=lambda p: 10, **args).command == "rollback"
+    forged = {**cmd, "pipeline": "cam", "number": 21}
+    assert (
+        _reason(lambda: verify_command(encode(forged), last_number=lambda p: 10, **args)) == "bad_signature"
+    )
+    assert _reason(lambda: verify_command(encode(cmd), last_number=lambda p: 20, **args)) == "replayed"
+
+
+def test_remote_deploy_off_without_keys(tmp_path: Path) -> None:
+    on, why = remote_deploy_status(True, {}, tmp_path)
+    assert not on and "no trusted keys" in why and str(tmp_path) in why
+    assert remote_deploy_status(False, {"k": object()}, tmp_path)[0] is False
+
+
+def test_shipped_schemas_match_the_models_and_validate_payloads(setup: dict[str, Any]) -> None:
+    for name, schema in json_schemas().items():
+        shipped = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+        assert shipped == schema, f"{name}.schema.json is stale: python -m edge_agent.fleet.messages"
+    jsonschema.validate(_deployment(setup), json_schemas()["deployment"])
+    cmd = build_rollback(number=20, target=("group", "lobby"), pipeline="cam", key=setup["key"])
+    jsonschema.validate(cmd, json_schemas()["fleet-command"])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_nothing_but_deploy_refused_escapes(setup: dict[str, Any], data: st.DataObject) -> None:
+    good = _deployment(setup)
+    kind = data.draw(st.sampled_from(["bytes", "json", "mutate"]))
+    if kind == "bytes":
+        payload = data.draw(st.binary(max_size=2000))
+    elif kind == "json":
+        payload = json.dumps(data.draw(_json)).encode()
+    else:  # a valid deployment with one field replaced by junk: exercises schema and signature paths
+        mutated = json.loads(json.dumps(good))
+        paths = [
+            ["number"],
+            ["target"],
+            ["model", "manifest"],
+            ["model", "size"],
+            ["transport"],
+            ["signature"],
+            ["signer"],
+            ["model", "manifest", "golden"],
+            ["healthy_for_s"],
+            ["schema"],
+        ]
+        path = data.draw(st.sampled_from(paths))
+        node = mutated
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = data.draw(_json)
+        payload = json.dumps(mutated).encode()
+    try:
+        _verify(setup, payload)
+    except DeployRefused as exc:
+        assert exc.reason in {"malformed", "oversized", "schema", "unknown_key", "bad_signature"}
