@@ -29,14 +29,13 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
+from edge_agent.processing.steps import StepConfig
 from edge_agent.publish.mqtt import MqttConfig
 from edge_agent.runtime.config import ModelConfig
-from edge_agent.sources import SourceConfig, WindowConfig
-from edge_agent.sources.camera import CameraSourceConfig
+from edge_agent.sources import SOURCES, SourceConfig, WindowConfig
 
 # Names that become topic levels: no MQTT wildcards, no separators, nothing a shell or file system minds.
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SENSOR_TYPES = ("iio", "serial", "command", "file")
 
 
 class _Strict(BaseModel):
@@ -123,6 +122,11 @@ class PipelineConfig(_Strict):
     window: WindowConfig | None = Field(
         default=None, description="Sensor sources: samples per model input (size) and step (hop)."
     )
+    steps: list[StepConfig] = Field(
+        default_factory=list,
+        description="Per-frame steps, in order, run on each frame before the model and before evidence is "
+        "saved; each may skip the frame, and one that fails drops it (never used, never stored).",
+    )
     model: ModelConfig = Field(description="The model to run.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Which results are published.")
     evidence: EvidenceConfig = Field(
@@ -141,17 +145,19 @@ class PipelineConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _window_matches_source(self) -> PipelineConfig:
-        kind = self.source.type
-        if kind in SENSOR_TYPES and self.window is None:
-            raise ValueError(
-                f"a sensor source ({kind}) needs a window: add  window: {{size: N, hop: M}}  "
-                "(samples per model input)"
-            )
-        if kind == "camera" and self.window is not None:
-            raise ValueError("a camera source takes no window (one frame = one model input): remove 'window'")
-        if self.evidence.enabled and kind != "camera":
-            raise ValueError(f"evidence frames exist only for camera sources (this source is {kind})")
+    def _keys_match_source(self) -> PipelineConfig:
+        """The source decides which pipeline keys apply: its own check of ``window``, evidence for image
+        sources only, steps that understand its kind of data."""
+        src = self.source
+        src.check_window(self.window)
+        if self.evidence.enabled and src.data_kind != "image":
+            raise ValueError(f"evidence frames exist only for camera sources (this source is {src.type})")
+        for i, step in enumerate(self.steps):
+            if src.data_kind not in step.data_kinds:
+                raise ValueError(
+                    f"steps[{i}] ({step.type}) works on {' or '.join(sorted(step.data_kinds))} data, but the "
+                    f"source ({src.type}) gives {src.data_kind}: remove it or use another step"
+                )
         return self
 
 
@@ -268,10 +274,6 @@ def _abs(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def _looks_like_local_path(url: str) -> bool:
-    return "://" not in url and not url.startswith("/dev/")
-
-
 def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
     """Make every relative file path absolute against the config file's directory (in place)."""
     cfg.state_dir = _abs(base, cfg.state_dir)
@@ -284,14 +286,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
         m.path = _abs(base, m.path)
         m.manifest = _abs(base, m.manifest)
         m.labels_file = _abs(base, m.labels_file)
-        src = p.source
-        if isinstance(src, CameraSourceConfig):
-            if isinstance(src.url, str) and _looks_like_local_path(src.url):
-                src.url = str(_abs(base, Path(src.url)))
-        elif src.type == "file" and src.path != "-":
-            src.path = str(_abs(base, Path(src.path)))
-        elif src.type == "iio":
-            src.sysfs_root = str(_abs(base, Path(src.sysfs_root)))
+        p.source.resolve_paths(base)
 
 
 # ---------------------------------------------------------------------------------------------- YAML
@@ -420,9 +415,10 @@ def _describe(err: dict[str, Any]) -> str:
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
         where = _format_loc(loc)
-        return f"{where}.type: unknown source type {ctx.get('tag')!r}; use one of {ctx.get('expected_tags')}"
+        what = "source type" if loc and loc[-1] == "source" else "type"
+        return f"{where}.type: unknown {what} {ctx.get('tag')!r}; use one of {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
-        return f"{_format_loc(loc)}: needs a 'type' key (camera, iio, serial, command or file)"
+        return f"{_format_loc(loc)}: needs a 'type' key ({', '.join(SOURCES)})"
     if isinstance(value, (dict, list)) and kind in ("value_error", "assertion_error"):
         return f"{_format_loc(loc)}: {msg}"  # a rule across several keys: the message names them
     return f"{_format_loc(loc)}: {msg} (got {_short(value)})"

@@ -24,16 +24,24 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
-from edge_agent.sources.base import Backoff, Frame, Interruptible, Source
+from edge_agent.sources.base import (
+    Backoff,
+    Frame,
+    Interruptible,
+    RateLimitedWarning,
+    Source,
+    SourceConfigBase,
+    absolute,
+)
 
 log = logging.getLogger(__name__)
 
 
-class CameraSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CameraSourceConfig(SourceConfigBase):
+    data_kind = "image"
 
     type: Literal["camera"] = "camera"
     url: str | int = Field(
@@ -70,6 +78,10 @@ class CameraSourceConfig(BaseModel):
         default=0.5, gt=0, description="First reconnect delay; doubles each failure."
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+
+    def resolve_paths(self, base: Path) -> None:
+        if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):
+            self.url = absolute(base, self.url)  # a video file beside the config
 
 
 CameraKind = Literal["device", "file", "stream"]
@@ -127,6 +139,8 @@ class _Attempt:
 class CameraSource(Interruptible, Source):
     """Frames from OpenCV ``VideoCapture``; see the module docstring for the delivery rules."""
 
+    data_kind = "image"
+
     def __init__(self, cfg: CameraSourceConfig, window: object | None = None) -> None:
         if window is not None:
             raise ConfigError("window: applies to sensor sources only; remove it from the camera pipeline")
@@ -152,6 +166,8 @@ class CameraSource(Interruptible, Source):
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
         self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
+        self._prepare_errors = 0  # frames the consumer's preparer raised on (offered unprepared)
+        self._warn = RateLimitedWarning(log)
 
     # -- Source interface -------------------------------------------------------------------------
 
@@ -213,6 +229,7 @@ class CameraSource(Interruptible, Source):
                 "last_error": self._last_error,
                 "decode_scale": self._decode_scale,
                 "bad_frames": self._bad_frames,
+                "prepare_errors": self._prepare_errors,
             }
 
     # -- opening ----------------------------------------------------------------------------------
@@ -460,7 +477,10 @@ class CameraSource(Interruptible, Source):
             return None
         try:
             return preparer(image)
-        except Exception:  # the pipeline preprocesses it again on its own thread, and reports what is wrong
+        except Exception as exc:  # offered unprepared: the consumer does the work on its own thread
+            with self._cond:
+                self._prepare_errors += 1
+            self._warn("camera %s: preparing a frame failed (%r); handed over unprepared", self._label, exc)
             return None
 
 
