@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from edge_agent.errors import ModelError
+from edge_agent.publish.payloads import SHA256_PREFIX
 from edge_agent.sources.base import DataKind
 
 if TYPE_CHECKING:
     from edge_agent.runtime.model import LoadedModel
-
-SHORT_SHA = 12  # hex digits of the sha256 in logs and payloads (48 bits: no collision among a fleet's models)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ModelInfo:
 
     @property
     def short_sha(self) -> str:
-        return self.sha256[:SHORT_SHA]
+        return self.sha256[:SHA256_PREFIX]  # as in result payloads
 
     def describe(self) -> str:
         """``name (sha256 0123456789ab)``"""
