@@ -18,25 +18,38 @@ from edge_agent.processing.steps import StepChain, create_steps
 from edge_agent.processing.steps.every_nth import EveryNthConfig
 from edge_agent.publish.payloads import stats_payload
 from tests.fixtures.broker import validate_payload
-from tests.inprocess import CallStep, FakeSource, RecordingPublisher, Running, make_pipeline, solid, stages_for
+from tests.inprocess import (
+    CallStep,
+    FakeSource,
+    RecordingPublisher,
+    Running,
+    make_pipeline,
+    solid,
+    stages_for,
+)
 
 COLORS = ["red", "green", "blue", "green", "red", "blue"]
-PATHS = pytest.mark.parametrize("prepare", [True, False], ids=["steps-on-source-thread", "steps-on-inference"])
+PATHS = pytest.mark.parametrize("prepare", [True, False], ids=["on-source-thread", "on-inference-thread"])
 
 
 def stats_of(pipe) -> dict:
     """The pipeline's entry of a full stats payload, validated against the stats schema."""
-    raw = stats_payload(device="dev", uptime_s=1.0, pipelines={pipe.name: pipe.snapshot()},
-                        mqtt={"connected": True, "reconnects": 0, "last_error": None},
-                        outbox={"depth": 0, "bytes": 0, "dropped": 0})  # fmt: skip
+    raw = stats_payload(
+        device="dev",
+        uptime_s=1.0,
+        pipelines={pipe.name: pipe.snapshot()},
+        mqtt={"connected": True, "reconnects": 0, "last_error": None},
+        outbox={"depth": 0, "bytes": 0, "dropped": 0},
+    )
     return validate_payload(raw, "stats")["pipelines"][pipe.name]
 
 
 @PATHS
 def test_one_result_per_frame_with_increasing_seq(tmp_path: Path, color_int8, prepare: bool) -> None:
     pub = RecordingPublisher()
-    pipe = make_pipeline(tmp_path, FakeSource(map(solid, COLORS), prepare=prepare), stages_for(color_int8.path),
-                         publisher=pub)  # fmt: skip
+    pipe = make_pipeline(
+        tmp_path, FakeSource(map(solid, COLORS), prepare=prepare), stages_for(color_int8.path), publisher=pub
+    )
     Running(pipe).finish()
     got = pub.payloads()
     assert pipe.state == "finished"
@@ -65,7 +78,7 @@ def test_a_step_that_skips_is_counted_and_gives_no_result(tmp_path: Path, color_
 
 
 @PATHS
-def test_a_failing_step_drops_the_frame_unused_and_unstored(tmp_path: Path, color_int8, prepare: bool) -> None:
+def test_a_failing_step_drops_the_frame_unstored(tmp_path: Path, color_int8, prepare: bool) -> None:
     """Fail closed: a step that raises (a broken privacy mask) means the frame is neither inferred nor kept
     as evidence; the failure is counted and named."""
     seen = []
@@ -78,8 +91,14 @@ def test_a_failing_step_drops_the_frame_unused_and_unstored(tmp_path: Path, colo
 
     pub = RecordingPublisher()
     evidence = EvidenceStore(tmp_path / "evidence", EvidenceConfig(enabled=True))
-    pipe = make_pipeline(tmp_path, FakeSource(map(solid, COLORS), prepare=prepare), stages_for(color_int8.path),
-                         publisher=pub, steps=StepChain([("mask", CallStep(flaky_mask))]), evidence=evidence)  # fmt: skip
+    pipe = make_pipeline(
+        tmp_path,
+        FakeSource(map(solid, COLORS), prepare=prepare),
+        stages_for(color_int8.path),
+        publisher=pub,
+        steps=StepChain([("mask", CallStep(flaky_mask))]),
+        evidence=evidence,
+    )
     Running(pipe).finish()
     got = pub.payloads()
     assert [r["frame"] for r in got] == [0, 2, 4]
@@ -104,8 +123,14 @@ def test_evidence_and_model_see_what_the_steps_returned(tmp_path: Path, color_in
     COLOR_BLUE = (255, 0, 0)
     pub = RecordingPublisher()
     evidence = EvidenceStore(tmp_path / "evidence", EvidenceConfig(enabled=True))
-    pipe = make_pipeline(tmp_path, FakeSource([solid("red")], prepare=prepare), stages_for(color_int8.path),
-                         publisher=pub, steps=StepChain([("mask", CallStep(paint_blue))]), evidence=evidence)  # fmt: skip
+    pipe = make_pipeline(
+        tmp_path,
+        FakeSource([solid("red")], prepare=prepare),
+        stages_for(color_int8.path),
+        publisher=pub,
+        steps=StepChain([("mask", CallStep(paint_blue))]),
+        evidence=evidence,
+    )
     Running(pipe).finish()
     (result,) = pub.payloads()
     assert result["label"] == "blue"
