@@ -227,6 +227,8 @@ class Daemon:
             _quietly(self.publish_stats, "publishing the last stats")
         for source in reversed(self._sources):
             _quietly(source.close, f"closing source {source!r}")
+        for pipe in self.pipelines:  # after the sources: a camera's thread may run the steps until then
+            _quietly(pipe.steps.close, f"closing the steps of {pipe.name}")
         # Each pipeline's current model (it closed the ones it swapped out), none under a stuck thread; then
         # the models loaded for pipelines that were never made (a later start-up step failed).
         stuck = {t.name for t in self._threads if t.is_alive()}
