@@ -69,7 +69,7 @@ class Frame:
     index: int  # frames/windows produced so far by this source (0 for the first one)
     captured_at: float  # time.time() when captured (epoch s)
     captured_mono: float  # time.monotonic() when captured (for latency)
-    prepared: Any = None  # the model input, made on the source's own thread by its preparer (or None)
+    prepared: Any = None  # what the consumer's preparer made of it on the source's thread (or None)
 
 
 Preparer = Callable[[np.ndarray], Any]

@@ -3,7 +3,9 @@
 A step runs on each frame before the model and before evidence is saved: a privacy mask changes the
 frame, a motion gate skips it. It returns the data to go on with (the same array or a changed copy), or
 None to skip the frame. A step that raises makes the frame unusable: it is neither inferred nor stored
-(fail closed), so a broken mask can never let an unmasked frame through.
+(fail closed), so a broken mask can never let an unmasked frame through. Each skip and failure is counted
+per step on the stats topic; failures are also frame errors of the pipeline (logged, rate-limited), and
+``MAX_CONSECUTIVE_ERRORS`` of them in a row end the pipeline like any frame error does.
 """
 
 from __future__ import annotations
