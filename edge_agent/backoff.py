@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 # Defaults for sources whose config has no reconnect keys of its own (iio, command, file tail).
 SOURCE_MIN_S = 0.5
 SOURCE_MAX_S = 30.0
+# A sensor source whose reader crashed (a bug or a broken library, not a device that went away) starts again
+# no sooner than this: a crash loop must not spin.
+SOURCE_RESTART_MIN_S = 1.0
 
 
 @dataclass

@@ -8,12 +8,9 @@ so a config and its models can travel together. Secrets come only through ``mqtt
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,15 +25,15 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.config_errors import format_validation_error
 from edge_agent.errors import ConfigError
+from edge_agent.processing.steps import StepConfig
 from edge_agent.publish.mqtt import MqttConfig
 from edge_agent.runtime.config import ModelConfig
 from edge_agent.sources import SourceConfig, WindowConfig
-from edge_agent.sources.camera import CameraSourceConfig
 
 # Names that become topic levels: no MQTT wildcards, no separators, nothing a shell or file system minds.
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SENSOR_TYPES = ("iio", "serial", "command", "file")
 
 
 class _Strict(BaseModel):
@@ -123,6 +120,11 @@ class PipelineConfig(_Strict):
     window: WindowConfig | None = Field(
         default=None, description="Sensor sources: samples per model input (size) and step (hop)."
     )
+    steps: list[StepConfig] = Field(
+        default_factory=list,
+        description="Per-frame steps, in order, run on each frame before the model and before evidence is "
+        "saved; each may skip the frame, and one that fails drops it (never used, never stored).",
+    )
     model: ModelConfig = Field(description="The model to run.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Which results are published.")
     evidence: EvidenceConfig = Field(
@@ -141,17 +143,19 @@ class PipelineConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _window_matches_source(self) -> PipelineConfig:
-        kind = self.source.type
-        if kind in SENSOR_TYPES and self.window is None:
-            raise ValueError(
-                f"a sensor source ({kind}) needs a window: add  window: {{size: N, hop: M}}  "
-                "(samples per model input)"
-            )
-        if kind == "camera" and self.window is not None:
-            raise ValueError("a camera source takes no window (one frame = one model input): remove 'window'")
-        if self.evidence.enabled and kind != "camera":
-            raise ValueError(f"evidence frames exist only for camera sources (this source is {kind})")
+    def _keys_match_source(self) -> PipelineConfig:
+        """The source decides which pipeline keys apply: its own check of ``window``, evidence for image
+        sources only, steps that understand its kind of data."""
+        src = self.source
+        src.check_window(self.window)
+        if self.evidence.enabled and src.data_kind != "image":
+            raise ValueError(f"evidence frames exist only for camera sources (this source is {src.type})")
+        for i, step in enumerate(self.steps):
+            if src.data_kind not in step.data_kinds:
+                raise ValueError(
+                    f"steps[{i}] ({step.type}) works on {' or '.join(sorted(step.data_kinds))} data, but the "
+                    f"source ({src.type}) gives {src.data_kind}: remove it or use another step"
+                )
         return self
 
 
@@ -268,10 +272,6 @@ def _abs(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def _looks_like_local_path(url: str) -> bool:
-    return "://" not in url and not url.startswith("/dev/")
-
-
 def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
     """Make every relative file path absolute against the config file's directory (in place)."""
     cfg.state_dir = _abs(base, cfg.state_dir)
@@ -284,14 +284,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
         m.path = _abs(base, m.path)
         m.manifest = _abs(base, m.manifest)
         m.labels_file = _abs(base, m.labels_file)
-        src = p.source
-        if isinstance(src, CameraSourceConfig):
-            if isinstance(src.url, str) and _looks_like_local_path(src.url):
-                src.url = str(_abs(base, Path(src.url)))
-        elif src.type == "file" and src.path != "-":
-            src.path = str(_abs(base, Path(src.path)))
-        elif src.type == "iio":
-            src.sysfs_root = str(_abs(base, Path(src.sysfs_root)))
+        p.source.resolve_paths(base)
 
 
 # ---------------------------------------------------------------------------------------------- YAML
@@ -340,104 +333,6 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: YAML syntax error at {where}: {detail}") from None
 
 
-# ---------------------------------------------------------------------------------------------- errors
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The classes a field annotation can hold (Optional/Union/Annotated/list unwrapped one level)."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [c for a in typing.get_args(annotation) for c in _unwrap(a)]
-    return [annotation]
-
-
-def _walk_loc(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
-    """Follow an error location through the config classes: drop the union tags pydantic inserts
-    (``source.camera.fps`` -> ``source.fps``) and return the model class the last key belongs to."""
-    current: list[Any] = [AgentConfig]
-    clean: list[Any] = []
-    owner: type[BaseModel] | None = AgentConfig
-    for part in loc:
-        models = [c for c in current if isinstance(c, type) and issubclass(c, BaseModel)]
-        if isinstance(part, int):
-            clean.append(part)
-            items = [typing.get_args(c)[0] if typing.get_args(c) else c for c in current]
-            current = [a for c in items for a in _unwrap(c)]
-            continue
-        # a discriminated-union tag (e.g. 'camera') or a plain union member name ('str', 'int')
-        tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == part]
-        if len(models) > 1 and tagged:
-            current = tagged
-            continue
-        if part in ("str", "int", "float", "bool", "list", "dict", "none") or (
-            isinstance(part, str) and (part.startswith("function-") or part.startswith("literal["))
-        ):
-            continue
-        owner = next((m for m in models if part in m.model_fields), models[0] if models else None)
-        clean.append(part)
-        if owner is not None and part in owner.model_fields:
-            current = _unwrap(owner.model_fields[part].annotation)
-        else:
-            current = []
-    return tuple(clean), owner
-
-
-def _describe(err: dict[str, Any]) -> str:
-    loc, owner = _walk_loc(tuple(err["loc"]))
-    kind = err["type"]
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    elif msg.startswith("Assertion failed, "):
-        msg = msg[len("Assertion failed, ") :]
-    msg = msg[:1].lower() + msg[1:]
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        key = str(loc[-1]) if loc else "?"
-        allowed = sorted(owner.model_fields) if owner is not None else []
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{_format_loc(loc)}: unknown key{hint} (allowed here: {', '.join(allowed)})"
-    if kind == "missing":
-        return f"{_format_loc(loc)}: required key is missing"
-    if kind == "union_tag_invalid":
-        ctx = err.get("ctx", {})
-        where = _format_loc(loc)
-        return f"{where}.type: unknown source type {ctx.get('tag')!r}; use one of {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return f"{_format_loc(loc)}: needs a 'type' key (camera, iio, serial, command or file)"
-    if isinstance(value, (dict, list)) and kind in ("value_error", "assertion_error"):
-        return f"{_format_loc(loc)}: {msg}"  # a rule across several keys: the message names them
-    return f"{_format_loc(loc)}: {msg} (got {_short(value)})"
-
-
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per problem, each with its key path and the bad value."""
-    lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        line = _describe(err)
-        if line not in lines:
-            lines.append(line)
-    return lines
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -450,7 +345,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "conf
     try:
         return AgentConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = format_validation_error(exc)
+        lines = format_validation_error(exc, AgentConfig)
         listing = "\n".join(f"  {line}" for line in lines)
         raise ConfigError(f"{source}: {len(lines)} problem(s):\n{listing}") from None
 

@@ -19,14 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.affinity import CpuPlan, pin_this_thread, pinned, plan_cpus, usable_cpus
+from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.model_loader import ModelLoader
 from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
-    from edge_agent.pipeline import ModelStages, Pipeline
+    from edge_agent.model_stages import ModelStages
+    from edge_agent.pipeline import Pipeline
     from edge_agent.publish.mqtt import MqttPublisher
     from edge_agent.publish.outbox import Outbox, SeqCounter
     from edge_agent.sources.base import Source
@@ -88,6 +90,7 @@ class Daemon:
         self._status_sent = -float("inf")
         self._stall_logged: set[str] = set()
         self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
+        self.loader = ModelLoader(self._inference_cpus)  # start, reload and (soon) deployments use it
 
     # -- signals (handlers only set flags; the main loop acts on them) ---------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -118,7 +121,6 @@ class Daemon:
     def start(self) -> None:
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
-        from edge_agent.runtime import load_model
         from edge_agent.sources.factory import create_source
 
         cfg = self.cfg
@@ -135,17 +137,7 @@ class Daemon:
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
         self.publisher.start()
 
-        models = []
-        try:
-            for p in cfg.pipelines:
-                with pinned(self._inference_cpus(p.name)):  # XNNPACK's worker threads start here
-                    models.append(load_model(p.model))
-            stages = [self._stages(p, m) for p, m in zip(cfg.pipelines, models, strict=True)]
-        except BaseException:
-            for m in models:
-                _quietly(m.close, f"closing model {m.path}")
-            raise
-        self._model_stages = stages
+        self._model_stages = stages = self.loader.load_all(cfg.pipelines)
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -162,9 +154,7 @@ class Daemon:
             )
             self._threads.append(t)
             t.start()
-        names = ", ".join(
-            f"{p.name} ({p.stages.info['name']} on {p.stages.info['backend']})" for p in self.pipelines
-        )
+        names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
             len(self.pipelines),
@@ -237,6 +227,8 @@ class Daemon:
             _quietly(self.publish_stats, "publishing the last stats")
         for source in reversed(self._sources):
             _quietly(source.close, f"closing source {source!r}")
+        for pipe in self.pipelines:  # after the sources: a camera's thread may run the steps until then
+            _quietly(pipe.steps.close, f"closing the steps of {pipe.name}")
         # Each pipeline's current model (it closed the ones it swapped out), none under a stuck thread; then
         # the models loaded for pipelines that were never made (a later start-up step failed).
         stuck = {t.name for t in self._threads if t.is_alive()}
@@ -264,8 +256,6 @@ class Daemon:
     def reload(self) -> None:
         """Re-read the config and reload every pipeline's model. A model that fails to load (or does not fit
         its source) keeps the old one running; the outbox and the broker connection are untouched."""
-        from edge_agent.runtime import load_model
-
         self.notifier.reloading()
         log.info("reloading %s", self.config_path)
         try:
@@ -283,7 +273,7 @@ class Daemon:
                 applied.append(old_pcfg)
                 continue
             pipe.set_publish(pcfg.publish)
-            swapped = self._reload_model(pipe, pcfg, load_model)
+            swapped = self._reload_model(pipe, pcfg)
             model_cfg = pcfg.model if swapped else old_pcfg.model
             applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish}))
         # Applied live: models, publish settings, drain timeout, stall detection. The rest needs a restart.
@@ -296,36 +286,22 @@ class Daemon:
         )
         self.notifier.ready(self._status_line())
 
-    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig, load_model: Callable[[Any], Any]) -> bool:
-        """Load ``pcfg.model`` and hand it to the pipeline; on any error keep the old one. True if swapped."""
+    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> bool:
+        """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. True if swapped."""
         try:
-            with pinned(self._inference_cpus(pipe.name)):
-                model = load_model(pcfg.model)
+            stages = self.loader.load(pcfg)
+            try:
+                pipe.swap_model(stages)
+            except EdgeAgentError:
+                stages.model.close()
+                raise
         except EdgeAgentError as exc:
-            self._reload_failed(pipe, exc)
+            old = pipe.model_info.describe()
+            pipe.last_error = f"reload failed, still running {old}: {exc}"
+            log.error("reload: pipeline %s keeps its old model %s: %s", pipe.name, old, exc)
             return False
-        try:
-            stages = self._stages(pcfg, model)
-        except EdgeAgentError as exc:
-            model.close()
-            self._reload_failed(pipe, exc)
-            return False
-        pipe.replace_model(stages)
-        log.info(
-            "reload: pipeline %s will run %s (sha256 %s)", pipe.name, stages.info["name"], model.sha256[:12]
-        )
+        log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
         return True
-
-    def _reload_failed(self, pipe: Pipeline, exc: EdgeAgentError) -> None:
-        old = pipe.stages.info
-        pipe.last_error = f"reload failed, still running {old['name']} (sha256 {old['sha256'][:12]}): {exc}"
-        log.error(
-            "reload: pipeline %s keeps its old model %s (sha256 %s): %s",
-            pipe.name,
-            old["name"],
-            old["sha256"][:12],
-            exc,
-        )
 
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
         old = self.cfg
@@ -409,19 +385,11 @@ class Daemon:
             self.notifier.status(text)
 
     # -- construction helpers --------------------------------------------------------------------------------
-    def _stages(self, p: PipelineConfig, model: Any) -> ModelStages:
-        from edge_agent.pipeline import ModelStages
-
-        kind = "image" if p.source.type == "camera" else "samples"
-        try:
-            return ModelStages(model, kind, None)
-        except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
-            raise type(exc)(f"pipeline {p.name}: {exc}") from None
-
     def _make_pipeline(
         self, p: PipelineConfig, stages: ModelStages, source: Source, seq: SeqCounter
     ) -> Pipeline:
         from edge_agent.pipeline import Pipeline
+        from edge_agent.processing.steps import create_steps
 
         evidence = None
         if p.evidence.enabled:
@@ -438,6 +406,7 @@ class Daemon:
             seq=seq,
             publish=p.publish,
             evidence=evidence,
+            steps=create_steps(p.steps),
         )
 
 

@@ -1,12 +1,21 @@
-"""One pipeline: source -> preprocess -> invoke -> postprocess -> publish policy -> payload -> publisher.
+"""One pipeline: source -> steps -> preprocess -> invoke -> postprocess -> publish policy -> payload ->
+publisher.
 
-It is handed its source, model and publisher (no I/O setup of its own) and runs in its own inference
-thread. A camera preprocesses each frame for the model on its own reader thread (``Source.set_preparer``)
-while the model runs on the previous one, and the publisher stores results on its sender thread, so the
-inference thread does little besides invoke. Each loop turn counts as progress, whether a frame was
-processed or the source had nothing within the read timeout; the daemon's watchdog pings systemd only
-while every running pipeline keeps turning, so an inference stuck in the model or a postprocessor (or a
-publisher that stopped taking results) stops the pings.
+It is handed its source, steps, model and publisher (no I/O setup of its own) and runs in its own inference
+thread. A camera runs the steps and preprocesses each frame for the model on its own reader thread
+(``Source.set_preparer``: the pipeline's ``_prepare``) while the model runs on the previous one, and the
+publisher stores results on its sender thread, so the inference thread does little besides invoke.
+
+Steps come first, always: a frame is preprocessed, inferred or stored as evidence only after the pipeline's
+steps kept it, and only the data they returned (a masked copy) is used. ``_prepare`` runs the steps before it
+prepares; a frame that comes without the steps' verdict (a sensor window, a frame read before the preparer
+was set) has them run on the inference thread; a step that raised drops the frame (fail closed), counted.
+The model changes only between two frames, on the inference thread (``swap_model``).
+
+Each loop turn counts as progress, whether a frame was processed or the source had nothing within the read
+timeout; the daemon's watchdog pings systemd only while every running pipeline keeps turning, so an
+inference stuck in the model or a postprocessor (or a publisher that stopped taking results) stops the
+pings.
 Raw frames and sample windows never reach a payload: only the postprocessor's ``to_fields()`` does.
 """
 
@@ -21,14 +30,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from edge_agent.config import PublishConfig
-from edge_agent.errors import DataError, EdgeAgentError, ModelError
+from edge_agent.errors import DataError, EdgeAgentError
+from edge_agent.model_stages import ModelInfo, ModelStages, PreparedInput, StageResult
+from edge_agent.processing.steps import StepChain, Verdict
 from edge_agent.publish.payloads import result_payload
 from edge_agent.sources.base import Frame, RateLimitedWarning, Source
 from edge_agent.stats import PipelineStats
 
 if TYPE_CHECKING:
     from edge_agent.evidence import EvidenceStore
-    from edge_agent.runtime.model import LoadedModel
+
+__all__ = ["ModelInfo", "ModelStages", "Pipeline", "PreparedInput", "PublishPolicy", "StageResult"]
 
 log = logging.getLogger(__name__)
 
@@ -82,95 +94,14 @@ class PublishPolicy:
         return abs(score - self._last_score) > self.cfg.change_delta
 
 
-class ModelStages:
-    """A model with the pre- and postprocessor made for it. Built (and checked against the source's kind of
-    data) before it replaces a running model, so a reload that does not fit fails before the swap."""
+@dataclass(frozen=True, slots=True)
+class SteppedFrame:
+    """What the pipeline's preparer made of an image on the source's thread: the verdict of ``chain`` and,
+    when they kept it, the model input prepared from the data they returned (None if preparing failed)."""
 
-    def __init__(
-        self, model: LoadedModel, data_kind: Literal["image", "samples"], options: dict | None = None
-    ):
-        from edge_agent.processing.postprocess import create_postprocessor
-        from edge_agent.processing.preprocess import ImagePreprocessor, TensorPreprocessor
-
-        self.model = model
-        spec = model.input
-        manifest = model.manifest
-        if data_kind == "image":
-            if spec.kind != "image":
-                raise ModelError(
-                    f"model {model.path}: its input is a tensor {spec.shape}, but the source is a camera; "
-                    "use a sensor source, or set model.input_kind: image (with model.preprocess)"
-                )
-            if manifest.preprocess is None:
-                raise ModelError(f"model {model.path}: an image input needs a 'preprocess' section")
-            self.image_pre: Any = ImagePreprocessor(spec, manifest.preprocess)
-            self._prepare_pre = ImagePreprocessor(spec, manifest.preprocess)
-            self.tensor_pre: Any = None
-        else:
-            if spec.kind == "image":
-                raise ModelError(
-                    f"model {model.path}: its input is an image {spec.shape}, but the source gives sensor "
-                    "samples; use a camera source, or set model.input_kind: tensor"
-                )
-            self.image_pre = None
-            self.tensor_pre = TensorPreprocessor(spec)
-        self.post = create_postprocessor(manifest, options or None)
-        self.wants_input = manifest.output("reconstruction") is not None
-        self.info = {
-            "name": manifest.name,
-            "sha256": model.sha256,
-            "backend": model.backend,
-            "delegate": model.delegate,
-            "delegate_error": model.delegate_error,
-        }
-
-    def prepare(self, image: np.ndarray) -> PreparedInput:
-        """The model input for ``image``, in a buffer of its own: run on the source's thread (see
-        ``Source.set_preparer``) with a preprocessor of its own, so it never races the inference thread's."""
-        t0 = time.monotonic()
-        tensor = np.empty(self.model.input.shape, dtype=self._prepare_pre.dtype)
-        transform = self._prepare_pre(image, out=tensor)
-        return PreparedInput(self, tensor, transform, (time.monotonic() - t0) * 1000.0)
-
-    def run(self, frame: Frame) -> tuple[Any, float, float, float, float]:
-        """Preprocess into the input buffer (or copy what the source's thread prepared), invoke,
-        postprocess. Returns (result, preprocess_ms, t_invoke_start, t_invoke_end, t_postprocess_end),
-        the times monotonic."""
-        from edge_agent.processing.postprocess import PostContext
-
-        model = self.model
-        t0 = time.monotonic()
-        buf = model.input_buffer()
-        prepared = frame.prepared
-        pre_ms = 0.0
-        if self.image_pre is not None:
-            if isinstance(prepared, PreparedInput) and prepared.stages is self:
-                # a memoryview copy keeps the GIL (np.copyto drops and re-takes it: 10% of the loop's time
-                # went to waiting for it again while other threads held it)
-                memoryview(buf).cast("B")[:] = memoryview(prepared.tensor).cast("B")
-                transform, pre_ms = prepared.transform, prepared.ms
-            else:
-                transform = self.image_pre(frame.data, out=buf)
-            model_input = self.image_pre.to_float(frame.data)[0] if self.wants_input else None
-        else:
-            transform = None
-            model_input = np.asarray(frame.data, dtype=np.float32)
-            self.tensor_pre(model_input, out=buf)
-        t_pre = time.monotonic()
-        outputs = model.invoke()
-        t_inv = time.monotonic()
-        result = self.post(outputs, PostContext(transform=transform, model_input=model_input))
-        return result, pre_ms + (t_pre - t0) * 1000.0, t_pre, t_inv, time.monotonic()
-
-
-@dataclass(frozen=True)
-class PreparedInput:
-    """A frame already turned into the input of ``stages``' model (by the source's thread)."""
-
-    stages: ModelStages
-    tensor: np.ndarray
-    transform: Any
-    ms: float  # time it took
+    chain: StepChain
+    verdict: Verdict
+    input: PreparedInput | None = None
 
 
 @dataclass
@@ -195,7 +126,10 @@ class Pipeline:
         publish: PublishConfig,
         stats: PipelineStats | None = None,
         evidence: EvidenceStore | None = None,
+        steps: StepChain | None = None,
     ) -> None:
+        self.data_kind = source.data_kind
+        stages.check_fits(self.data_kind, None)
         self.name = name
         self.device_id = device_id
         self.topic = topic
@@ -207,6 +141,7 @@ class Pipeline:
         self.policy = PublishPolicy(publish)
         self.stats = stats or PipelineStats()
         self.evidence = evidence
+        self.steps = steps if steps is not None else StepChain()
         self.state: PipelineState = "starting"
         self.error: EdgeAgentError | None = None
         self.last_error: str | None = None
@@ -215,12 +150,22 @@ class Pipeline:
         self.last_seq: int | None = None
         self._swap: _Swap | None = None
         self._swap_lock = threading.Lock()
+        self._sample_shape: tuple[int, ...] | None = None  # of the last window (a swap must fit it)
         self._warn = RateLimitedWarning(log)
+        self._warn_prepare = RateLimitedWarning(log)
 
     # -- control (other threads) -----------------------------------------------------------------------------
-    def replace_model(self, stages: ModelStages) -> threading.Event:
-        """Run ``stages`` from the next frame on; the old model is closed by the loop. Returns an event that
-        is set once the swap happened (or the pipeline ended, in which case the new model is closed)."""
+    def swap_model(self, stages: ModelStages) -> threading.Event:
+        """Run ``stages`` instead of the current model, from the next frame on.
+
+        The inference thread swaps between two frames: the frame in hand finishes on the old model, the
+        next one runs on the new, none is dropped or run twice, and seq goes on. Raises ``ModelError`` when
+        the new model does not fit the source (its kind of data, a window's size): the current model keeps
+        running and ``stages`` stays the caller's to close. Otherwise the pipeline owns ``stages``: the
+        swapped-out model is closed by the loop, and the returned event is set once the swap happened (or
+        the pipeline ended first, in which case ``stages``' model is closed). A second swap before the next
+        frame replaces the first (whose model is closed unused)."""
+        stages.check_fits(self.data_kind, self._sample_shape)
         done = threading.Event()
         with self._swap_lock:
             if self.state in ("finished", "stopped", "failed"):
@@ -238,18 +183,20 @@ class Pipeline:
         if cfg != self.policy.cfg:
             self.policy, self.qos = PublishPolicy(cfg), cfg.qos
 
-    def model_info(self) -> dict[str, Any]:
-        return dict(self.stages.info)
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.stages.info
 
     def snapshot(self) -> dict[str, Any]:
         """This pipeline's entry in the stats payload."""
         src = self.source.stats
         return self.stats.snapshot(
             source=src,
-            model=self.model_info(),
+            model=self.stages.info.as_stats(),
             skipped=src.get("skipped"),
             state=self.state,
             last_error=self.last_error,
+            steps=self.steps.stats(),
         )
 
     # -- the inference thread --------------------------------------------------------------------------------
@@ -297,8 +244,14 @@ class Pipeline:
                 pending.done.set()
 
     def process(self, frame: Frame) -> bool:
-        """Run one frame through the model and publish its result if the policy says so. True if published."""
-        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(frame)
+        """Run one frame through the steps and the model, and publish its result if the policy says so.
+        True if published. Raises DataError when a step failed (the frame is dropped: fail closed)."""
+        data, prepared = self._stepped(frame)
+        if data is None:
+            return False  # a step skipped it (counted by the chain)
+        if frame.kind == "samples":
+            self._sample_shape = tuple(np.shape(data))
+        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(data, prepared)
         latency = {
             # waiting for the model (in the source's slot), whether or not it was preprocessed meanwhile
             "capture_age": max(0.0, (t_pre - frame.captured_mono) * 1000.0 - pre_ms),
@@ -316,8 +269,8 @@ class Pipeline:
                 device=self.device_id,
                 pipeline=self.name,
                 seq=seq,
-                model_name=info["name"],
-                model_sha256=info["sha256"],
+                model_name=info.name,
+                model_sha256=info.sha256,
                 fields=result.to_fields(),
                 latency_ms=latency,
                 frame_index=frame.index,
@@ -325,7 +278,7 @@ class Pipeline:
             self.publisher.publish_result(self.topic, payload, self.qos)
             self.last_seq = seq
             if self.evidence is not None and frame.kind == "image" and self.evidence.wants(label, score):
-                self.evidence.save(frame.data, seq, label)
+                self.evidence.save(data, seq, label)  # what the steps returned (masked), not frame.data
         self.stats.frame_done(latency, result=True, published=publish)
         return publish
 
@@ -337,11 +290,38 @@ class Pipeline:
             return None
         return (pre.width, pre.height)
 
-    def _prepare(self, image: np.ndarray) -> PreparedInput | None:
-        """Runs on the source's thread: preprocess for the model in use now (a frame prepared for a model
-        that was swapped out meanwhile is preprocessed again by ``ModelStages.run``)."""
+    def _stepped(self, frame: Frame) -> tuple[np.ndarray | None, PreparedInput | None]:
+        """(data to infer, its prepared input or None) after the steps; (None, None) when they skipped it.
+        Uses the verdict the source's thread recorded, or runs the steps here (inference thread)."""
+        made = frame.prepared
+        if isinstance(made, SteppedFrame) and made.chain is self.steps:
+            verdict, prepared = made.verdict, made.input
+        else:
+            verdict, prepared = self.steps.run(frame.data), None
+        if verdict.error is not None:
+            raise DataError(f"step {verdict.step} failed, frame dropped (fail closed): {verdict.error}")
+        return verdict.data, prepared
+
+    def _prepare(self, image: np.ndarray) -> SteppedFrame:
+        """Runs on the source's thread: the steps, then (if they kept the frame) preprocessing of what they
+        returned for the model in use now (a frame prepared for a model that was swapped out meanwhile is
+        preprocessed again by ``ModelStages.run``). Never raises: a step's failure is in the verdict, a
+        preprocessing failure is counted and logged and the inference thread prepares the frame itself."""
+        verdict = self.steps.run(image)
         stages = self.stages
-        return stages.prepare(image) if stages.image_pre is not None else None
+        prepared = None
+        if verdict.data is not None and stages.image_pre is not None:
+            try:
+                prepared = stages.prepare(verdict.data)
+            except Exception as exc:
+                self.stats.count(prepare_errors=1)
+                self._warn_prepare(
+                    "pipeline %s: preparing a frame on the source's thread failed (%r); preparing it on the "
+                    "inference thread instead",
+                    self.name,
+                    exc,
+                )
+        return SteppedFrame(self.steps, verdict, prepared)
 
     def _tick(self) -> None:
         self.progress += 1
@@ -357,11 +337,10 @@ class Pipeline:
         old, self.stages = self.stages, swap.stages
         self.source.set_preparer(self._prepare, self._min_frame_size())  # the new input may be larger
         log.info(
-            "pipeline %s: now running model %s (sha256 %s), was %s",
+            "pipeline %s: now running model %s, was %s",
             self.name,
-            swap.stages.info["name"],
-            swap.stages.info["sha256"][:12],
-            old.info["sha256"][:12],
+            swap.stages.info.describe(),
+            old.info.describe(),
         )
         try:
             old.model.close()

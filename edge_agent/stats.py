@@ -15,6 +15,8 @@ import numpy as np
 
 from edge_agent.publish.payloads import LATENCY_STAGES
 
+# source stats keys that are not passed through as counters: the pipeline reports frames and skipped itself
+_SOURCE_OWN = frozenset({"frames", "skipped", "connected", "reconnects", "last_error"})
 DEFAULT_WINDOW = 1024  # results per percentile window: ~34 s at 30 fps, enough samples for a stable p99
 
 
@@ -91,7 +93,8 @@ class PipelineStats:
         self.skipped = 0  # frames the source dropped because the model was busy (from the source's stats)
         self.results = 0  # results produced by the postprocessor
         self.published = 0  # results handed to the publisher (after the publish policy)
-        self.errors = 0  # frames that failed (bad input, invoke error) and were skipped
+        self.errors = 0  # frames that failed (bad input, invoke error, a step that raised) and were skipped
+        self.prepare_errors = 0  # frames the source's thread could not prepare (the inference thread did)
 
     def count(self, **increments: int) -> None:
         """``count(frames=1, results=1)``: add to the named counters atomically."""
@@ -121,12 +124,16 @@ class PipelineStats:
         skipped: int | None = None,
         state: str | None = None,
         last_error: str | None = None,
+        steps: dict[str, dict[str, int]] | None = None,
     ) -> dict[str, Any]:
         """The ``pipelines[name]`` object of the stats payload.
 
         ``source``: the source's stats (connected, reconnects, last_error are kept); ``model``: {name, sha256,
         backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one;
-        ``state``/``last_error``: the pipeline's own (a failed reload shows here while the old model runs on).
+        ``state``/``last_error``: the pipeline's own (a failed reload shows here while the old model runs on);
+        ``steps``: per step, the frames it skipped and the ones it failed on (dropped).
+        Source counters beyond the common ones (a sensor's ``samples``, a camera's ``bad_frames``) are
+        passed through as the source names them; ``frames`` and ``skipped`` are the pipeline's own here.
         """
         with self._lock:
             counters = {
@@ -135,6 +142,7 @@ class PipelineStats:
                 "results": self.results,
                 "published": self.published,
                 "errors": self.errors,
+                "prepare_errors": self.prepare_errors,
             }
         pipeline = {"state": state} if state is not None else {}
         pipeline["last_error"] = last_error
@@ -144,16 +152,11 @@ class PipelineStats:
             **counters,
             "latency_ms": {stage: w.percentiles() for stage, w in self.latency.items() if len(w)},
             "source": {
+                **{k: int(v) for k, v in source.items() if k not in _SOURCE_OWN and v is not None},
                 "connected": bool(source.get("connected", False)),
                 "reconnects": int(source.get("reconnects", 0)),
                 "last_error": source.get("last_error"),
-                # sensor sources also count samples read and lines they could not parse
-                # cameras: the fraction MJPEG is decoded at, and packets that did not decode
-                **{
-                    k: int(source[k])
-                    for k in ("samples", "bad_lines", "decode_scale", "bad_frames")
-                    if source.get(k) is not None
-                },
             },
+            "steps": {name: dict(c) for name, c in (steps or {}).items()},
             "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
         }

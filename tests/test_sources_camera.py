@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 import threading
@@ -343,3 +344,23 @@ def test_mjpeg_libjpeg_cannot_read_falls_back_to_ffmpeg(open_source, tmp_path: P
     stats = source.stats
     assert stats["decode_scale"] == 1 and stats["bad_frames"] >= 10 and stats["reconnects"] == 1
     assert "did not decode with libjpeg" in stats["last_error"]
+
+
+def test_a_preparer_that_raises_is_counted_and_logged(open_source, tmp_path: Path, caplog) -> None:
+    """A failing preparer never fails silently: the frame is handed over unprepared (the consumer does the
+    work itself), the failure counted in the stats and logged, rate-limited."""
+    video = render_test_video(tmp_path / "v.avi", frames=10)
+    source = open_source(str(video))
+
+    def broken(image):
+        raise MemoryError("no room for the input tensor")
+
+    source.set_preparer(broken, min_size=None)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.sources.camera"):
+        frames = _frames_until_end(source)
+    assert [decode_frame_number(f.data) for f in frames] == list(range(10))
+    assert all(f.prepared is None for f in frames)
+    failed = source.stats["prepare_errors"]
+    assert failed >= 8  # the first frames may have been read before the preparer was set
+    warnings = [r for r in caplog.records if "preparing a frame failed" in r.getMessage()]
+    assert 1 <= len(warnings) < failed and "no room for the input tensor" in warnings[0].getMessage()

@@ -50,7 +50,7 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
     """Load every model through the runtime; returns (summary lines, problems)."""
-    from edge_agent.pipeline import ModelStages
+    from edge_agent.model_stages import ModelStages
     from edge_agent.runtime import load_model
 
     lines: list[str] = []
@@ -62,7 +62,7 @@ def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
             problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
             continue
         try:
-            ModelStages(model, "image" if p.source.type == "camera" else "samples")
+            ModelStages(model, p.source.data_kind)
         except (ModelError, ConfigError) as exc:
             problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
             model.close()

@@ -1,5 +1,6 @@
-"""What every source hands the pipeline (``Frame``), the interface it implements (``Source``), and the
-small helpers sources share: reconnect backoff and rate-limited warnings."""
+"""What every source hands the pipeline (``Frame``), the interface it implements (``Source``), the base of
+its config (``SourceConfigBase``: the kind of data it gives and its own checks), and the small helpers
+sources share: reconnect backoff and rate-limited warnings."""
 
 from __future__ import annotations
 
@@ -9,13 +10,54 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from edge_agent.backoff import Backoff
 
-__all__ = ["Backoff", "Frame", "Interruptible", "RateLimitedWarning", "Source"]
+__all__ = [
+    "Backoff",
+    "DataKind",
+    "Frame",
+    "Interruptible",
+    "RateLimitedWarning",
+    "Source",
+    "SourceConfigBase",
+]
+
+DataKind = Literal["image", "samples"]
+
+
+class SourceConfigBase(BaseModel):
+    """What every source config declares besides its fields: the kind of data it gives (which decides the
+    model input it needs and the pipeline keys that apply), and its own checks across pipeline keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_kind: ClassVar[DataKind]
+
+    def check_window(self, window: object | None) -> None:
+        """Raise ValueError when ``window`` (the pipeline's) does not suit this source."""
+        kind = getattr(self, "type", "?")
+        if self.data_kind == "samples" and window is None:
+            raise ValueError(
+                f"a sensor source ({kind}) needs a window: add  window: {{size: N, hop: M}}  "
+                "(samples per model input)"
+            )
+        if self.data_kind == "image" and window is not None:
+            raise ValueError("a camera source takes no window (one frame = one model input): remove 'window'")
+
+    def resolve_paths(self, base: Path) -> None:
+        """Make this source's relative file paths absolute against ``base`` (the config file's folder)."""
+
+
+def absolute(base: Path, path: str) -> str:
+    """``path`` (~ expanded) made absolute against ``base`` unless it already is."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base / p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +65,11 @@ class Frame:
     """One unit of model input: an image (BGR uint8, as OpenCV returns it) or a window of samples."""
 
     data: np.ndarray  # image: BGR uint8 (H,W,3) or (H,W); samples: float32 window (size, channels)
-    kind: Literal["image", "samples"]
+    kind: DataKind
     index: int  # frames/windows produced so far by this source (0 for the first one)
     captured_at: float  # time.time() when captured (epoch s)
     captured_mono: float  # time.monotonic() when captured (for latency)
-    prepared: Any = None  # the model input, made on the source's own thread by its preparer (or None)
+    prepared: Any = None  # what the consumer's preparer made of it on the source's thread (or None)
 
 
 Preparer = Callable[[np.ndarray], Any]
@@ -38,6 +80,7 @@ class Source(ABC):
     file); everything transient (a stream down, a port gone) is retried in the background and reported in
     ``stats`` (``connected``, ``last_error``, ``reconnects``)."""
 
+    data_kind: ClassVar[DataKind]  # what ``Frame.kind`` its frames have
     preparer: Preparer | None = None
     min_size: tuple[int, int] | None = None
 
@@ -68,7 +111,8 @@ class Source(ABC):
     @property
     @abstractmethod
     def stats(self) -> dict:
-        """{"frames", "skipped", "reconnects", "connected", "last_error"} (+ source-specific counters)."""
+        """{"frames", "skipped", "reconnects", "connected", "last_error"} + source-specific counters
+        (non-negative integers), which the stats payload passes through as they are."""
 
 
 class Interruptible:

@@ -13,6 +13,10 @@ FFmpeg timeouts are not honoured by every demuxer, and a blocked ``read`` cannot
 RTSP: OpenCV asks for RTP over TCP. For a server that only speaks UDP, set the FFmpeg options in the
 service's environment: ``Environment=OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp`` (process-wide;
 OpenCV offers no per-capture way to pass them).
+
+Longer than ~450 lines on purpose: the supervisor, the read attempts it watches and the delivery slot share
+one lock and one set of counters; split apart, each piece would reach into the others' state. Decoding MJPEG
+reduced is its own module (``mjpeg.py``).
 """
 
 from __future__ import annotations
@@ -24,16 +28,27 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
-from edge_agent.sources.base import Backoff, Frame, Interruptible, Source
+from edge_agent.sources.base import (
+    Backoff,
+    Frame,
+    Interruptible,
+    RateLimitedWarning,
+    Source,
+    SourceConfigBase,
+    absolute,
+)
+from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
+
+__all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "jpeg_scale"]
 
 log = logging.getLogger(__name__)
 
 
-class CameraSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CameraSourceConfig(SourceConfigBase):
+    data_kind = "image"
 
     type: Literal["camera"] = "camera"
     url: str | int = Field(
@@ -71,6 +86,10 @@ class CameraSourceConfig(BaseModel):
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
 
+    def resolve_paths(self, base: Path) -> None:
+        if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):
+            self.url = absolute(base, self.url)  # a video file beside the config
+
 
 CameraKind = Literal["device", "file", "stream"]
 
@@ -80,18 +99,6 @@ _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _WATCHDOG_GRACE_S = 1.0
 _POLL_S = 0.1
 _RELEASE_WAIT_S = 2.0
-_JPEG_GIVE_UP = 10  # packets in a row libjpeg cannot decode, none before, before FFmpeg decodes instead
-_JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
-
-
-def jpeg_scale(width: int, height: int, min_size: tuple[int, int]) -> int:
-    """The largest DCT scale (1, 2, 4 or 8) whose output, ceil(width / s) x ceil(height / s), still covers
-    ``min_size`` (width, height); 1 = decode full size."""
-    min_w, min_h = min_size
-    for scale in _JPEG_SCALES:
-        if -(-width // scale) >= min_w and -(-height // scale) >= min_h:
-            return scale
-    return 1
 
 
 def camera_kind(url: str | int) -> CameraKind:
@@ -127,6 +134,8 @@ class _Attempt:
 class CameraSource(Interruptible, Source):
     """Frames from OpenCV ``VideoCapture``; see the module docstring for the delivery rules."""
 
+    data_kind = "image"
+
     def __init__(self, cfg: CameraSourceConfig, window: object | None = None) -> None:
         if window is not None:
             raise ConfigError("window: applies to sensor sources only; remove it from the camera pipeline")
@@ -152,6 +161,8 @@ class CameraSource(Interruptible, Source):
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
         self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
+        self._prepare_errors = 0  # frames the consumer's preparer raised on (offered unprepared)
+        self._warn = RateLimitedWarning(log)
 
     # -- Source interface -------------------------------------------------------------------------
 
@@ -213,6 +224,7 @@ class CameraSource(Interruptible, Source):
                 "last_error": self._last_error,
                 "decode_scale": self._decode_scale,
                 "bad_frames": self._bad_frames,
+                "prepare_errors": self._prepare_errors,
             }
 
     # -- opening ----------------------------------------------------------------------------------
@@ -354,7 +366,7 @@ class CameraSource(Interruptible, Source):
         next_due = time.monotonic()
         pass_frames = 0  # frames in this pass over a file: a looping file that yields none is an error
         pending = first_image
-        jpeg = _ScaledJpeg(self)  # per capture: a reopened file starts decoding in FFmpeg again
+        jpeg = ScaledJpeg(self)  # per capture: a reopened file starts decoding in FFmpeg again
         while not (self._stopping() or attempt.abandoned.is_set()):
             if self.kind == "file" and period and not self._pace(next_due, attempt):
                 break
@@ -385,7 +397,7 @@ class CameraSource(Interruptible, Source):
                     )
                     return cap
                 cap.release()
-                cap, pass_frames, jpeg = self._open(), 0, _ScaledJpeg(self)
+                cap, pass_frames, jpeg = self._open(), 0, ScaledJpeg(self)
                 if not cap.isOpened():
                     attempt.outcome, attempt.error = (
                         "error",
@@ -405,7 +417,7 @@ class CameraSource(Interruptible, Source):
                 attempt.delivered += 1
         return cap
 
-    def _undecodable_packet(self, jpeg: _ScaledJpeg, attempt: _Attempt) -> bool:
+    def _undecodable_packet(self, jpeg: ScaledJpeg, attempt: _Attempt) -> bool:
         """Count a packet libjpeg could not decode (skipped); True when libjpeg has decoded none of the
         first ones: the attempt ends so the source reopens and lets FFmpeg decode."""
         attempt.progress = time.monotonic()
@@ -460,71 +472,8 @@ class CameraSource(Interruptible, Source):
             return None
         try:
             return preparer(image)
-        except Exception:  # the pipeline preprocesses it again on its own thread, and reports what is wrong
+        except Exception as exc:  # offered unprepared: the consumer does the work on its own thread
+            with self._cond:
+                self._prepare_errors += 1
+            self._warn("camera %s: preparing a frame failed (%r); handed over unprepared", self._label, exc)
             return None
-
-
-class _ScaledJpeg:
-    """Decoding MJPEG at a fraction of its size (``decode_size: auto``): once the consumer has said how
-    small a frame it can use, and the capture turns out to be MJPEG through FFmpeg, the capture is switched
-    to hand out the JPEG packets as they are and libjpeg decodes them reduced (its DCT scaling skips most of
-    the inverse transform; no full-size image is ever made). 640x480 for a 224x224 model: 1/2 size, 0.15 ms
-    less CPU and 0.7 MB less memory per frame. A reload to a model with a larger input rescales."""
-
-    def __init__(self, source: CameraSource) -> None:
-        self.source = source
-        self.raw = False  # the capture hands out JPEG packets
-        self.undecided = (
-            source.cfg.decode_size == "auto" and source.kind != "device" and source._scaled_jpeg_ok
-        )
-        self.failures = 0  # packets in a row that did not decode
-        self._decoded = 0
-        self._full: tuple[int, int] = (0, 0)
-        self._for: tuple[int, int] | None = None  # the min_size the scale was chosen for
-        self._flag = 0
-
-    def decide(self, cap: Any, image: Any) -> None:
-        """After a full-size frame: switch to raw packets if it pays; undecided until min_size is known."""
-        src = self.source
-        if src.min_size is None or src.preparer is None:
-            return  # not known yet (the pipeline starts after the source), or full frames are needed
-        self.undecided = False
-        cv2 = src._cv2
-        if int(cap.get(cv2.CAP_PROP_FOURCC)) != cv2.VideoWriter_fourcc(*"MJPG"):
-            return
-        height, width = image.shape[:2]
-        if jpeg_scale(width, height, src.min_size) == 1:
-            return
-        if not cap.set(cv2.CAP_PROP_FORMAT, -1):  # -1: packets as they are (raw mode)
-            return
-        self.raw, self._full = True, (width, height)
-        self._rescale()
-
-    def _rescale(self) -> None:
-        src = self.source
-        self._for = src.min_size
-        scale = jpeg_scale(*self._full, self._for) if self._for is not None else 1
-        cv2 = src._cv2
-        self._flag = getattr(cv2, f"IMREAD_REDUCED_COLOR_{scale}") if scale > 1 else cv2.IMREAD_COLOR
-        with src._cond:
-            src._decode_scale = scale
-        log.info(
-            "camera %s: MJPEG %dx%d decoded at 1/%d size for a model input of %s",
-            src._label, *self._full, scale, "x".join(map(str, self._for or ("any",))),
-        )  # fmt: skip
-
-    def decode(self, packet: Any) -> Any:
-        """A BGR image, or None for a packet that is not a decodable JPEG."""
-        if self.source.min_size != self._for:
-            self._rescale()
-        image = self.source._cv2.imdecode(packet, self._flag)
-        if image is None:
-            self.failures += 1
-        else:
-            self.failures, self._decoded = 0, self._decoded + 1
-        return image
-
-    @property
-    def hopeless(self) -> bool:
-        """libjpeg has decoded none of the first packets: a variant only FFmpeg reads; give up on it."""
-        return self._decoded == 0 and self.failures >= _JPEG_GIVE_UP

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import IO, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from edge_agent.backoff import SOURCE_MAX_S, SOURCE_MIN_S
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Backoff, RateLimitedWarning
+from edge_agent.sources.base import Backoff, RateLimitedWarning, SourceConfigBase
 from edge_agent.sources.lines import LineParser, LineSplitter
 from edge_agent.sources.samples import SampleSource
 from edge_agent.sources.window import WindowConfig
@@ -32,8 +33,8 @@ _HEALTHY_RUN_S = 10.0
 _TERMINATE_GRACE_S = 2.0
 
 
-class CommandSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CommandSourceConfig(SourceConfigBase):
+    data_kind = "samples"
 
     type: Literal["command"] = "command"
     argv: list[str] = Field(min_length=1, description="Program and arguments (no shell).")
@@ -69,7 +70,7 @@ class CommandSource(SampleSource):
             )
 
     def _run(self) -> None:
-        backoff = Backoff(0.5, 30.0)
+        backoff = Backoff(SOURCE_MIN_S, SOURCE_MAX_S)
         first = True
         while not self._stopping():
             if not first:

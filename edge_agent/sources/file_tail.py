@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_agent.errors import SourceError
+from edge_agent.sources.base import SourceConfigBase, absolute
 from edge_agent.sources.lines import BadLine, HeaderMismatch, LineParser, LineSplitter
 from edge_agent.sources.samples import SampleSource
 from edge_agent.sources.window import WindowConfig
@@ -29,8 +30,8 @@ _FOLLOW_POLL_S = 0.2
 _CHUNK = 65536
 
 
-class FileSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FileSourceConfig(SourceConfigBase):
+    data_kind = "samples"
 
     type: Literal["file"] = "file"
     path: str = Field(description="A CSV or JSONL file, or '-' for stdin.")
@@ -46,6 +47,10 @@ class FileSourceConfig(BaseModel):
     rate_hz: float | None = Field(
         default=None, gt=0, description="Replay at this sample rate; none = as fast as read."
     )
+
+    def resolve_paths(self, base: Path) -> None:
+        if self.path != "-":
+            self.path = absolute(base, self.path)
 
 
 class FileSource(SampleSource):

@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from edge_agent.backoff import SOURCE_MAX_S, SOURCE_MIN_S
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Backoff
+from edge_agent.sources.base import Backoff, SourceConfigBase, absolute
 from edge_agent.sources.samples import SampleSource
 from edge_agent.sources.window import WindowConfig
 
 log = logging.getLogger(__name__)
 
 
-class IioSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IioSourceConfig(SourceConfigBase):
+    data_kind = "samples"
 
     type: Literal["iio"] = "iio"
     device: str = Field(description="Device directory name (iio:device0) or its 'name' attribute (adxl345).")
@@ -30,6 +31,9 @@ class IioSourceConfig(BaseModel):
     sysfs_root: str = Field(
         default="/sys/bus/iio/devices", description="Where IIO devices live (tests point elsewhere)."
     )
+
+    def resolve_paths(self, base: Path) -> None:
+        self.sysfs_root = absolute(base, self.sysfs_root)
 
 
 _CHANNEL_TYPE = re.compile(r"^[a-z]+")
@@ -121,7 +125,7 @@ class IioSource(SampleSource):
 
     def _run(self) -> None:
         period = 1.0 / self.cfg.rate_hz
-        backoff = Backoff(0.5, 30.0)
+        backoff = Backoff(SOURCE_MIN_S, SOURCE_MAX_S)
         next_t = time.monotonic()
         self._set_connected(True)
         while not self._stopping():

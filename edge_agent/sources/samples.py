@@ -16,6 +16,7 @@ from abc import abstractmethod
 
 import numpy as np
 
+from edge_agent.backoff import SOURCE_MAX_S, SOURCE_RESTART_MIN_S
 from edge_agent.sources.base import Backoff, Frame, Interruptible, RateLimitedWarning, Source
 from edge_agent.sources.lines import MAX_LINE_BYTES, BadLine, HeaderMismatch, LineParser, LineSplitter
 from edge_agent.sources.window import WindowConfig, Windower
@@ -29,6 +30,8 @@ _POLL_S = 0.1
 class SampleSource(Interruptible, Source):
     """Base of the sensor sources. Subclasses implement ``_check`` (fatal problems, at start) and ``_run``
     (the producer loop, which returns when the source has ended for good and calls ``_emit`` per sample)."""
+
+    data_kind = "samples"
 
     def __init__(self, label: str, window: WindowConfig | None, *, lossless: bool = False) -> None:
         self.label = label
@@ -166,7 +169,7 @@ class SampleSource(Interruptible, Source):
 
     def _main(self) -> None:
         """Run the producer; a bug or an unexpected error is logged and retried, never silently fatal."""
-        backoff = Backoff(1.0, 30.0)
+        backoff = Backoff(SOURCE_RESTART_MIN_S, SOURCE_MAX_S)
         try:
             while not self._stopping():
                 try:

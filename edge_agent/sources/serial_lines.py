@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_agent.errors import missing_extra
-from edge_agent.sources.base import Backoff
+from edge_agent.sources.base import Backoff, SourceConfigBase
 from edge_agent.sources.lines import LineParser, LineSplitter
 from edge_agent.sources.samples import SampleSource
 from edge_agent.sources.window import WindowConfig
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 0.1  # how long one read may block: bounds how fast a stop is noticed
 
 
-class SerialSourceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SerialSourceConfig(SourceConfigBase):
+    data_kind = "samples"
 
     type: Literal["serial"] = "serial"
     port: str = Field(description="/dev/ttyUSB0, /dev/ttyACM0, /dev/serial/by-id/... (stable across replugs)")

@@ -1,0 +1,51 @@
+"""The interface of a per-frame step (``FrameStep``) and the base of its config.
+
+A step runs on each frame before the model and before evidence is saved: a privacy mask changes the
+frame, a motion gate skips it. It returns the data to go on with (the same array or a changed copy), or
+None to skip the frame. A step that raises makes the frame unusable: it is neither inferred nor stored
+(fail closed), so a broken mask can never let an unmasked frame through. Each skip and failure is counted
+per step on the stats topic; failures are also frame errors of the pipeline (logged, rate-limited), and
+``MAX_CONSECUTIVE_ERRORS`` of them in a row end the pipeline like any frame error does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+DataKind = Literal["image", "samples"]
+
+
+class StepConfigBase(BaseModel):
+    """Fields every step has. Subclasses add ``type: Literal[...]`` (the registry key) and their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # which sources' data the step understands; a pipeline whose source gives another kind is refused
+    data_kinds: ClassVar[frozenset[DataKind]] = frozenset({"image", "samples"})
+
+    name: str | None = Field(
+        default=None,
+        description="Name in stats and logs; default: the type (with #2, #3 ... when used twice).",
+        min_length=1,
+        max_length=64,
+    )
+
+
+class FrameStep(ABC):
+    """One step. ``apply`` is called for every frame the source offers, one frame at a time (the chain
+    serialises calls), on the source's producing thread when it has one (a camera) and on the pipeline's
+    inference thread otherwise: keep per-frame state on ``self``, and make ``apply`` cheap."""
+
+    def __init__(self, cfg: StepConfigBase) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def apply(self, data: np.ndarray) -> np.ndarray | None:
+        """The data to go on with (``data`` itself, or a changed copy), or None to skip this frame."""
+
+    def close(self) -> None:  # noqa: B027 - optional for steps that hold nothing
+        """Release what the step holds (none of the built-in ones holds anything)."""

@@ -1,0 +1,91 @@
+"""Decoding a camera's MJPEG at a fraction of its size (``decode_size: auto``): libjpeg's DCT scaling
+makes a 1/2, 1/4 or 1/8 size image straight from the packet, with no full-size image ever made."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_agent.sources.camera import CameraSource
+
+log = logging.getLogger("edge_agent.sources.camera")  # its messages are the camera's
+
+_JPEG_GIVE_UP = 10  # packets in a row libjpeg cannot decode, none before, before FFmpeg decodes instead
+_JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
+
+
+def jpeg_scale(width: int, height: int, min_size: tuple[int, int]) -> int:
+    """The largest DCT scale (1, 2, 4 or 8) whose output, ceil(width / s) x ceil(height / s), still covers
+    ``min_size`` (width, height); 1 = decode full size."""
+    min_w, min_h = min_size
+    for scale in _JPEG_SCALES:
+        if -(-width // scale) >= min_w and -(-height // scale) >= min_h:
+            return scale
+    return 1
+
+
+class ScaledJpeg:
+    """Decoding MJPEG at a fraction of its size (``decode_size: auto``): once the consumer has said how
+    small a frame it can use, and the capture turns out to be MJPEG through FFmpeg, the capture is switched
+    to hand out the JPEG packets as they are and libjpeg decodes them reduced (its DCT scaling skips most of
+    the inverse transform; no full-size image is ever made). 640x480 for a 224x224 model: 1/2 size, 0.15 ms
+    less CPU and 0.7 MB less memory per frame. A reload to a model with a larger input rescales."""
+
+    def __init__(self, source: CameraSource) -> None:
+        self.source = source
+        self.raw = False  # the capture hands out JPEG packets
+        self.undecided = (
+            source.cfg.decode_size == "auto" and source.kind != "device" and source._scaled_jpeg_ok
+        )
+        self.failures = 0  # packets in a row that did not decode
+        self._decoded = 0
+        self._full: tuple[int, int] = (0, 0)
+        self._for: tuple[int, int] | None = None  # the min_size the scale was chosen for
+        self._flag = 0
+
+    def decide(self, cap: Any, image: Any) -> None:
+        """After a full-size frame: switch to raw packets if it pays; undecided until min_size is known."""
+        src = self.source
+        if src.min_size is None or src.preparer is None:
+            return  # not known yet (the pipeline starts after the source), or full frames are needed
+        self.undecided = False
+        cv2 = src._cv2
+        if int(cap.get(cv2.CAP_PROP_FOURCC)) != cv2.VideoWriter_fourcc(*"MJPG"):
+            return
+        height, width = image.shape[:2]
+        if jpeg_scale(width, height, src.min_size) == 1:
+            return
+        if not cap.set(cv2.CAP_PROP_FORMAT, -1):  # -1: packets as they are (raw mode)
+            return
+        self.raw, self._full = True, (width, height)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        src = self.source
+        self._for = src.min_size
+        scale = jpeg_scale(*self._full, self._for) if self._for is not None else 1
+        cv2 = src._cv2
+        self._flag = getattr(cv2, f"IMREAD_REDUCED_COLOR_{scale}") if scale > 1 else cv2.IMREAD_COLOR
+        with src._cond:
+            src._decode_scale = scale
+        log.info(
+            "camera %s: MJPEG %dx%d decoded at 1/%d size for a model input of %s",
+            src._label, *self._full, scale, "x".join(map(str, self._for or ("any",))),
+        )  # fmt: skip
+
+    def decode(self, packet: Any) -> Any:
+        """A BGR image, or None for a packet that is not a decodable JPEG."""
+        if self.source.min_size != self._for:
+            self._rescale()
+        image = self.source._cv2.imdecode(packet, self._flag)
+        if image is None:
+            self.failures += 1
+        else:
+            self.failures, self._decoded = 0, self._decoded + 1
+        return image
+
+    @property
+    def hopeless(self) -> bool:
+        """libjpeg has decoded none of the first packets: a variant only FFmpeg reads; give up on it."""
+        return self._decoded == 0 and self.failures >= _JPEG_GIVE_UP
