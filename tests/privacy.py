@@ -190,7 +190,7 @@ def render_canary_video(path: Path, frames: int = 50, fps: float = 25.0, size: i
 
 @pytest.fixture(scope="session")
 def canary_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 lossless frames of ``canary_frame()`` (64x64 BGR noise); pair with ``ImageCanary([canary_frame()])``."""
+    """50 lossless frames of ``canary_frame()``; check with ``ImageCanary([canary_frame()])``."""
     return render_canary_video(tmp_path_factory.mktemp("canary") / "canary.avi")
 
 
