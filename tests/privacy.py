@@ -218,7 +218,8 @@ def schema_check(kind: str, pointer: str = "") -> PayloadCheck:
         obj = json.loads(payload)
         errors = sorted(_validator(kind, pointer).iter_errors(obj), key=lambda e: list(e.path))
         if errors:  # raised, not asserted: pytest's assertion rewriting would repeat the error objects
-            raise AssertionError("; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors))
+            where = ["/".join(map(str, e.path)) or "<root>" for e in errors]
+            raise AssertionError("; ".join(f"{w}: {e.message}" for w, e in zip(where, errors, strict=True)))
 
     return check
 

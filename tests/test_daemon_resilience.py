@@ -1,6 +1,7 @@
 """The daemon (a real ``edge-agent run`` subprocess) under the failures it is built for: the broker gone for
 10 s, the daemon SIGKILLed and restarted, a wrong broker password, a corrupt model on SIGHUP. Results go
-through the durable outbox (QoS 1) to real mosquitto and a separate subscriber."""
+through the durable outbox (QoS 1) to real mosquitto and a separate subscriber; the privacy watch checks
+every message on '#' (the camera shows the canary frame)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from tests.daemon_harness import Agents, NotifySocket, results, stats, write_config
 from tests.fixtures.broker import validate_payload
+from tests.privacy import ImageCanary, canary_frame
 
 FPS = 15
 
@@ -46,11 +48,12 @@ def seq_copies(messages) -> dict[int, set[bytes]]:
 
 
 def test_broker_down_10s_every_seq_arrives(
-    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+    tmp_path: Path, mosquitto, subscriber, privacy, color_int8, canary_video
 ) -> None:
     broker = mosquitto(persistent=True)
     sub = subscriber(broker, "edge/testdev/#", client_id="outage-sub", clean_session=False)
-    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, test_video)])
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, canary_video)])
+    watch = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         before = len(sub.wait_for(lambda m: len(results(m)) >= FPS, timeout=30))
@@ -73,15 +76,17 @@ def test_broker_down_10s_every_seq_arrives(
     assert final["mqtt"]["reconnects"] >= 1
     for obj in results(sub.snapshot())[:50]:
         validate_payload(obj, "result")
+    watch.check()
 
 
 def test_sigkill_and_restart_lose_nothing(
-    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+    tmp_path: Path, mosquitto, subscriber, privacy, color_int8, canary_video
 ) -> None:
     broker = mosquitto(persistent=True)
     sub = subscriber(broker, "edge/testdev/#", client_id="crash-sub", clean_session=False)
     state = tmp_path / "state"
-    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, test_video)])
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(color_int8.path, canary_video)])
+    watch = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         # run 1: connected, then SIGKILL -> the broker publishes the Last Will
         run1 = agents.start(config)
@@ -116,10 +121,11 @@ def test_sigkill_and_restart_lose_nothing(
     assert min(pending2 - pending1) > max(run1_seqs)  # seqs only grow across restarts (no reuse)
     assert all(len(c) == 1 for c in copies.values())
     assert outbox_seqs(state) == set()
+    watch.check()
 
 
 def test_wrong_password_is_reported_and_retried(
-    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+    tmp_path: Path, mosquitto, subscriber, privacy, color_int8, canary_video
 ) -> None:
     broker = mosquitto(users={"agent": "right", "watcher": "watch"})
     sub = subscriber(broker, "edge/#", username="watcher", password="watch")
@@ -127,9 +133,11 @@ def test_wrong_password_is_reported_and_retried(
     config = write_config(
         tmp_path / "config.yaml",
         broker,
-        [camera_pipeline(color_int8.path, test_video)],
+        [camera_pipeline(color_int8.path, canary_video)],
         mqtt={"username": "agent", "password_file": str(tmp_path / "pw")},
     )
+    canary = ImageCanary([canary_frame()])
+    watch = privacy(broker, config, canary=canary, username="watcher", password="watch")
     notify = NotifySocket(tmp_path / "notify.sock")
     try:
         with Agents(tmp_path) as agents:
@@ -155,6 +163,7 @@ def test_wrong_password_is_reported_and_retried(
             got = sub.wait_for(lambda m: len(results(m)) >= 10, timeout=30)
             assert results(got)[0]["seq"] == 1  # results from before the login were kept, not dropped
             assert agent.stop() == 0
+        watch.check()
     finally:
         notify.close()
 
@@ -169,13 +178,14 @@ def install_model(source, model: Path) -> None:
 
 
 def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
-    tmp_path: Path, mosquitto, subscriber, color_int8, color_uint8, test_video
+    tmp_path: Path, mosquitto, subscriber, privacy, color_int8, color_uint8, canary_video
 ) -> None:
     model = tmp_path / "model" / "color.tflite"
     install_model(color_int8, model)
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(model, test_video)])
+    config = write_config(tmp_path / "config.yaml", broker, [camera_pipeline(model, canary_video)])
+    watch = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         first = results(sub.wait_for(lambda m: len(results(m)) >= 5, timeout=30))
@@ -214,6 +224,7 @@ def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
         seqs = [r["seq"] for r in swapped]
         assert seqs == list(range(1, len(seqs) + 1))  # one seq series across the swap, nothing lost
         assert agent.stop() == 0, agent.log()
+    watch.check()
 
 
 def test_sigterm_with_broker_down_is_bounded_and_keeps_the_outbox(
