@@ -214,3 +214,38 @@ def test_corrupt_database_is_a_config_error(db: Path) -> None:
     db.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(ConfigError, match="not usable"):
         Outbox(db)
+
+
+def test_bounds_are_exact(db: Path) -> None:
+    """max_messages and max_bytes are what the outbox holds, not one less: filling it to the bound drops
+    nothing, one more row drops exactly one. A bound of 1 is allowed."""
+    with Outbox(db, max_messages=3, max_bytes=30) as ob:
+        ob.append_many([("t", b"x" * 10, 1)] * 3)  # exactly 3 rows and 30 bytes
+        assert (ob.depth(), ob.size_bytes(), ob.dropped) == (3, 30, 0)
+        ob.append("t", b"y" * 10, 1)
+        assert (ob.depth(), ob.size_bytes(), ob.dropped) == (3, 30, 1)
+    with Outbox(db, max_messages=1) as ob:  # a smaller bound on reopen: the next append trims to it
+        newest = ob.append("t", b"z", 1)
+        assert [m.id for m in ob.pending()] == [newest]
+
+
+def test_a_failed_append_leaves_nothing_and_the_outbox_usable(db: Path) -> None:
+    with Outbox(db) as ob:
+        ob.append("t", b"a", 1)
+        with pytest.raises(Exception, match="NOT NULL"):
+            ob.append_many([("t", b"b", 1), (None, b"c", 1)])  # the second row breaks the transaction
+        assert ob.depth() == 1 and [m.payload for m in ob.pending()] == [b"a"]
+        ob.append("t", b"d", 1)  # the transaction was rolled back, not left open
+        assert [m.payload for m in ob.pending()] == [b"a", b"d"]
+
+
+def test_seq_reservations_are_fsynced_results_are_not(db: Path) -> None:
+    """A seq block must survive a power cut (else numbers repeat after one): synchronous=FULL on the
+    counter's own connection; results only need to survive a process crash: NORMAL (see _connect)."""
+    with Outbox(db) as ob:
+        assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    seq = SeqCounter(db, "cam")
+    try:
+        assert seq._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        seq.close()
