@@ -227,6 +227,15 @@ def test_bounds_are_exact(db: Path) -> None:
     with Outbox(db, max_messages=1) as ob:  # a smaller bound on reopen: the next append trims to it
         newest = ob.append("t", b"z", 1)
         assert [m.id for m in ob.pending()] == [newest]
+    Outbox(db, max_bytes=1).close()
+    for bad in ({"max_messages": 0}, {"max_bytes": 0}):
+        with pytest.raises(ConfigError, match="outbox bounds must be positive"):
+            Outbox(db, **bad)
+
+
+def test_a_missing_state_dir_is_created(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "var" / "lib" / "edge-agent" / "outbox.db") as ob:
+        assert ob.append("t", b"a", 1) >= 1
 
 
 def test_a_failed_append_leaves_nothing_and_the_outbox_usable(db: Path) -> None:
