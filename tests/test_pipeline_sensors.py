@@ -48,9 +48,7 @@ def write_csv(path: Path) -> Path:
     return path
 
 
-def run_to_end(
-    tmp_path: Path, broker, privacy, model: Path, source: dict
-) -> list[tuple[str, bytes, bool]]:
+def run_to_end(tmp_path: Path, broker, privacy, model: Path, source: dict) -> list[tuple[str, bytes, bool]]:
     config = write_config(
         tmp_path / "config.yaml",
         broker,
