@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.tflite_models",  # small TFLite models with known heads, made by TensorFlow
     "tests.fixtures.streams",  # videos rendered by the tests and ffmpeg streams on loopback
     "tests.fixtures.sources",  # sources started by a test, always closed
+    "tests.privacy",  # the privacy watch on '#' every end-to-end test runs
 ]

@@ -63,13 +63,14 @@ def _tasks(pid: int) -> dict[int, tuple[str, int]]:
 @pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs 2 CPUs")
 @pytest.mark.parametrize("mode", ["auto", "off"])
 def test_daemon_runs_inference_alone_on_its_cpu(
-    tmp_path: Path, mosquitto, digits_int8, digits_video, mode: str
+    tmp_path: Path, mosquitto, privacy, digits_int8, digits_video, mode: str
 ) -> None:
     broker = mosquitto()
     cpus = sorted(usable_cpus())
     pipeline = {"name": "digits", "source": {"type": "camera", "url": str(digits_video.path), "loop": True},
                 "model": {"path": str(digits_int8), "num_threads": 1}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline], cpu_pinning=mode)
+    privacy(broker, config)  # checked at teardown: topics, schemas, no image files
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         agent.wait_log("running 1 pipeline(s)", timeout=60)

@@ -137,3 +137,30 @@ def test_check_schema_describes_the_config(tmp_path: Path) -> None:
     else:
         raise AssertionError("the schema accepted an unknown key")
     assert schema["properties"]["drain_timeout_s"]["description"]
+
+
+def test_swapped_model_file_is_refused_at_start_exit_3(
+    tmp_path: Path, color_int8, color_uint8, test_video
+) -> None:
+    """A valid .tflite that is not the one its manifest describes (copied over it alone): ``check`` and
+    ``run`` both refuse it before touching the source or the broker, with exit 3 and what to do."""
+    import json
+    import shutil
+
+    model = tmp_path / "model" / "color.tflite"
+    model.parent.mkdir()
+    shutil.copy(color_int8.path, model)
+    manifest = json.loads(color_int8.manifest_path.read_text())
+    manifest["model_file"] = model.name
+    model.with_suffix(".json").write_text(json.dumps(manifest))
+    config = write(tmp_path, base(model, test_video))
+    assert edge_agent("check", str(config), cwd=tmp_path).returncode == 0  # the pair as shipped is fine
+    shutil.copy(color_uint8.path, model)  # a different, working model lands without its manifest
+    for command in ("check", "run"):
+        proc = edge_agent(command, str(config), cwd=tmp_path)
+        assert proc.returncode == ModelError.exit_code, (command, proc.stdout, proc.stderr)
+        assert f"{model}: sha256 " in proc.stderr and "does not match its manifest" in proc.stderr, (
+            proc.stderr
+        )
+        assert "the model was replaced or damaged: copy the .tflite and .json together" in proc.stderr
+        assert "Traceback" not in proc.stderr

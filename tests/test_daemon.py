@@ -1,21 +1,21 @@
 """``edge-agent run`` end to end: the int8 digits model made by edge-convert, a video file and ffmpeg streams,
-real mosquitto, a separate subscriber on ``#``. Every payload is checked against the shipped JSON Schemas."""
+real mosquitto, a separate subscriber on ``#``. Every message passes the privacy check (tests/privacy.py):
+allowed topics, strict schemas, no frame bytes in any encoding."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tests.daemon_harness import Agents, results, stats, write_config
 from tests.fixtures.broker import validate_payload
+from tests.privacy import ImageCanary, canary_frame, decoded_frames
 
 ACCURACY_FLOOR = 0.90  # the int8 digits CNN scores ~0.95 on held-out digits; video JPEG rounding costs little
 RESULT_KEYS = {"schema", "device", "pipeline", "seq", "ts", "model", "latency_ms", "frame"} | {
     "label", "class_id", "score", "top_k"
 }  # fmt: skip
-MAX_PAYLOAD = 2048  # a classification result is ~400 bytes; one 64x64 gray frame alone would be 4096
 
 
 def offline(messages) -> bool:
@@ -23,17 +23,17 @@ def offline(messages) -> bool:
 
 
 def test_video_file_results_accuracy_and_no_raw_data(
-    tmp_path: Path, mosquitto, subscriber, digits_int8, digits_video
+    tmp_path: Path, mosquitto, privacy, digits_int8, digits_video
 ) -> None:
     broker = mosquitto()
-    everything = subscriber(broker, "#")
     pipeline = {"name": "digits", "source": {"type": "camera", "url": str(digits_video.path)},
                 "model": {"path": str(digits_int8)}, "publish": {"qos": 1}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    everything = privacy(broker, config, canary=ImageCanary(decoded_frames(digits_video.path)))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         assert agent.wait(120) == 0, agent.log()  # a finite video: run ends by itself, outbox drained
-    messages = everything.wait_for(offline, timeout=10)
+    messages = everything.sub.wait_for(offline, timeout=10)
     n = len(digits_video.labels)
 
     got = results(messages)
@@ -54,19 +54,13 @@ def test_video_file_results_accuracy_and_no_raw_data(
     assert final["pipelines"]["digits"]["frames"] == n and final["pipelines"]["digits"]["published"] == n
     assert final["outbox"]["depth"] == 0
 
-    # a subscriber on '#' sees only our three kinds of topic, small payloads, no frame bytes
-    for topic, payload, _ in messages:
-        assert len(payload) <= MAX_PAYLOAD, (topic, len(payload))
-        if topic == "edge/testdev/status":
-            assert payload in (b"online", b"offline")
-        else:
-            assert topic in ("edge/testdev/stats", "edge/testdev/digits/result"), topic
-            json.loads(payload)  # JSON text, not binary
+    # a subscriber on '#' sees only our three kinds of topic, strict payloads, no frame in any encoding
+    everything.check()
 
 
 @pytest.mark.parametrize("protocol", ["udp", "http"])
 def test_stream_dies_and_returns(
-    tmp_path: Path, mosquitto, subscriber, digits_int8, digits_video, ffmpeg_stream, protocol: str
+    tmp_path: Path, mosquitto, subscriber, privacy, digits_int8, digits_video, ffmpeg_stream, protocol: str
 ) -> None:
     stream = ffmpeg_stream(protocol, digits_video.path)
     broker = mosquitto()
@@ -75,6 +69,7 @@ def test_stream_dies_and_returns(
               "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}  # fmt: skip
     pipeline = {"name": "stream", "source": source, "model": {"path": str(digits_int8)}}
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    watch = privacy(broker, config)  # the stream re-encodes frames: topics, schemas and media markers only
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         agent.expect(sub, lambda m: len(results(m)) >= 10, timeout=40)
@@ -100,26 +95,27 @@ def test_stream_dies_and_returns(
         assert r["label"] in labels
     for s in stats(sub.snapshot()):
         validate_payload(s, "stats")
+    watch.check()
 
 
 def test_evidence_frames_stay_local_and_bounded(
-    tmp_path: Path, mosquitto, subscriber, color_int8, test_video
+    tmp_path: Path, mosquitto, privacy, color_int8, canary_video
 ) -> None:
     broker = mosquitto()
-    everything = subscriber(broker, "#")
-    pipeline = {"name": "cam", "source": {"type": "camera", "url": str(test_video)},
+    pipeline = {"name": "cam", "source": {"type": "camera", "url": str(canary_video)},
                 "model": {"path": str(color_int8.path)},
                 "evidence": {"enabled": True, "max_files": 5}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    everything = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         assert agent.wait(60) == 0, agent.log()
-    messages = everything.wait_for(offline, timeout=10)
+    messages = everything.sub.wait_for(offline, timeout=10)
     got = results(messages)
-    assert len(got) == 50  # test_video has 50 frames
+    assert len(got) == 50  # canary_video has 50 frames
     files = sorted((tmp_path / "state" / "evidence" / "cam").glob("*.jpg"))
     assert len(files) == 5  # the newest five of 50 saved frames
     newest = sorted(r["seq"] for r in got)[-5:]
     assert [int(f.name.split("-")[0]) for f in files] == newest
     assert all(f.read_bytes()[:2] == b"\xff\xd8" for f in files)
-    assert all(len(p) <= MAX_PAYLOAD for _, p, _ in messages)  # the JPEGs were never published
+    everything.check()  # the JPEGs were never published, nor the frames they show

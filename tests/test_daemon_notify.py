@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 from tests.daemon_harness import Agents, NotifySocket, install_stuck_plugin, write_config
+from tests.privacy import ImageCanary, canary_frame
 
 WATCHDOG_USEC = 1_000_000  # WatchdogSec=1: the daemon pings every 0.5 s
 
 
-def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8, test_video) -> None:
+def test_ready_watchdog_stuck_and_stopping(
+    tmp_path: Path, mosquitto, privacy, color_int8, canary_video
+) -> None:
     broker = mosquitto()
     plugin_dir = install_stuck_plugin(tmp_path / "plugin")
     block, marker = tmp_path / "block", tmp_path / "stuck-marker"
@@ -23,7 +26,7 @@ def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8
         [
             {
                 "name": "cam",
-                "source": {"type": "camera", "url": str(test_video), "loop": True, "fps": 20},
+                "source": {"type": "camera", "url": str(canary_video), "loop": True, "fps": 20},
                 "model": {
                     "path": str(color_int8.path),
                     "postprocess": {"type": "stuck", "block_file": str(block), "marker": str(marker)},
@@ -32,6 +35,8 @@ def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8
         ],
         watchdog={"stall_after_s": 1.0},
     )
+    # a plugin's result: its own fields are allowed, the canary frame is not
+    watch = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     notify = NotifySocket(tmp_path / "notify.sock")
     env = {
         "NOTIFY_SOCKET": str(notify.path),
@@ -66,6 +71,7 @@ def test_ready_watchdog_stuck_and_stopping(tmp_path: Path, mosquitto, color_int8
             agent.send(signal.SIGTERM)
             notify.wait_for("STOPPING=1", timeout=15)
             assert agent.wait(30) == 0, agent.log()
+        watch.check()
     finally:
         notify.close()
 

@@ -2,7 +2,7 @@
 
 Most tests install a wheel built from this checkout with --no-deps (offline, seconds): they check what the
 installer writes, not pip. One session fixture runs the full install with dependencies from the package
-index, the way a device does, and is skipped when no index can be reached.
+index, the way a device does, and is skipped only when pip itself cannot reach an index.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -591,21 +590,27 @@ def test_template_passes_check_once_a_model_exists(tmp_path: Path, color_int8) -
 # ---------------------------------------------------------------------------------------------- full install
 
 
-def _index_reachable() -> bool:
+def _index_problem(env: dict[str, str]) -> str | None:
+    """Why pip cannot see the package index, or None if it can. Asks pip itself (``pip index versions``,
+    with its own index URL, proxy, certificates and mirrors, as the install will use them), not a raw
+    socket to pypi.org, which a mirror or proxy setup answers differently."""
+    cmd = [sys.executable, "-m", "pip", "index", "versions", "ai-edge-litert", "--disable-pip-version-check"]
     try:
-        socket.create_connection(("pypi.org", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        return "pip index versions ai-edge-litert did not answer in 120 s"
+    if proc.returncode == 0 and "ai-edge-litert (" in proc.stdout:
+        return None
+    return f"pip index versions ai-edge-litert failed: {(proc.stderr or proc.stdout).strip()[-300:]}"
 
 
 @pytest.fixture(scope="module")
 def full_stage(tmp_path_factory: pytest.TempPathFactory, checkout: Path) -> Iterator[Path]:
     """The real thing: venv + dependencies from the package index (pip's cache makes reruns quick)."""
-    if not _index_reachable():
-        pytest.skip("the package index (pypi.org) is not reachable: the full install needs it")
-    root = tmp_path_factory.mktemp("full") / "root"
     env = {k: v for k, v in os.environ.items() if k != "PIP_NO_INDEX"}
+    if (problem := _index_problem(env)) is not None:
+        pytest.skip(f"the package index is not reachable through pip ({problem}): the full install needs it")
+    root = tmp_path_factory.mktemp("full") / "root"
     cmd = ["bash", str(checkout / "scripts/install"), "--root", str(root), "--python", sys.executable]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -82,3 +82,19 @@ def test_unreadable_manifest_says_what_to_do(tmp_path: Path) -> None:
         load_manifest(bad)
     with pytest.raises(ModelError, match="manifest not found"):
         load_manifest(tmp_path / "missing.json")
+
+
+def test_output_of_a_missing_role_is_none(tmp_path: Path) -> None:
+    """The pipeline asks for optional roles (``reconstruction``): a missing one is None, not an exception."""
+    manifest = load_manifest(_manifest(tmp_path))
+    assert manifest.output("reconstruction") is None
+
+
+def test_nested_errors_name_the_key_path_and_a_swap_says_what_to_do(tmp_path: Path) -> None:
+    raw = json.loads(_manifest(tmp_path).read_text())
+    raw["inputs"][0]["dtype"] = "int4"
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match=r"invalid manifest field 'inputs\.0\.dtype'"):
+        load_manifest(tmp_path / "m.json")
+    with pytest.raises(ModelError, match=r"replaced or damaged: copy the \.tflite and \.json together again"):
+        load_manifest(_manifest(tmp_path, sha256="0" * 64))

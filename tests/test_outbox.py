@@ -291,3 +291,47 @@ def test_read_only_state_directory_is_a_clear_error(tmp_path: Path) -> None:
             Outbox(state / "outbox.sqlite3")
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_bounds_are_exact(db: Path) -> None:
+    """max_messages and max_bytes are what the outbox holds, not one less: filling it to the bound drops
+    nothing, one more row drops exactly one. A bound of 1 is allowed."""
+    with Outbox(db, max_messages=3, max_bytes=30) as ob:
+        ob.append_many([("t", b"x" * 10, 1)] * 3)  # exactly 3 rows and 30 bytes
+        assert (ob.depth(), ob.size_bytes(), ob.dropped) == (3, 30, 0)
+        ob.append("t", b"y" * 10, 1)
+        assert (ob.depth(), ob.size_bytes(), ob.dropped) == (3, 30, 1)
+    with Outbox(db, max_messages=1) as ob:  # a smaller bound on reopen: the next append trims to it
+        newest = ob.append("t", b"z", 1)
+        assert [m.id for m in ob.pending()] == [newest]
+    Outbox(db, max_bytes=1).close()
+    for bad in ({"max_messages": 0}, {"max_bytes": 0}):
+        with pytest.raises(ConfigError, match="outbox bounds must be positive"):
+            Outbox(db, **bad)
+
+
+def test_a_missing_state_dir_is_created(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "var" / "lib" / "edge-agent" / "outbox.db") as ob:
+        assert ob.append("t", b"a", 1) >= 1
+
+
+def test_a_failed_append_leaves_nothing_and_the_outbox_usable(db: Path) -> None:
+    with Outbox(db) as ob:
+        ob.append("t", b"a", 1)
+        with pytest.raises(Exception, match="NOT NULL"):
+            ob.append_many([("t", b"b", 1), (None, b"c", 1)])  # the second row breaks the transaction
+        assert ob.depth() == 1 and [m.payload for m in ob.pending()] == [b"a"]
+        ob.append("t", b"d", 1)  # the transaction was rolled back, not left open
+        assert [m.payload for m in ob.pending()] == [b"a", b"d"]
+
+
+def test_seq_reservations_are_fsynced_results_are_not(db: Path) -> None:
+    """A seq block must survive a power cut (else numbers repeat after one): synchronous=FULL on the
+    counter's own connection; results only need to survive a process crash: NORMAL (see _connect)."""
+    with Outbox(db) as ob:
+        assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    seq = SeqCounter(db, "cam")
+    try:
+        assert seq._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        seq.close()

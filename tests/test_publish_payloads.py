@@ -190,3 +190,42 @@ def test_sensor_source_counters_reach_the_stats_payload() -> None:
                         mqtt={"connected": True, "reconnects": 0, "last_error": None},
                         outbox={"depth": 0, "bytes": 0, "dropped": 0})  # fmt: skip
     assert validate_payload(raw, "stats")["pipelines"]["vibration"]["source"]["bad_lines"] == 2
+
+
+def test_numpy_arrays_become_lists_and_other_objects_are_named() -> None:
+    """A postprocessor (or a plugin) may return numpy arrays as they come out of the model: they become JSON
+    lists; anything JSON cannot hold is a DataError naming the type, not a crash in the publish path."""
+    fields = {"label": "a", "class_id": 0, "score": 0.5, "embedding": np.array([[1, 2], [3, 4]], np.int8),
+              "mean": np.float32(0.25), "flags": np.array([True, False])}  # fmt: skip
+    obj = json.loads(make(fields))
+    assert obj["embedding"] == [[1, 2], [3, 4]] and obj["mean"] == 0.25 and obj["flags"] == [True, False]
+    with pytest.raises(DataError, match=r"not JSON: .*\bobject\b is not JSON serializable"):
+        make({**fields, "embedding": object()})
+
+
+def test_timestamps_are_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device set to local time still stamps UTC (a subscriber compares devices across zones)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        now = datetime.strptime(iso_ts(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        assert abs((datetime.now(timezone.utc) - now).total_seconds()) < 5
+        ts = datetime(2026, 3, 4, 5, 6, 7, 500_000, tzinfo=timezone(timedelta(hours=-3)))
+        assert iso_ts(ts) == "2026-03-04T08:06:07.500Z"  # milliseconds exact: 500000 us -> .500
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_stats_payload_carries_the_given_time_and_names_a_nan_field() -> None:
+    ts = datetime(2026, 3, 4, 5, 6, 7, 250_000, tzinfo=timezone.utc)
+    raw = stats_payload(device="pi-1", uptime_s=1.0, pipelines={}, ts=ts,
+                        mqtt={"connected": True, "reconnects": 0, "last_error": None},
+                        outbox={"depth": 0, "bytes": 0, "dropped": 0})  # fmt: skip
+    assert validate_payload(raw, "stats")["ts"] == "2026-03-04T05:06:07.250Z"
+    with pytest.raises(
+        DataError, match=r"result of pipeline 'door' has a NaN or infinite value in \['threshold'\]"
+    ):
+        make({"anomaly_score": 0.1, "threshold": float("inf"), "is_anomaly": False})
