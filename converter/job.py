@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ def run_quantize(
     threads: int,
 ) -> QuantizeResult:
     from converter import manifest as mf
+    from converter import roles as rl
     from converter.evaluate import apply_gate, evaluate
     from converter.litert import LiteModel
     from converter.output import write_files
@@ -77,7 +77,7 @@ def run_quantize(
             f"the converted model does not run on ai-edge-litert ({exc}); run with --verbose"
         ) from None
 
-    overrides = mf.parse_role_overrides(output_roles, lite.outputs)
+    overrides = rl.parse_role_overrides(output_roles, lite.outputs)
     probe = x_calib[:64] if x_calib is not None else (held_out.x[:64] if held_out is not None else None)
     softmax = fm.ends_in_softmax()
     sample_outputs = None
@@ -87,8 +87,8 @@ def run_quantize(
             p = float_probe[0].reshape(len(probe), -1)
             softmax = bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
         sample_outputs = lite.run(probe[0])
-    roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
-    mf.check_labels(labels, task, lite, roles, "labels")
+    roles = rl.guess_roles(task, lite, softmax, sample_outputs, overrides)
+    rl.check_labels(labels, task, lite, roles, "labels")
 
     if task == "anomaly" and "threshold" not in postprocess:
         postprocess = {**postprocess, "threshold": _anomaly_threshold(lite, roles, samples)}
@@ -111,9 +111,8 @@ def run_quantize(
         evaluation=evaluation,
         versions=versions(),
     )  # fmt: skip
-    mf.validate(manifest)
     manifest_path = out.with_suffix(".json")
-    write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
+    write_files({out: model_bytes, manifest_path: mf.dumps(manifest)})
     summary = _summary(
         out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads
     )

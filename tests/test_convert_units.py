@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from converter import calibration as cal
+from converter.calibration import infer_scaling
 from converter.examples import DIGITS_PREPROCESS, digit_frame, load_digits_split, render_digits_video
 from converter.litert import Tensor
 from converter.loading import detect_kind
-from converter.options import infer_scaling, parse_number
+from converter.options import parse_number
 from converter.output import check_writable, write_files
 from converter.report import table
 from edge_agent.errors import ConfigError, DataError, ModelError
@@ -182,7 +183,7 @@ def _lite(inputs: list[tuple[int, ...]], outputs: list[tuple[str, tuple[int, ...
 
 
 def test_roles_by_task_and_shape():
-    from converter.manifest import guess_roles, parse_role_overrides
+    from converter.roles import guess_roles, parse_role_overrides
 
     ssd = _lite([(1, 300, 300, 3)], [("a", (1, 10, 4)), ("b", (1, 10)), ("c", (1, 10)), ("d", (1,))])
     sample = [np.zeros((1, 10, 4)), np.full((1, 10), 0.7), np.arange(10.0)[None], np.array([3.0])]
