@@ -33,7 +33,8 @@ def versions() -> dict[str, str]:
 @dataclass(frozen=True)
 class QuantizeResult:
     summary: str  # the table printed on stdout
-    gate: dict[str, Any] | None  # as recorded in the manifest; None without --max-accuracy-drop
+    gate: dict[str, Any] | None  # as recorded in the manifest; None when no gate ran
+    collapse: str | None = None  # a sentence when the answers collapsed against the float model
 
     @property
     def gate_passed(self) -> bool:
@@ -60,7 +61,7 @@ def run_quantize(
 ) -> QuantizeResult:
     from converter import manifest as mf
     from converter import roles as rl
-    from converter.evaluate import apply_gate, evaluate
+    from converter.evaluate import apply_gate, collapse, evaluate
     from converter.litert import LiteModel
     from converter.output import write_files
     from converter.quantize import convert
@@ -113,10 +114,12 @@ def run_quantize(
     )  # fmt: skip
     manifest_path = out.with_suffix(".json")
     write_files({out: model_bytes, manifest_path: mf.dumps(manifest)})
+    collapsed = collapse(ev, mode) if ev is not None else None
     summary = _summary(
-        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads
-    )
-    return QuantizeResult(summary, ev.gate if ev else None)
+        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads,
+        collapsed,
+    )  # fmt: skip
+    return QuantizeResult(summary, ev.gate if ev else None, collapsed)
 
 
 def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:
@@ -146,6 +149,7 @@ def _summary(
     roles: list[str],
     lite: Any,
     threads: int,
+    collapsed: str | None = None,
 ) -> str:
     """The table on stdout. Column "float32" is the float model: its .tflite for size and latency,
     the model itself (Keras / SavedModel) for accuracy."""
@@ -175,10 +179,16 @@ def _summary(
             report.ms(lat.get("tflite")),
             f"Keras/TF: {report.ms(lat.get('float_model'))}",
         ])  # fmt: skip
+        if collapsed is not None:
+            rows.append(["answers vs float", "", "COLLAPSED", "see below"])
         if ev.gate is not None:
             verdict = "PASSED" if ev.gate["passed"] else "FAILED"
             rows.append(
                 ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
             )
+        elif ev.accuracy_float is not None:
+            rows.append(["quality gate", "", "OFF", "--no-gate"])
     lines += ["", report.table(["", "float32", mode, ""], rows)]
+    if collapsed is not None:
+        lines += ["", f"COLLAPSED: {collapsed}"]
     return "\n".join(lines)

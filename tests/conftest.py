@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.tflite_models",  # small TFLite models with known heads, made by TensorFlow
     "tests.fixtures.streams",  # videos rendered by the tests and ffmpeg streams on loopback
     "tests.fixtures.sources",  # sources started by a test, always closed
+    "tests.fixtures.fast",  # -m "not slow" never starts TensorFlow; TF fixtures mark their tests slow
 ]
