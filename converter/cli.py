@@ -204,7 +204,7 @@ def quantize(
     --no-gate turns it off.
     """
     from converter import calibration as cal
-    from converter.evaluate import NEXT_STEP, gate_threshold
+    from converter.evaluate import gate_threshold, next_step
     from converter.manifest import input_kind as default_input_kind
     from converter.output import check_writable
     from converter.quantize import resolve_io_type
@@ -261,8 +261,8 @@ def quantize(
             f"quality gate failed: accuracy dropped {gate['accuracy_drop_points']:.2f} points "
             f"(allowed {gate['max_accuracy_drop_points']:g}); "
             f"{out} and its manifest were written and marked failed. "
-            f"Next: {NEXT_STEP} (or more --calib data, --mode int16x8, quantization-aware training; "
-            "--max-accuracy-drop POINTS or --no-gate to accept the loss)"
+            f"Next: {next_step(mode)}; or quantization-aware training; "
+            "--max-accuracy-drop POINTS or --no-gate accepts the loss"
         )
 
 

@@ -288,3 +288,5 @@ def test_collapse_is_named_with_the_next_step():
     for text in (low_agreement, big_drop):
         assert "--mode dynamic" in text and "--mode float16" in text and "normalization" in text
     assert collapse(_evaluation(None, None), "int8") is None  # regression: no agreement measured
+    dynamic = collapse(_evaluation(86.89, 0.0978), "dynamic")
+    assert dynamic and "--mode dynamic" not in dynamic and "--mode int16x8" in dynamic  # never the same mode
