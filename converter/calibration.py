@@ -1,4 +1,6 @@
-"""Representative and labelled data for calibration and evaluation: image folders, .npy, .npz, CSV.
+"""Representative and labelled data for calibration and evaluation: image folders, .npy, .npz, CSV;
+and the calibration decisions: which samples ``--calib`` gives, and what they say about the pixel
+scaling the manifest declares (read off the data, or checked against --scale/--mean/--std).
 
 Arrays are taken as already preprocessed (what the model sees). Images are preprocessed with the
 device's own ``ImagePreprocessor`` from the manifest fields, so calibration sees exactly the numbers
@@ -16,7 +18,8 @@ from typing import Any, TextIO
 import click
 import numpy as np
 
-from edge_agent.errors import DataError, DependencyError, missing_extra
+from converter.options import warn
+from edge_agent.errors import ConfigError, DataError, DependencyError, missing_extra
 from edge_agent.manifest import InputSpec, Preprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
@@ -221,6 +224,97 @@ def random_calibration(
         x = rng.standard_normal(shape)
     x = x.astype(np.float32)
     return Samples(x, {"format": "random", "source": "random", "samples": limit, **_stats(x)})
+
+
+def require_calibration(mode: str, calib: str | None) -> None:
+    """ConfigError before anything slow when ``mode`` is full-integer and no --calib was given."""
+    from converter.quantize import NEEDS_CALIBRATION
+
+    if mode in NEEDS_CALIBRATION and calib is None:
+        raise ConfigError(
+            f"--mode {mode} needs calibration data: --calib with an image folder, .npy, .npz or .csv "
+            "of typical inputs (or --calib random to accept unknown accuracy)"
+        )
+
+
+def choose_calibration(
+    calib: str | None,
+    input_shape: tuple[int | None, ...],
+    limit: int,
+    preprocess: Preprocess | None,
+    explicit_scaling: bool,
+    seed: int = 0,
+    progress: TextIO | None = None,
+) -> tuple[Samples | None, Preprocess | None]:
+    """The samples ``--calib`` (a path, 'random' or None) gives, and the image preprocessing the manifest
+    will declare: array data without --scale/--mean/--std decides the scaling; with them, it is checked.
+    Warns when the device would feed raw 0..255 pixels for lack of either."""
+    samples = None
+    if calib == "random":
+        warn(
+            "--calib random: quantization ranges come from random data, "
+            "so the accuracy of this model is unknown"
+        )
+        samples = random_calibration(input_shape, limit, preprocess, seed)
+    elif calib is not None:
+        calib_path = Path(calib)
+        if not calib_path.exists():
+            raise DataError(f"--calib {calib}: no such file or folder")
+        samples = load_calibration(calib_path, input_shape, limit, preprocess, seed, progress)
+        if preprocess is not None and not calib_path.is_dir():
+            if explicit_scaling:
+                check_range(samples.x, preprocess, calib_path.name)
+            else:
+                preprocess = infer_scaling(samples.x, preprocess, calib_path.name)
+                explicit_scaling = True
+    if preprocess is not None and not explicit_scaling:
+        warn("no --scale/--mean/--std given: the device will feed raw 0..255 pixels to this model")
+    return samples, preprocess
+
+
+def check_range(x: np.ndarray, pre: Any, source: str) -> None:
+    """Warn when array calibration data cannot come out of the declared preprocessing (0..255 pixels)."""
+    mean = np.asarray(pre.mean, dtype=np.float64)
+    std = np.asarray(pre.std, dtype=np.float64)
+    ends = np.stack([(0 * pre.scale - mean) / std, (255 * pre.scale - mean) / std])
+    low, high = float(ends.min()), float(ends.max())
+    span = high - low
+    if (
+        float(x.min()) < low - 0.05 * span
+        or float(x.max()) > high + 0.05 * span
+        or float(x.max() - x.min()) < 0.6 * span
+    ):
+        warn(
+            f"calibration data {source} spans {float(x.min()):.3g}..{float(x.max()):.3g} but camera frames "
+            f"will be preprocessed to {low:.3g}..{high:.3g} (--scale/--mean/--std); "
+            "check those options match training"
+        )
+
+
+def infer_scaling(x: np.ndarray, pre: Any, source: str) -> Any:
+    """Without --scale/--mean/--std, read the pixel scaling off preprocessed calibration arrays:
+    0..1 -> scale 1/255; -1..1 -> (p - 127.5) / 127.5; 0..255 -> raw pixels. Says what it chose."""
+    low, high = float(x.min()), float(x.max())
+    if low >= -0.01 and high <= 1.01:
+        choice, fields = "--scale 1/255", {"scale": 1 / 255}
+    elif low >= -1.01 and high <= 1.01:
+        choice, fields = "--mean 127.5 --std 127.5", {"mean": [127.5], "std": [127.5]}
+    elif low >= 0 and high <= 255.5:
+        choice, fields = "--scale 1", {}
+    else:
+        warn(
+            f"calibration data {source} spans {low:.3g}..{high:.3g}, not a pixel range: "
+            "give --scale/--mean/--std "
+            "so that the device turns 0..255 pixels into what the model was trained on"
+        )
+        return pre
+    click.echo(
+        f"edge-convert: note: calibration data {source} spans {low:.3g}..{high:.3g}, "
+        "so camera frames will be "
+        f"preprocessed as {choice} (give --scale/--mean/--std to choose yourself)",
+        err=True,
+    )
+    return pre.model_copy(update=fields)
 
 
 def _read_array(source: Path, what: str) -> np.ndarray:

@@ -14,21 +14,13 @@ from pathlib import Path
 import click
 
 from converter import quiet, report
-from converter.options import (
-    build_preprocess,
-    check_range,
-    infer_scaling,
-    parse_postprocess,
-    parse_shape,
-    read_labels,
-    warn,
-)
+from converter.options import build_preprocess, parse_postprocess, parse_shape, read_labels, warn
+from converter.quantize import MODES
 from edge_agent import __version__
 from edge_agent.cli import run_cli
 from edge_agent.errors import ConfigError, DataError, ModelError, QualityGateError
 
 TASKS = ("classification", "detection", "regression", "anomaly", "segmentation")
-MODES = ("int8", "float16", "dynamic", "int16x8", "float32")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -163,8 +155,10 @@ verbose_option = click.option(
     type=float,
     default=None,
     metavar="POINTS",
-    help="Quality gate: fail (exit 8, files kept, manifest marked) when accuracy drops more.",
+    help="Quality gate: fail (exit 8, files kept, manifest marked) when accuracy drops more. "
+    "Default with --eval on a classifier: 1.",
 )
+@click.option("--no-gate", is_flag=True, help="Evaluate with --eval but never fail on the accuracy drop.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
 @click.option(
     "--threads",
@@ -194,6 +188,7 @@ def quantize(
     postprocess_items: tuple[str, ...],
     eval_path: Path | None,
     max_accuracy_drop: float | None,
+    no_gate: bool,
     seed: int,
     threads: int,
 ) -> None:
@@ -202,10 +197,17 @@ def quantize(
     \b
     Example:
       edge-convert quantize digits.keras -o digits.tflite \\
-          --calib train.npz --eval test.npz --labels labels.txt --max-accuracy-drop 1
+          --calib train.npz --eval test.npz --labels labels.txt
+
+    With --eval on a classifier the quality gate is on: more than 1 point of accuracy lost fails the
+    conversion (exit 8, files kept, manifest marked failed). --max-accuracy-drop sets the points,
+    --no-gate turns it off.
     """
+    from converter import calibration as cal
+    from converter.evaluate import gate_threshold, next_step
+    from converter.manifest import input_kind as default_input_kind
     from converter.output import check_writable
-    from converter.quantize import NEEDS_CALIBRATION, resolve_io_type
+    from converter.quantize import resolve_io_type
 
     # everything that can be checked without TensorFlow, first
     if out.suffix != ".tflite":
@@ -214,25 +216,17 @@ def quantize(
         )
     check_writable(out)
     io_type = resolve_io_type(mode, io_type)
-    if mode in NEEDS_CALIBRATION and calib is None:
-        raise ConfigError(
-            f"--mode {mode} needs calibration data: --calib with an image folder, .npy, .npz or .csv "
-            "of typical inputs (or --calib random to accept unknown accuracy)"
-        )
-    if max_accuracy_drop is not None and eval_path is None:
-        raise ConfigError("--max-accuracy-drop needs --eval with labelled held-out data")
-    if max_accuracy_drop is not None and task != "classification":
-        raise ConfigError("--max-accuracy-drop applies to classification models")
+    cal.require_calibration(mode, calib)
+    max_accuracy_drop = gate_threshold(max_accuracy_drop, no_gate, eval_path is not None, task)
     labels = read_labels(labels_file)
     postprocess = parse_postprocess(postprocess_items)
 
-    from converter import calibration as cal
     from converter.loading import detect_kind, load_float_model
 
     detect_kind(model)
     fm = load_float_model(model).with_input_shape(parse_shape(input_shape))
     shape = fm.input_shape
-    kind = input_kind or ("image" if len(shape) == 4 and shape[-1] in (1, 3) else "tensor")
+    kind = input_kind or default_input_kind(shape)
     if kind == "image" and (len(shape) != 4 or shape[-1] not in (1, 3)):
         raise ConfigError(
             f"--input-kind image needs an (N, H, W, 1 or 3) input, the model's is {list(shape)}"
@@ -248,26 +242,7 @@ def quantize(
             )
 
     progress = sys.stderr
-    samples = None
-    if calib == "random":
-        warn(
-            "--calib random: quantization ranges come from random data, "
-            "so the accuracy of this model is unknown"
-        )
-        samples = cal.random_calibration(shape, calib_samples, pre, seed)
-    elif calib is not None:
-        calib_path = Path(calib)
-        if not calib_path.exists():
-            raise DataError(f"--calib {calib}: no such file or folder")
-        samples = cal.load_calibration(calib_path, shape, calib_samples, pre, seed, progress)
-        if pre is not None and not calib_path.is_dir():
-            if explicit_scaling:
-                check_range(samples.x, pre, calib_path.name)
-            else:
-                pre = infer_scaling(samples.x, pre, calib_path.name)
-                explicit_scaling = True
-    if pre is not None and not explicit_scaling:
-        warn("no --scale/--mean/--std given: the device will feed raw 0..255 pixels to this model")
+    samples, pre = cal.choose_calibration(calib, shape, calib_samples, pre, explicit_scaling, seed, progress)
     held_out = cal.load_labelled(eval_path, shape, pre, labels, progress) if eval_path is not None else None
 
     from converter.job import run_quantize
@@ -278,13 +253,16 @@ def quantize(
         postprocess=postprocess, max_accuracy_drop=max_accuracy_drop, threads=threads,
     )  # fmt: skip
     click.echo(result.summary)
+    if result.collapse is not None:
+        warn(result.collapse)
     if not result.gate_passed:
         gate = result.gate
         raise QualityGateError(
             f"quality gate failed: accuracy dropped {gate['accuracy_drop_points']:.2f} points "
             f"(allowed {gate['max_accuracy_drop_points']:g}); "
             f"{out} and its manifest were written and marked failed. "
-            "Try more or more typical --calib data, --mode int16x8 or dynamic, or quantization-aware training"
+            f"Next: {next_step(mode)}; or quantization-aware training; "
+            "--max-accuracy-drop POINTS or --no-gate accepts the loss"
         )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from converter.calibration import Labelled
 from converter.litert import LiteModel, Tensor
 from converter.loading import FloatModel
-from edge_agent.errors import DataError, ModelError
+from edge_agent.errors import ConfigError, DataError, ModelError
 
 
 @dataclass
@@ -159,6 +159,47 @@ def anomaly_threshold(lite: LiteModel, x: np.ndarray, role: str) -> float:
     return float(np.percentile(anomaly_scores(lite, x, role), ANOMALY_PERCENTILE))
 
 
+DEFAULT_MAX_ACCURACY_DROP = 1.0  # points: the gate with --eval on a classifier, unless --no-gate
+# Below these the quantized model no longer answers like the float one (measured on the digits CNN: a
+# healthy int8 conversion keeps 100% agreement and drops 0 points; a collapsed one fell to 8% agreement).
+COLLAPSE_AGREEMENT = 0.8
+COLLAPSE_DROP_POINTS = 10.0
+# What to try instead, per mode. Measured on the digits CNN with large-range channels (converter/examples.py,
+# factor 1000): int8 10.2%, dynamic 10.0% (its activations are quantized on the fly, per tensor, too),
+# int16x8 96.4%, float16 96.9% (float 96.9%). dynamic still helps when the calibration data is the problem.
+OTHER_MODES = {
+    "int8": "--mode int16x8, --mode float16, or --mode dynamic (needs no calibration data)",
+    "int16x8": "--mode float16",
+    "dynamic": "--mode int16x8 or --mode float16",
+    "float16": "--mode float32",
+    "float32": "another export of the model",
+}
+
+
+def next_step(mode: str) -> str:
+    """What to do when ``mode`` lost too much: check the data first, then another mode."""
+    return (
+        "check that --calib holds typical inputs preprocessed exactly as in training (the input "
+        f"normalization, --scale/--mean/--std), then try {OTHER_MODES.get(mode, '--mode float16')}"
+    )
+
+
+def gate_threshold(
+    max_accuracy_drop: float | None, no_gate: bool, has_eval: bool, task: str
+) -> float | None:
+    """The accuracy drop (points) the gate allows, None for no gate: with --eval on a classifier the gate
+    is on at DEFAULT_MAX_ACCURACY_DROP; --max-accuracy-drop changes it, --no-gate turns it off."""
+    if no_gate and max_accuracy_drop is not None:
+        raise ConfigError("--no-gate and --max-accuracy-drop contradict each other; give one of them")
+    if max_accuracy_drop is not None and not has_eval:
+        raise ConfigError("--max-accuracy-drop needs --eval with labelled held-out data")
+    if max_accuracy_drop is not None and task != "classification":
+        raise ConfigError("--max-accuracy-drop applies to classification models")
+    if no_gate or not has_eval or task != "classification":
+        return None
+    return DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+
+
 def apply_gate(evaluation: Evaluation, max_accuracy_drop: float | None) -> bool:
     """Record the quality gate in ``evaluation``; True when it passed (or none was set)."""
     if max_accuracy_drop is None:
@@ -172,6 +213,20 @@ def apply_gate(evaluation: Evaluation, max_accuracy_drop: float | None) -> bool:
         "passed": passed,
     }
     return passed
+
+
+def collapse(evaluation: Evaluation, mode: str) -> str | None:
+    """One sentence when the converted model's answers collapsed against the float model's, else None:
+    said whether or not a gate runs, because a collapse is never a small loss worth accepting."""
+    agreement, drop = evaluation.top1_agreement, evaluation.accuracy_drop_points
+    if agreement is None or drop is None:
+        return None
+    if agreement >= COLLAPSE_AGREEMENT and drop < COLLAPSE_DROP_POINTS:
+        return None
+    return (
+        f"the {mode} model's answers collapsed: top-1 agreement with the float model "
+        f"{agreement * 100:.2f}%, accuracy drop {drop:.2f} points; {next_step(mode)}"
+    )
 
 
 def _median_ms(fn: Any, x: np.ndarray, runs: int = 30, warmup: int = 3) -> float:

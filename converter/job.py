@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ def versions() -> dict[str, str]:
 @dataclass(frozen=True)
 class QuantizeResult:
     summary: str  # the table printed on stdout
-    gate: dict[str, Any] | None  # as recorded in the manifest; None without --max-accuracy-drop
+    gate: dict[str, Any] | None  # as recorded in the manifest; None when no gate ran
+    collapse: str | None = None  # a sentence when the answers collapsed against the float model
 
     @property
     def gate_passed(self) -> bool:
@@ -60,7 +60,8 @@ def run_quantize(
     threads: int,
 ) -> QuantizeResult:
     from converter import manifest as mf
-    from converter.evaluate import apply_gate, evaluate
+    from converter import roles as rl
+    from converter.evaluate import apply_gate, collapse, evaluate
     from converter.litert import LiteModel
     from converter.output import write_files
     from converter.quantize import convert
@@ -77,7 +78,7 @@ def run_quantize(
             f"the converted model does not run on ai-edge-litert ({exc}); run with --verbose"
         ) from None
 
-    overrides = mf.parse_role_overrides(output_roles, lite.outputs)
+    overrides = rl.parse_role_overrides(output_roles, lite.outputs)
     probe = x_calib[:64] if x_calib is not None else (held_out.x[:64] if held_out is not None else None)
     softmax = fm.ends_in_softmax()
     sample_outputs = None
@@ -87,8 +88,8 @@ def run_quantize(
             p = float_probe[0].reshape(len(probe), -1)
             softmax = bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
         sample_outputs = lite.run(probe[0])
-    roles = mf.guess_roles(task, lite, softmax, sample_outputs, overrides)
-    mf.check_labels(labels, task, lite, roles, "labels")
+    roles = rl.guess_roles(task, lite, softmax, sample_outputs, overrides)
+    rl.check_labels(labels, task, lite, roles, "labels")
 
     if task == "anomaly" and "threshold" not in postprocess:
         postprocess = {**postprocess, "threshold": _anomaly_threshold(lite, roles, samples)}
@@ -111,13 +112,14 @@ def run_quantize(
         evaluation=evaluation,
         versions=versions(),
     )  # fmt: skip
-    mf.validate(manifest)
     manifest_path = out.with_suffix(".json")
-    write_files({out: model_bytes, manifest_path: (json.dumps(manifest, indent=2) + "\n").encode()})
+    write_files({out: model_bytes, manifest_path: mf.dumps(manifest)})
+    collapsed = collapse(ev, mode) if ev is not None else None
     summary = _summary(
-        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads
-    )
-    return QuantizeResult(summary, ev.gate if ev else None)
+        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads,
+        collapsed,
+    )  # fmt: skip
+    return QuantizeResult(summary, ev.gate if ev else None, collapsed)
 
 
 def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:
@@ -147,6 +149,7 @@ def _summary(
     roles: list[str],
     lite: Any,
     threads: int,
+    collapsed: str | None = None,
 ) -> str:
     """The table on stdout. Column "float32" is the float model: its .tflite for size and latency,
     the model itself (Keras / SavedModel) for accuracy."""
@@ -176,10 +179,16 @@ def _summary(
             report.ms(lat.get("tflite")),
             f"Keras/TF: {report.ms(lat.get('float_model'))}",
         ])  # fmt: skip
+        if collapsed is not None:
+            rows.append(["answers vs float", "", "COLLAPSED", "see below"])
         if ev.gate is not None:
             verdict = "PASSED" if ev.gate["passed"] else "FAILED"
             rows.append(
                 ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
             )
+        elif ev.accuracy_float is not None:
+            rows.append(["quality gate", "", "OFF", "--no-gate"])
     lines += ["", report.table(["", "float32", mode, ""], rows)]
+    if collapsed is not None:
+        lines += ["", f"COLLAPSED: {collapsed}"]
     return "\n".join(lines)

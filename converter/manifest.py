@@ -1,8 +1,13 @@
-"""Write ``model.json``: what the device needs to run the converted model without hand-written settings.
+"""Build ``model.json``: what the device needs to run a converted model without hand-written settings.
 
-Tensors come from the converted file as ai-edge-litert reports them (names, shapes, dtypes, scale and
-zero point), not from the Keras model. The result is validated against the shipped JSON Schema file,
-the same contract ``edge_agent`` reads, before anything is written.
+The one manifest builder: ``edge-convert``, the tests' model fixtures and the benchmark script all call
+``build`` (or ``build_for_file``), so the three cannot drift apart. Tensors come from the converted file
+as ai-edge-litert reports them (names, shapes, dtypes, scale and zero point), not from the Keras model.
+Every manifest is validated against the shipped JSON Schema file, the same contract ``edge_agent``
+reads, before it is returned. TensorFlow is not imported here (nor by anything this module imports).
+
+To add a field (e.g. golden samples for deployment): add it to ``edge_agent.manifest.Manifest``,
+regenerate the schema file, and add one keyword to ``build``.
 """
 
 from __future__ import annotations
@@ -10,18 +15,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from converter.litert import LiteModel, Tensor
-from edge_agent.errors import ConfigError, ModelError
-
-SCHEMA_ID = "edge-agent/manifest/1"
-ROLES = (
-    "probabilities", "logits", "boxes", "classes", "scores", "count", "yolo",
-    "values", "reconstruction", "anomaly_score", "mask",
-)  # fmt: skip
+from edge_agent.errors import ModelError
+from edge_agent.manifest import MANIFEST_SCHEMA_ID, file_sha256, manifest_path_for
 
 
 def load_schema() -> dict[str, Any]:
@@ -29,7 +28,7 @@ def load_schema() -> dict[str, Any]:
 
 
 def validate(manifest: dict[str, Any]) -> None:
-    """ModelError when ``manifest`` does not satisfy the schema file (a converter bug, not the user's)."""
+    """ModelError when ``manifest`` does not satisfy the schema file (a builder bug, not the user's)."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(load_schema())
@@ -42,7 +41,7 @@ def validate(manifest: dict[str, Any]) -> None:
         )
 
 
-def input_kind(shape: tuple[int, ...]) -> str:
+def input_kind(shape: tuple[int | None, ...]) -> str:
     """'image' for (N, H, W, C) inputs with 1 or 3 channels; 'tensor' otherwise."""
     return "image" if len(shape) == 4 and shape[-1] in (1, 3) else "tensor"
 
@@ -57,134 +56,43 @@ def input_layout(shape: tuple[int, ...]) -> str:
     return "NHWC"
 
 
-def parse_role_overrides(items: tuple[str, ...], outputs: list[Tensor]) -> dict[int, str]:
-    """``NAME=ROLE`` or ``INDEX=ROLE`` -> output index -> role."""
-    result: dict[int, str] = {}
-    for item in items:
-        key, sep, role = item.partition("=")
-        if not sep or role not in ROLES:
-            raise ConfigError(
-                f"--output-role {item!r}: expected NAME=ROLE with ROLE one of {', '.join(ROLES)}"
-            )
-        index = next((i for i, t in enumerate(outputs) if t.name == key), None)
-        if index is None and key.isdigit() and int(key) < len(outputs):
-            index = int(key)
-        if index is None:
-            names = ", ".join(f"{i}={t.name}" for i, t in enumerate(outputs))
-            raise ConfigError(f"--output-role {item!r}: the model has no output {key!r} (outputs: {names})")
-        result[index] = role
-    return result
-
-
-def guess_roles(
-    task: str,
-    lite: LiteModel,
-    softmax_head: bool,
-    sample_outputs: list[np.ndarray] | None,
-    overrides: dict[int, str],
-) -> list[str]:
-    """The role of each TFLite output, by task and shape; overrides win. ConfigError when it cannot tell."""
-    outputs, in_shape = lite.outputs, lite.inputs[0].shape
-    if len(overrides) == len(outputs):
-        return [overrides[i] for i in range(len(outputs))]
-    roles: list[str | None] = [None] * len(outputs)
-    if task == "classification":
-        roles = ["probabilities" if softmax_head else "logits" for _ in outputs]
-    elif task == "regression":
-        roles = ["values" for _ in outputs]
-    elif task == "segmentation":
-        roles = ["mask" for _ in outputs]
-    elif task == "anomaly":
-        roles = ["reconstruction" if t.shape == in_shape else "anomaly_score" for t in outputs]
-    elif task == "detection":
-        roles = _detection_roles(outputs, sample_outputs)
-    roles = [overrides.get(i, r) for i, r in enumerate(roles)]
-    unknown = [outputs[i].name for i, r in enumerate(roles) if r is None]
-    if unknown:
-        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in outputs)
-        raise ConfigError(
-            f"cannot tell the role of output(s) {', '.join(unknown)} for task {task} (outputs: {shapes}); "
-            "name them with --output-role NAME=ROLE"
-        )
-    if task == "classification" and len(outputs) > 1 and not overrides:
-        raise ConfigError(
-            f"the classification model has {len(outputs)} outputs; "
-            "say which is which with --output-role NAME=ROLE"
-        )
-    return [r for r in roles if r is not None]
-
-
-def _detection_roles(outputs: list[Tensor], sample_outputs: list[np.ndarray] | None) -> list[str | None]:
-    """SSD post-processed heads (boxes [1,N,4], classes [1,N], scores [1,N], count [1]) or one YOLO tensor."""
-    if len(outputs) == 1 and len(outputs[0].shape) == 3 and max(outputs[0].shape[1:]) > 4:
-        return ["yolo"]
-    roles: list[str | None] = [None] * len(outputs)
-    pair = []
-    for i, t in enumerate(outputs):
-        if len(t.shape) == 3 and t.shape[-1] == 4:
-            roles[i] = "boxes"
-        elif len(t.shape) == 1 or (len(t.shape) == 2 and t.shape[1] == 1):
-            roles[i] = "count"
-        elif len(t.shape) == 2:
-            pair.append(i)
-    if len(pair) == 2:
-
-        def integral(i: int) -> bool:
-            if sample_outputs is None:
-                return "class" in outputs[i].name.lower()
-            return bool(np.all(np.equal(np.mod(sample_outputs[i], 1), 0)))
-
-        classes = pair[0] if integral(pair[0]) or not integral(pair[1]) else pair[1]
-        roles[classes] = "classes"
-        roles[pair[1] if classes == pair[0] else pair[0]] = "scores"
-    return roles
-
-
-def check_labels(labels: list[str] | None, task: str, lite: LiteModel, roles: list[str], source: str) -> None:
-    """The number of labels must be the number of classes the model outputs."""
-    if not labels:
-        return
-    for tensor, role in zip(lite.outputs, roles, strict=False):
-        if (task == "classification" and role in ("probabilities", "logits")) or (
-            task == "segmentation" and role == "mask" and len(tensor.shape) == 4
-        ):
-            classes = tensor.shape[-1]
-            if len(labels) != classes:
-                raise ConfigError(
-                    f"--labels {source}: has {len(labels)} labels but the model outputs {classes} classes; "
-                    "give one label per class, one per line, in class-index order"
-                )
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def build(
     *,
-    name: str,
-    task: str,
     lite: LiteModel,
     model_file: str,
     sha256: str,
+    name: str,
+    task: str,
     mode: str,
-    labels: list[str] | None,
-    kind: str,
-    preprocess: dict[str, Any] | None,
     roles: list[str],
-    postprocess: dict[str, Any],
-    calibration: dict[str, Any] | None,
-    evaluation: dict[str, Any] | None,
-    versions: dict[str, str],
+    labels: list[str] | None = None,
+    kind: str = "tensor",
+    preprocess: dict[str, Any] | None = None,
+    postprocess: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    versions: dict[str, str] | None = None,
+    created: str | None = None,
 ) -> dict[str, Any]:
-    inputs = []
-    for i, t in enumerate(lite.inputs):
-        inputs.append(
-            {
-                **_tensor_fields(t),
-                "kind": kind if i == 0 else "tensor",
-                "layout": input_layout(t.shape),
-            }
+    """The manifest of the converted model ``lite`` (validated; fields that are None left out).
+
+    ``kind`` is the first input's ('image' inputs go through ``preprocess`` on the device, which is
+    dropped for 'tensor' inputs); ``roles`` pairs with ``lite.outputs`` in order."""
+    if len(roles) != len(lite.outputs):
+        raise ModelError(
+            f"{model_file}: {len(roles)} output role(s) for {len(lite.outputs)} output(s) (a builder bug)"
         )
-    outputs = [{**_tensor_fields(t), "role": role} for t, role in zip(lite.outputs, roles, strict=False)]
+    inputs = [
+        {**_tensor_fields(t), "kind": kind if i == 0 else "tensor", "layout": input_layout(t.shape)}
+        for i, t in enumerate(lite.inputs)
+    ]
+    outputs = [{**_tensor_fields(t), "role": role} for t, role in zip(lite.outputs, roles, strict=True)]
     manifest: dict[str, Any] = {
-        "schema": SCHEMA_ID,
+        "schema": MANIFEST_SCHEMA_ID,
         "name": name,
         "task": task,
         "model_file": model_file,
@@ -194,13 +102,33 @@ def build(
         "inputs": inputs,
         "outputs": outputs,
         "preprocess": preprocess if kind == "image" else None,
-        "postprocess": postprocess,
+        "postprocess": postprocess or {},
         "calibration": calibration,
         "evaluation": evaluation,
         "converter": versions,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created": created or utc_now(),
     }
-    return {k: v for k, v in manifest.items() if v is not None}
+    manifest = {k: v for k, v in manifest.items() if v is not None}
+    validate(manifest)
+    return manifest
+
+
+def build_for_file(tflite: Path, **fields: Any) -> dict[str, Any]:
+    """``build`` for a .tflite already on disk: tensors, file name and sha256 are read from the file;
+    ``name`` defaults to its stem."""
+    fields.setdefault("name", tflite.stem)
+    return build(lite=LiteModel(tflite), model_file=tflite.name, sha256=file_sha256(tflite), **fields)
+
+
+def dumps(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def write_beside(tflite: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as the .json beside ``tflite`` (where the device looks for it)."""
+    path = manifest_path_for(tflite)
+    path.write_bytes(dumps(manifest))
+    return path
 
 
 def _tensor_fields(t: Tensor) -> dict[str, Any]:

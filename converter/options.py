@@ -1,5 +1,6 @@
 """Command-line values turned into checked settings: numbers and lists, labels, the image
-preprocessing the manifest declares (checked against the input's channels and the calibration data)."""
+preprocessing the manifest declares (checked against the input's channels). What the calibration data
+says about that preprocessing is decided in ``converter.calibration``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from edge_agent.errors import ConfigError
 
@@ -102,48 +102,3 @@ def build_preprocess(
         mean=means,
         std=stds,
     )
-
-
-def check_range(x: np.ndarray, pre: Any, source: str) -> None:
-    """Warn when array calibration data cannot come out of the declared preprocessing (0..255 pixels)."""
-    mean = np.asarray(pre.mean, dtype=np.float64)
-    std = np.asarray(pre.std, dtype=np.float64)
-    ends = np.stack([(0 * pre.scale - mean) / std, (255 * pre.scale - mean) / std])
-    low, high = float(ends.min()), float(ends.max())
-    span = high - low
-    if (
-        float(x.min()) < low - 0.05 * span
-        or float(x.max()) > high + 0.05 * span
-        or float(x.max() - x.min()) < 0.6 * span
-    ):
-        warn(
-            f"calibration data {source} spans {float(x.min()):.3g}..{float(x.max()):.3g} but camera frames "
-            f"will be preprocessed to {low:.3g}..{high:.3g} (--scale/--mean/--std); "
-            "check those options match training"
-        )
-
-
-def infer_scaling(x: np.ndarray, pre: Any, source: str) -> Any:
-    """Without --scale/--mean/--std, read the pixel scaling off preprocessed calibration arrays:
-    0..1 -> scale 1/255; -1..1 -> (p - 127.5) / 127.5; 0..255 -> raw pixels. Says what it chose."""
-    low, high = float(x.min()), float(x.max())
-    if low >= -0.01 and high <= 1.01:
-        choice, fields = "--scale 1/255", {"scale": 1 / 255}
-    elif low >= -1.01 and high <= 1.01:
-        choice, fields = "--mean 127.5 --std 127.5", {"mean": [127.5], "std": [127.5]}
-    elif low >= 0 and high <= 255.5:
-        choice, fields = "--scale 1", {}
-    else:
-        warn(
-            f"calibration data {source} spans {low:.3g}..{high:.3g}, not a pixel range: "
-            "give --scale/--mean/--std "
-            "so that the device turns 0..255 pixels into what the model was trained on"
-        )
-        return pre
-    click.echo(
-        f"edge-convert: note: calibration data {source} spans {low:.3g}..{high:.3g}, "
-        "so camera frames will be "
-        f"preprocessed as {choice} (give --scale/--mean/--std to choose yourself)",
-        err=True,
-    )
-    return pre.model_copy(update=fields)

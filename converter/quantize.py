@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, get_args
 
 import click
 import numpy as np
@@ -17,13 +17,14 @@ import numpy as np
 from converter.loading import FloatModel
 from converter.quiet import captured_fds, import_tensorflow
 from edge_agent.errors import ConfigError, ModelError
+from edge_agent.manifest import Mode
 
-Mode = Literal["int8", "float16", "dynamic", "int16x8", "float32"]
 IoType = Literal["int8", "uint8", "int16", "float32"]
-MODES: tuple[str, ...] = ("int8", "float16", "dynamic", "int16x8", "float32")
+MODES: tuple[str, ...] = get_args(Mode)  # the manifest's list of modes: defined once, there
 NEEDS_CALIBRATION = {"int8", "int16x8"}
-# Input/output types each mode can have; the first is the default.
+# Ops of a model that still reads resource variables (weights not frozen): see _reads_variables.
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+# Input/output types each mode can have; the first is the default.
 IO_TYPES: dict[str, tuple[str, ...]] = {
     "int8": ("int8", "uint8", "float32"),
     "int16x8": ("int16", "float32"),

@@ -60,45 +60,18 @@ def write_manifest(
     task: str,
     mode: str,
     kind: str,
-    layout: str,
     role: str,
     labels: list[str] | None,
     preprocess: dict | None,
 ) -> None:
-    """The manifest beside ``tflite`` (validated by edge_agent's Manifest model), from the real tensors."""
-    from ai_edge_litert.interpreter import Interpreter
+    """The manifest beside ``tflite``, from the real tensors, by edge-convert's own (validated) builder."""
+    from converter.manifest import build_for_file, write_beside
 
-    from edge_agent.manifest import Manifest, file_sha256, manifest_path_for
-
-    interp = Interpreter(model_path=str(tflite))
-
-    def spec(detail: dict) -> dict:
-        scale, zero = detail["quantization"]
-        out = {
-            "name": detail["name"],
-            "shape": [int(v) for v in detail["shape"]],
-            "dtype": np.dtype(detail["dtype"]).name,
-        }
-        if scale:
-            out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
-        return out
-
-    manifest = Manifest.model_validate(
-        {
-            "schema": "edge-agent/manifest/1",
-            "name": name,
-            "task": task,
-            "model_file": tflite.name,
-            "sha256": file_sha256(tflite),
-            "mode": mode,
-            "labels": labels,
-            "inputs": [{**spec(interp.get_input_details()[0]), "kind": kind, "layout": layout}],
-            "outputs": [{**spec(interp.get_output_details()[0]), "role": role}],
-            "preprocess": preprocess,
-            "converter": {"by": "scripts/bench_models.py"},
-        }
-    )
-    manifest_path_for(tflite).write_text(manifest.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    manifest = build_for_file(
+        tflite, name=name, task=task, mode=mode, kind=kind, roles=[role], labels=labels,
+        preprocess=preprocess, versions={"by": "scripts/bench_models.py"},
+    )  # fmt: skip
+    write_beside(tflite, manifest)
 
 
 # ------------------------------------------------------------------------------------------- MobileNetV2
@@ -138,7 +111,6 @@ def mobilenet(out: Path, calib: int) -> dict:
                 task="classification",
                 mode=mode,
                 kind="image",
-                layout="NHWC",
                 role="probabilities",
                 labels=None,
                 preprocess=pre,
@@ -230,7 +202,6 @@ def digits(out: Path) -> dict:
                 task="classification",
                 mode="int8",
                 kind="image",
-                layout="NHWC",
                 role="probabilities",
                 labels=examples.DIGIT_LABELS,
                 preprocess=examples.DIGITS_PREPROCESS,
@@ -286,7 +257,6 @@ def sensor(out: Path) -> dict:
             task="classification",
             mode="int8",
             kind="tensor",
-            layout="NTC",
             role="probabilities",
             labels=SENSOR_LABELS,
             preprocess=None,

@@ -12,17 +12,15 @@ speed and size are those of the real network. Needs the host extra: pip install 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.manifest import Manifest, file_sha256, load_manifest
+from edge_agent.manifest import load_manifest
 
 MODES = ("float32", "int8")
 NAME = "mobilenet_v2_{mode}"
@@ -41,38 +39,15 @@ def _is_fresh(tflite: Path) -> bool:
     return True
 
 
-def _tensor(detail: dict) -> dict:
-    scale, zero_point = detail["quantization"]
-    return {
-        "name": detail["name"],
-        "shape": [int(d) for d in detail["shape"]],
-        "dtype": np.dtype(detail["dtype"]).name,
-        "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
-    }
-
-
 def write_manifest(tflite: Path, mode: str, versions: dict[str, str]) -> None:
-    from ai_edge_litert.interpreter import Interpreter
+    """The manifest beside ``tflite``, by edge-convert's own (validated) builder."""
+    from converter.manifest import build_for_file, write_beside
 
-    it = Interpreter(model_path=str(tflite))
-    (inp,), (out,) = it.get_input_details(), it.get_output_details()
-    manifest = {
-        "schema": "edge-agent/manifest/1",
-        "name": tflite.stem,
-        "task": "classification",
-        "model_file": tflite.name,
-        "sha256": file_sha256(tflite),
-        "mode": mode,
-        "labels": None,
-        "inputs": [{**_tensor(inp), "kind": "image", "layout": "NHWC"}],
-        "outputs": [{**_tensor(out), "role": "probabilities"}],
-        "preprocess": PREPROCESS,
-        "postprocess": {"top_k": 5},
-        "converter": versions,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    Manifest.model_validate(manifest)  # the same contract the device reads
-    tflite.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = build_for_file(
+        tflite, task="classification", mode=mode, roles=["probabilities"], kind="image",
+        preprocess=PREPROCESS, postprocess={"top_k": 5}, versions=versions,
+    )  # fmt: skip
+    write_beside(tflite, manifest)
 
 
 def build(folder: Path, calib: int = 32, force: bool = False) -> dict[str, Path]:

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.streams",  # videos rendered by the tests and ffmpeg streams on loopback
     "tests.fixtures.sources",  # sources started by a test, always closed
     "tests.privacy",  # the privacy watch on '#' every end-to-end test runs
+    "tests.fixtures.fast",  # -m "not slow" never starts TensorFlow; TF fixtures mark their tests slow
 ]

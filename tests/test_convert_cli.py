@@ -215,6 +215,61 @@ def digits_saved_models(digits_keras: Path, tmp_path_factory) -> dict[str, Path]
     return {"export": base / "export", "tf_saved": base / "tf_saved", "h5": base / "digits.h5"}
 
 
+@pytest.fixture(scope="module")
+def lossy_no_gate(digits_outliers, digits_split, tmp_path_factory) -> ConvertRun:
+    """The lossy outlier model converted with --no-gate: the measured int8 accuracy drop."""
+    out = tmp_path_factory.mktemp("lossy") / "lossy.tflite"
+    proc = run_edge_convert(*_outlier_args(digits_outliers["lossy"], digits_split, out), "--no-gate")
+    assert_clean(proc)
+    return ConvertRun(out, out.with_suffix(".json"), proc.stdout, proc.stderr)
+
+
+def _outlier_args(model: Path, data: DigitsData, out: Path) -> list:
+    return ["quantize", model, "-o", out, "--calib", data.train, "--eval", data.test, "--labels", data.labels]
+
+
+def test_no_gate_evaluates_without_gating(lossy_no_gate: ConvertRun):
+    evaluation = validate_manifest(lossy_no_gate.manifest)["evaluation"]
+    assert evaluation["accuracy_drop_points"] > 1.5  # int8 really loses accuracy on this model
+    assert "gate" not in evaluation
+    assert re.search(r"quality gate\s+OFF\s+--no-gate", lossy_no_gate.stdout)
+
+
+@pytest.mark.parametrize(("margin", "passes"), [(0.5, True), (-0.5, False)])
+def test_gate_on_both_sides_of_the_measured_drop(
+    margin, passes, lossy_no_gate, digits_outliers, digits_split, tmp_path
+):
+    drop = validate_manifest(lossy_no_gate.manifest)["evaluation"]["accuracy_drop_points"]
+    out = tmp_path / "gated.tflite"
+    args = _outlier_args(digits_outliers["lossy"], digits_split, out)
+    proc = run_edge_convert(*args, "--max-accuracy-drop", f"{drop + margin:.4f}")
+    assert_clean(proc, ok=passes)
+    assert proc.returncode == (0 if passes else 8), proc.stderr
+    assert ("PASSED" if passes else "FAILED") in proc.stdout
+    gate = validate_manifest(out.with_suffix(".json"))["evaluation"]["gate"]
+    assert gate == {"max_accuracy_drop_points": pytest.approx(drop + margin), "accuracy_drop_points": drop,
+                    "passed": passes}  # fmt: skip
+
+
+def test_default_gate_fails_a_collapsed_model_loudly(digits_outliers, digits_split, tmp_path):
+    """With --eval and no gate option the gate is on at 1 point; a collapse is said in the table and on
+    stderr with the next step; files are kept and the manifest says the gate failed."""
+    out = tmp_path / "collapsed.tflite"
+    proc = run_edge_convert(*_outlier_args(digits_outliers["collapsed"], digits_split, out))
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 8
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    gate = validate_manifest(out.with_suffix(".json"))["evaluation"]["gate"]
+    assert gate["passed"] is False and gate["max_accuracy_drop_points"] == 1.0
+    assert gate["accuracy_drop_points"] > 50
+    assert re.search(r"answers vs float\s+COLLAPSED", proc.stdout) and "FAILED" in proc.stdout
+    assert "COLLAPSED: the int8 model's answers collapsed" in proc.stdout
+    warning = next(line for line in proc.stderr.splitlines() if "collapsed" in line)
+    assert warning.startswith("edge-convert: warning:") and "--mode dynamic" in warning
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("edge-convert: error:"))
+    assert "quality gate failed" in error and "allowed 1" in error and "--no-gate" in error
+
+
 @pytest.mark.parametrize("kind", ["export", "tf_saved", "h5"])
 def test_saved_model_and_h5_convert(
     kind, digits_saved_models, digits_split, digits_test_arrays, float_accuracy, tmp_path

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from converter import calibration as cal
+from converter.calibration import infer_scaling
 from converter.examples import DIGITS_PREPROCESS, digit_frame, load_digits_split, render_digits_video
 from converter.litert import Tensor
 from converter.loading import detect_kind
-from converter.options import infer_scaling, parse_number
+from converter.options import parse_number
 from converter.output import check_writable, write_files
 from converter.report import table
 from edge_agent.errors import ConfigError, DataError, ModelError
@@ -182,7 +183,7 @@ def _lite(inputs: list[tuple[int, ...]], outputs: list[tuple[str, tuple[int, ...
 
 
 def test_roles_by_task_and_shape():
-    from converter.manifest import guess_roles, parse_role_overrides
+    from converter.roles import guess_roles, parse_role_overrides
 
     ssd = _lite([(1, 300, 300, 3)], [("a", (1, 10, 4)), ("b", (1, 10)), ("c", (1, 10)), ("d", (1,))])
     sample = [np.zeros((1, 10, 4)), np.full((1, 10), 0.7), np.arange(10.0)[None], np.array([3.0])]
@@ -222,3 +223,70 @@ def test_preprocess_options_checked_against_channels():
         build_preprocess((None, 32, 32, 3), None, None, None, "gray", "stretch")
     with pytest.raises(ConfigError, match="--std must not be 0"):
         build_preprocess((None, 8, 8, 1), None, None, "0", None, "stretch")
+
+
+# -------------------------------------------------------------------------------- the quality gate
+
+
+def _evaluation(drop: float | None, agreement: float | None = 0.97):
+    from converter.evaluate import Evaluation
+
+    ev = Evaluation(samples=450, data="test.npz", accuracy_drop_points=drop, top1_agreement=agreement)
+    if drop is not None:
+        ev.accuracy_float, ev.accuracy_quantized = 0.97, 0.97 - drop / 100
+    return ev
+
+
+@pytest.mark.parametrize(
+    ("drop", "limit", "passed"),
+    [(4.4444, 4.9444, True), (4.4444, 3.9444, False), (4.4444, 4.4444, True), (0.0, 0.0, True),
+     (0.2222, 0.0, False), (-0.4, -0.5, False), (-0.4, 0.0, True)],
+)  # fmt: skip
+def test_apply_gate_compares_the_drop_with_the_limit(drop, limit, passed):
+    from converter.evaluate import apply_gate
+
+    ev = _evaluation(drop)
+    assert apply_gate(ev, limit) is passed
+    assert ev.gate == {"max_accuracy_drop_points": limit, "accuracy_drop_points": drop, "passed": passed}
+
+
+def test_apply_gate_without_a_limit_or_without_accuracy():
+    from converter.evaluate import apply_gate
+
+    ev = _evaluation(30.0)
+    assert apply_gate(ev, None) is True and ev.gate is None
+    with pytest.raises(DataError, match="needs a classification model"):
+        apply_gate(_evaluation(None, None), 1.0)
+
+
+def test_gate_is_on_by_default_with_eval_and_off_when_asked():
+    from converter.evaluate import DEFAULT_MAX_ACCURACY_DROP, gate_threshold
+
+    assert DEFAULT_MAX_ACCURACY_DROP == 1.0
+    assert gate_threshold(None, False, True, "classification") == 1.0
+    assert gate_threshold(2.5, False, True, "classification") == 2.5
+    assert gate_threshold(None, True, True, "classification") is None
+    assert gate_threshold(None, False, False, "classification") is None  # nothing to evaluate on
+    assert gate_threshold(None, False, True, "regression") is None  # no accuracy to gate on
+    with pytest.raises(ConfigError, match="contradict"):
+        gate_threshold(1.0, True, True, "classification")
+    with pytest.raises(ConfigError, match="needs --eval"):
+        gate_threshold(1.0, False, False, "classification")
+    with pytest.raises(ConfigError, match="applies to classification"):
+        gate_threshold(1.0, False, True, "regression")
+
+
+def test_collapse_is_named_with_the_next_step():
+    from converter.evaluate import collapse
+
+    assert collapse(_evaluation(0.0, 1.0), "int8") is None
+    assert collapse(_evaluation(4.4, 0.93), "int8") is None  # a loss, not a collapse
+    low_agreement = collapse(_evaluation(5.0, 0.6), "int8")
+    big_drop = collapse(_evaluation(88.67, 0.0844), "int8")
+    assert low_agreement and big_drop
+    assert "8.44%" in big_drop and "88.67 points" in big_drop
+    for text in (low_agreement, big_drop):
+        assert "--mode dynamic" in text and "--mode float16" in text and "normalization" in text
+    assert collapse(_evaluation(None, None), "int8") is None  # regression: no agreement measured
+    dynamic = collapse(_evaluation(86.89, 0.0978), "dynamic")
+    assert dynamic and "--mode dynamic" not in dynamic and "--mode int16x8" in dynamic  # never the same mode
