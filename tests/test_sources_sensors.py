@@ -392,11 +392,40 @@ def test_command_csv_header_without_the_fields_is_reported(run_source, caplog) -
     assert any("no column z" in r.getMessage() for r in caplog.records)
 
 
-def test_live_source_drops_the_oldest_windows_for_a_slow_consumer(run_source) -> None:
+def test_drop_oldest_keeps_the_newest_windows_for_a_slow_consumer_and_says_so(run_source, caplog) -> None:
     code = "for i in range(200): print(i)"
-    source = run_source(CommandSourceConfig(argv=python_command(code), restart=False))
+    cfg = CommandSourceConfig(argv=python_command(code), restart=False, overflow="drop_oldest")
+    source = run_source(cfg)
     assert wait_until(lambda: source.stats["samples"] == 200), source.stats  # the model has not read yet
     frames = read_to_end(source)
     assert [f.data[0, 0] for f in frames] == list(range(200 - QUEUE_WINDOWS, 200))  # the newest survive
     assert source.stats["skipped"] == 200 - QUEUE_WINDOWS
     assert [f.index for f in frames] == list(range(200 - QUEUE_WINDOWS, 200))
+    warnings = [r.getMessage() for r in caplog.records if "dropping the oldest windows" in r.getMessage()]
+    assert len(warnings) == 1 and "overflow: block" in warnings[0]  # logged once, with what to do
+
+
+def test_a_command_keeps_every_sample_for_a_slow_consumer_by_default(run_source) -> None:
+    """A recorded stream piped through a command (cat of a CSV) loses nothing: the command waits."""
+    code = "for i in range(200): print(i)"
+    source = run_source(CommandSourceConfig(argv=python_command(code), restart=False))
+    assert wait_until(lambda: source.stats["samples"] >= QUEUE_WINDOWS), source.stats
+    time.sleep(0.3)  # a slow model: the command must wait, not run ahead and drop
+    assert source.stats["samples"] <= QUEUE_WINDOWS + 1 and source.stats["skipped"] == 0
+    frames = read_to_end(source)
+    assert [f.data[0, 0] for f in frames] == list(range(200))
+    assert source.stats["skipped"] == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (CommandSourceConfig(argv=["true"]), "block"),
+        (FileSourceConfig(path="x.csv"), "block"),
+        (FileSourceConfig(path="x.csv", rate_hz=10), "block"),
+        (IioSourceConfig(device="d", channels=["x"]), "drop_oldest"),
+        (SerialSourceConfig(port="/dev/ttyUSB0"), "drop_oldest"),
+    ],
+)
+def test_overflow_defaults_recorded_streams_block_live_sensors_drop(config, expected: str) -> None:
+    assert config.overflow == expected

@@ -22,7 +22,7 @@ from edge_agent.backoff import SOURCE_MAX_S, SOURCE_MIN_S
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Backoff, RateLimitedWarning, SourceConfigBase
 from edge_agent.sources.lines import LineParser, LineSplitter
-from edge_agent.sources.samples import SampleSource
+from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class CommandSourceConfig(SourceConfigBase):
     format: Literal["csv", "json"] = Field(default="csv")
     fields: list[str] | None = Field(default=None, description="json: keys to read, in model input order.")
     restart: bool = Field(default=True, description="Start the command again (with backoff) when it exits.")
+    overflow: Overflow = Field(default="block", description=OVERFLOW_HELP)
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -55,7 +56,7 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 class CommandSource(SampleSource):
     def __init__(self, cfg: CommandSourceConfig, window: WindowConfig | None = None) -> None:
-        super().__init__(f"command {Path(cfg.argv[0]).name}", window)
+        super().__init__(f"command {Path(cfg.argv[0]).name}", window, overflow=cfg.overflow)
         self.cfg = cfg
         self._parser = LineParser(cfg.format, cfg.fields)
         self._warn_stderr = RateLimitedWarning(log, interval_s=10.0, burst=20)

@@ -1,8 +1,8 @@
 """File source: samples from a CSV or JSONL file (or stdin with '-'), optionally followed like tail -f.
 
-Without ``rate_hz`` the file is read as fast as the model takes windows and nothing is dropped (the file
-is the buffer), so a replay is deterministic. With ``rate_hz`` the samples are paced like a live sensor,
-and windows the model cannot keep up with are dropped (oldest first) as for a live sensor.
+The file is read as fast as the model takes windows (or paced at ``rate_hz``) and, with the default
+``overflow: block``, nothing is dropped: the file is the buffer, so a replay is deterministic. With
+``overflow: drop_oldest`` windows the model cannot keep up with are dropped as for a live sensor.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import Field
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import SourceConfigBase, absolute
 from edge_agent.sources.lines import BadLine, HeaderMismatch, LineParser, LineSplitter
-from edge_agent.sources.samples import SampleSource
+from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class FileSourceConfig(SourceConfigBase):
     rate_hz: float | None = Field(
         default=None, gt=0, description="Replay at this sample rate; none = as fast as read."
     )
+    overflow: Overflow = Field(default="block", description=OVERFLOW_HELP)
 
     def resolve_paths(self, base: Path) -> None:
         if self.path != "-":
@@ -55,7 +56,7 @@ class FileSourceConfig(SourceConfigBase):
 
 class FileSource(SampleSource):
     def __init__(self, cfg: FileSourceConfig, window: WindowConfig | None = None) -> None:
-        super().__init__(f"file {cfg.path}", window, lossless=cfg.rate_hz is None)
+        super().__init__(f"file {cfg.path}", window, overflow=cfg.overflow)
         self.cfg = cfg
         self.path = None if cfg.path == "-" else Path(cfg.path).expanduser()
         self._period = 1.0 / cfg.rate_hz if cfg.rate_hz else 0.0

@@ -15,7 +15,7 @@ from pydantic import Field
 from edge_agent.backoff import SOURCE_MAX_S, SOURCE_MIN_S
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Backoff, SourceConfigBase, absolute
-from edge_agent.sources.samples import SampleSource
+from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class IioSourceConfig(SourceConfigBase):
     device: str = Field(description="Device directory name (iio:device0) or its 'name' attribute (adxl345).")
     channels: list[str] = Field(min_length=1, description="Channel names, e.g. accel_x -> in_accel_x_raw.")
     rate_hz: float = Field(default=100.0, gt=0, le=10000, description="Sampling rate.")
+    overflow: Overflow = Field(default="drop_oldest", description=OVERFLOW_HELP)
     sysfs_root: str = Field(
         default="/sys/bus/iio/devices", description="Where IIO devices live (tests point elsewhere)."
     )
@@ -109,7 +110,7 @@ class IioSource(SampleSource):
     sensors need the IIO buffer interface, not supported here)."""
 
     def __init__(self, cfg: IioSourceConfig, window: WindowConfig | None = None) -> None:
-        super().__init__(f"iio {cfg.device}", window)
+        super().__init__(f"iio {cfg.device}", window, overflow=cfg.overflow)
         self.cfg = cfg
         self.channels: list[IioChannel] = []
 

@@ -1,9 +1,12 @@
 """What every sensor source shares: a producer thread turns samples into windows, and windows wait for the
 model in a bounded queue.
 
-Live sensors (IIO, serial, a command) drop the oldest window when the queue is full, counted as skipped,
-so a slow model never builds an unbounded backlog. A file read without a replay rate is lossless: the
-reader waits for the model (the file is the buffer), so a replay is deterministic.
+What happens when the model is slower than the samples arrive is each source's ``overflow`` setting:
+- ``block`` (default for recorded and counted streams: ``file``, ``command``): the producer waits for the
+  model, so every sample becomes part of a window (the file or the pipe is the buffer) and a replay is
+  deterministic. A user piping a CSV through ``cat`` lost 16 of 45 rows to the old newest-wins policy.
+- ``drop_oldest`` (default for live sensors: ``iio``, ``serial``): the oldest waiting window is dropped,
+  so a slow model never builds a backlog of stale readings; drops are counted (``skipped``) and logged.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import threading
 import time
 from abc import abstractmethod
+from typing import Literal
 
 import numpy as np
 
@@ -23,8 +27,15 @@ from edge_agent.sources.window import WindowConfig, Windower
 
 log = logging.getLogger(__name__)
 
-QUEUE_WINDOWS = 16  # windows waiting for the model; more than this and a live source drops the oldest
+QUEUE_WINDOWS = 16  # windows waiting for the model; more than this and the source blocks or drops
 _POLL_S = 0.1
+
+Overflow = Literal["block", "drop_oldest"]
+OVERFLOW_HELP = (
+    "When the model is slower than the samples arrive: 'block' waits for it (every sample is used; for "
+    "recorded or counted streams), 'drop_oldest' drops the oldest waiting window (live sensors; counted "
+    "as skipped)."
+)
 
 
 class SampleSource(Interruptible, Source):
@@ -33,10 +44,10 @@ class SampleSource(Interruptible, Source):
 
     data_kind = "samples"
 
-    def __init__(self, label: str, window: WindowConfig | None, *, lossless: bool = False) -> None:
+    def __init__(self, label: str, window: WindowConfig | None, *, overflow: Overflow) -> None:
         self.label = label
         self._windower = Windower.from_config(window)
-        self._lossless = lossless
+        self._lossless = overflow == "block"
         self._queue: collections.deque[Frame] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -161,6 +172,13 @@ class SampleSource(Interruptible, Source):
             elif len(self._queue) >= QUEUE_WINDOWS:
                 self._queue.popleft()
                 self._skipped += 1
+                if self._skipped == 1:  # once: the count goes on in stats (source.skipped)
+                    log.warning(
+                        "%s: the model is slower than the samples arrive: dropping the oldest windows "
+                        "(overflow: drop_oldest; counted in stats as skipped); set overflow: block to keep "
+                        "every sample",
+                        self.label,
+                    )
             self._queue.append(Frame(window, "samples", self._windows, time.time(), time.monotonic()))
             self._windows += 1
             self._cond.notify_all()

@@ -14,7 +14,7 @@ from pydantic import Field
 from edge_agent.errors import missing_extra
 from edge_agent.sources.base import Backoff, SourceConfigBase
 from edge_agent.sources.lines import LineParser, LineSplitter
-from edge_agent.sources.samples import SampleSource
+from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class SerialSourceConfig(SourceConfigBase):
     )
     reconnect_min_s: float = Field(default=0.5, gt=0, description="First retry delay when the port is gone.")
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
+    overflow: Overflow = Field(default="drop_oldest", description=OVERFLOW_HELP)
 
 
 def _import_serial() -> Any:
@@ -48,7 +49,7 @@ def _import_serial() -> Any:
 
 class SerialSource(SampleSource):
     def __init__(self, cfg: SerialSourceConfig, window: WindowConfig | None = None) -> None:
-        super().__init__(f"serial {cfg.port}", window)
+        super().__init__(f"serial {cfg.port}", window, overflow=cfg.overflow)
         self.cfg = cfg
         self._serial = _import_serial()
         self._parser = LineParser(cfg.format, cfg.fields)
