@@ -44,7 +44,10 @@ class ModelLoader:
         with pinned(self._cpus_for(pcfg.name)):
             model = load_model(mcfg)
         try:
-            return ModelStages(model, pcfg.source.data_kind, None)
+            stages = ModelStages(model, pcfg.source.data_kind, None)
+            if pcfg.window is not None:
+                stages.check_window(pcfg.window.size, pcfg.source.sample_channels())
+            return stages
         except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
             model.close()
             raise type(exc)(f"pipeline {pcfg.name}: {exc}") from None

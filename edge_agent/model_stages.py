@@ -120,6 +120,35 @@ class ModelStages:
                     f"{list(sample_shape)} ({size} values); change the window or the model"
                 )
 
+    def check_window(self, size: int, channels: int | None) -> None:
+        """Raise ModelError unless windows of ``size`` samples (of ``channels`` values, when the config says)
+        fill this model's input exactly, saying which window would. Caught at start, reload and deployment,
+        not as a warning per window after the daemon has started (a user got exit 0 and no results)."""
+        if self.tensor_pre is None:
+            return
+        want = self.tensor_pre.size
+        shape = list(self.tensor_pre.shape)
+        if channels is not None:
+            if size * channels == want:
+                return
+            fits = f"window size {want // channels}" if want % channels == 0 else f"{want} values per window"
+            raise ModelError(
+                f"model {self.info.describe()}: its input {shape} takes {want} values, but a window of "
+                f"{size} samples x {channels} channels has {size * channels}; {fits} would fit"
+            )
+        if want % size == 0:
+            return
+        inner = [d for d in shape[1:] if d > 1]
+        hint = (
+            f"e.g. window size {inner[0]} with {want // inner[0]} channel(s)"
+            if inner and want % inner[0] == 0
+            else f"a window size that divides {want}"
+        )
+        raise ModelError(
+            f"model {self.info.describe()}: its input {shape} takes {want} values, which windows of {size} "
+            f"samples cannot fill for any number of channels; {hint} would fit"
+        )
+
     def prepare(self, image: np.ndarray) -> PreparedInput:
         """The model input for ``image``, in a buffer of its own: run on the source's thread (see
         ``Source.set_preparer``) with a preprocessor of its own, so it never races the inference thread's."""

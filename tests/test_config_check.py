@@ -164,3 +164,56 @@ def test_swapped_model_file_is_refused_at_start_exit_3(
         )
         assert "the model was replaced or damaged: copy the .tflite and .json together" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def _sensor(model: Path, source: dict, size: int) -> dict:
+    return {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [
+            {
+                "name": "vib",
+                "source": source,
+                "window": {"size": size, "hop": size},
+                "model": {"path": str(model)},
+            }
+        ],
+    }
+
+
+def test_window_that_does_not_fit_the_model_is_refused_by_check_and_run(
+    tmp_path: Path, regression_int8
+) -> None:
+    """regression_int8 takes 6 values: 3 IIO channels need windows of 2 samples, not 4."""
+    iio = {"type": "iio", "device": "iio:device0", "channels": ["x", "y", "z"], "sysfs_root": str(tmp_path)}
+    config = write(tmp_path, _sensor(regression_int8.path, iio, 4))
+    checked = edge_agent("check", str(config), cwd=tmp_path)
+    assert checked.returncode == ModelError.exit_code, checked.stdout + checked.stderr
+    assert "a window of 4 samples x 3 channels has 12; window size 2 would fit" in checked.stderr
+    assert "Traceback" not in checked.stderr
+    ran = edge_agent("run", str(config), cwd=tmp_path)
+    assert ran.returncode == ModelError.exit_code, ran.stderr[-2000:]
+    assert "window size 2 would fit" in ran.stderr and "Traceback" not in ran.stderr
+
+    csv = tmp_path / "samples.csv"
+    csv.write_text("1,2,3\n" * 8)
+    unknown = write(tmp_path, _sensor(regression_int8.path, {"type": "file", "path": str(csv)}, 4))
+    checked = edge_agent("check", str(unknown), cwd=tmp_path)  # channels unknown: 4 does not divide 6
+    assert checked.returncode == ModelError.exit_code
+    assert "cannot fill for any number of channels" in checked.stderr
+
+    fits = write(tmp_path, _sensor(regression_int8.path, {"type": "file", "path": str(csv)}, 2))
+    assert edge_agent("check", str(fits), cwd=tmp_path).returncode == 0
+
+
+def test_check_reports_config_and_model_problems_in_one_pass(tmp_path: Path, regression_int8) -> None:
+    csv = tmp_path / "samples.csv"
+    csv.write_text("1,2,3\n")
+    cfg = _sensor(regression_int8.path, {"type": "file", "path": str(tmp_path / "missing.csv")}, 4)
+    cfg["pipelines"].append(dict(cfg["pipelines"][0], name="vib2", source={"type": "file", "path": str(csv)}))
+    proc = edge_agent("check", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    assert "missing.csv does not exist" in proc.stderr  # the config problem...
+    assert "cannot fill for any number of channels" in proc.stderr  # ...and the model problems, one run
+    assert "1 config and 2 model problem(s)" in proc.stderr

@@ -49,23 +49,18 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 
 def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
-    """Load every model through the runtime; returns (summary lines, problems)."""
-    from edge_agent.model_stages import ModelStages
-    from edge_agent.runtime import load_model
+    """Load every model the way the daemon will (``ModelLoader``: sha256, tensors, fit to the source and
+    its window); returns (summary lines, problems)."""
+    from edge_agent.model_loader import ModelLoader
 
+    loader = ModelLoader()
     lines: list[str] = []
     problems: list[str] = []
     for i, p in enumerate(cfg.pipelines):
         try:
-            model = load_model(p.model)
-        except (ModelError, DependencyError) as exc:
+            model = loader.load(p).model
+        except (ModelError, DependencyError, ConfigError) as exc:
             problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
-            continue
-        try:
-            ModelStages(model, p.source.data_kind)
-        except (ModelError, ConfigError) as exc:
-            problems.append(f"pipelines[{i}].model ({p.model.path}): {exc}")
-            model.close()
             continue
         try:
             m = model.manifest
@@ -96,9 +91,16 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
         raise click.UsageError("give the CONFIG file to check (or --schema)")
     cfg = load_config(config)
     problems = environment_problems(cfg)
-    if problems:
+    if problems:  # the models are still checked: one run of `check` shows every problem there is
         listing = "\n".join(f"  {line}" for line in problems)
-        raise ConfigError(f"{config}: {len(problems)} problem(s):\n{listing}")
+        click.echo(f"{config}: {len(problems)} config problem(s):\n{listing}", err=True)
+        _, model_problems = check_models(cfg) if models else ([], [])
+        if model_problems:
+            listing = "\n".join(f"  {line}" for line in model_problems)
+            click.echo(f"{len(model_problems)} model problem(s):\n{listing}", err=True)
+        raise ConfigError(
+            f"{config}: {len(problems)} config and {len(model_problems)} model problem(s), listed above"
+        )
     click.echo(
         f"{config}: OK: device '{cfg.device_id}', broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
         f"state in {cfg.state_dir}, {len(cfg.pipelines)} pipeline(s)"

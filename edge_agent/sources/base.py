@@ -53,6 +53,10 @@ class SourceConfigBase(BaseModel):
     def resolve_paths(self, base: Path) -> None:
         """Make this source's relative file paths absolute against ``base`` (the config file's folder)."""
 
+    def sample_channels(self) -> int | None:
+        """Values per sample when the config alone tells (sensor sources), else None (known at run time)."""
+        return None
+
 
 def absolute(base: Path, path: str) -> str:
     """``path`` (~ expanded) made absolute against ``base`` unless it already is."""

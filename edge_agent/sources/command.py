@@ -43,6 +43,9 @@ class CommandSourceConfig(SourceConfigBase):
     restart: bool = Field(default=True, description="Start the command again (with backoff) when it exits.")
     overflow: Overflow = Field(default="block", description=OVERFLOW_HELP)
 
+    def sample_channels(self) -> int | None:
+        return len(self.fields) if self.fields else None
+
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:

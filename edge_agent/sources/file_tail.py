@@ -49,6 +49,9 @@ class FileSourceConfig(SourceConfigBase):
     )
     overflow: Overflow = Field(default="block", description=OVERFLOW_HELP)
 
+    def sample_channels(self) -> int | None:
+        return len(self.fields) if self.fields else None
+
     def resolve_paths(self, base: Path) -> None:
         if self.path != "-":
             self.path = absolute(base, self.path)

@@ -29,6 +29,9 @@ class IioSourceConfig(SourceConfigBase):
     channels: list[str] = Field(min_length=1, description="Channel names, e.g. accel_x -> in_accel_x_raw.")
     rate_hz: float = Field(default=100.0, gt=0, le=10000, description="Sampling rate.")
     overflow: Overflow = Field(default="drop_oldest", description=OVERFLOW_HELP)
+
+    def sample_channels(self) -> int | None:
+        return len(self.channels)
     sysfs_root: str = Field(
         default="/sys/bus/iio/devices", description="Where IIO devices live (tests point elsewhere)."
     )

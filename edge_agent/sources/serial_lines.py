@@ -38,6 +38,9 @@ class SerialSourceConfig(SourceConfigBase):
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
     overflow: Overflow = Field(default="drop_oldest", description=OVERFLOW_HELP)
 
+    def sample_channels(self) -> int | None:
+        return len(self.fields) if self.fields else None
+
 
 def _import_serial() -> Any:
     try:
