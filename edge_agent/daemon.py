@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.model_loader import ModelLoader
 from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
@@ -84,6 +84,8 @@ class Daemon:
         self._sources: list[Source] = []
         self._threads: list[threading.Thread] = []
         self._stop_requested = False
+        self._ended_by_itself = False  # every pipeline finished (finite sources), no stop was asked for
+        self.left_in_outbox = 0  # results still undelivered when the daemon stopped
         self._reload_requested = False
         self._started_mono = time.monotonic()
         self._status = ""
@@ -116,6 +118,18 @@ class Daemon:
             code = self.serve()
         finally:
             self.shutdown(drain=True)
+        if code == 0 and self._ended_by_itself and self.left_in_outbox:
+            # A run over finite sources is done only when its results are delivered: say so with the
+            # documented broker exit code (a stop by signal exits 0: the results wait for the next start).
+            log.error(
+                "%d result(s) could not be delivered within drain_timeout_s (%.0f s): the broker %s:%d did "
+                "not take them; they stay in the outbox and are sent at the next start",
+                self.left_in_outbox,
+                self.cfg.drain_timeout_s,
+                self.cfg.mqtt.host,
+                self.cfg.mqtt.port,
+            )
+            return BrokerError.exit_code
         return code
 
     def start(self) -> None:
@@ -209,6 +223,7 @@ class Daemon:
                 break
             if all(p.state in ("finished", "stopped") for p in self.pipelines):
                 log.info("every pipeline has ended")
+                self._ended_by_itself = True
                 break
         failed = [p for p in self.pipelines if p.state == "failed"]
         if failed:
@@ -245,7 +260,9 @@ class Daemon:
         if self.outbox is not None:
             depth = _quietly(self.outbox.depth, "reading the outbox depth")
             _quietly(self.outbox.close, "closing the outbox")
-            log.info("stopped; %s results left in the outbox", depth)
+            self.left_in_outbox = depth or 0
+            if self.pipelines or self.left_in_outbox:  # not after a start-up error that left nothing behind
+                log.info("stopped; %s results left in the outbox", depth)
         self.notifier.close()
         self.publisher = None
         self.outbox = None

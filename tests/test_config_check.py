@@ -217,3 +217,23 @@ def test_check_reports_config_and_model_problems_in_one_pass(tmp_path: Path, reg
     assert "missing.csv does not exist" in proc.stderr  # the config problem...
     assert "cannot fill for any number of channels" in proc.stderr  # ...and the model problems, one run
     assert "1 config and 2 model problem(s)" in proc.stderr
+
+
+def test_finite_run_with_the_broker_away_exits_6_and_keeps_the_results(
+    tmp_path: Path, regression_int8
+) -> None:
+    csv = tmp_path / "samples.csv"
+    csv.write_text("0.1,0.2,0.3\n" * 10)  # 5 windows of 2 samples x 3 channels
+    cfg = _sensor(regression_int8.path, {"type": "file", "path": str(csv)}, 2)
+    cfg["drain_timeout_s"] = 0.5  # nothing listens on port 1
+    proc = edge_agent("run", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    assert "5 result(s) could not be delivered" in proc.stderr and "sent at the next start" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_start_up_error_is_not_preceded_by_a_stop_report(tmp_path: Path, regression_int8) -> None:
+    cfg = _sensor(regression_int8.path, {"type": "file", "path": str(tmp_path / "gone.csv")}, 2)
+    proc = edge_agent("run", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == SourceError.exit_code, proc.stderr[-2000:]
+    assert "results left in the outbox" not in proc.stderr
