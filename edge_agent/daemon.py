@@ -86,6 +86,7 @@ class Daemon:
         self._stop_requested = False
         self._ended_by_itself = False  # every pipeline finished (finite sources), no stop was asked for
         self.left_in_outbox = 0  # results still undelivered when the daemon stopped
+        self.boot: int | None = None  # this start's number (persisted in the outbox database)
         self._reload_requested = False
         self._started_mono = time.monotonic()
         self._status = ""
@@ -145,6 +146,7 @@ class Daemon:
         self.outbox = Outbox(
             state_dir / "outbox.sqlite3", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
         )
+        self.boot = self.outbox.next_boot()
         pending = self.outbox.depth()
         if pending:
             log.info("outbox %s holds %d results from before; they are sent first", self.outbox.path, pending)
@@ -375,6 +377,7 @@ class Daemon:
             pipelines={p.name: p.snapshot() for p in self.pipelines},
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
+            boot=self.boot,
         )
 
     def publish_stats(self) -> None:
@@ -424,6 +427,7 @@ class Daemon:
             publish=p.publish,
             evidence=evidence,
             steps=create_steps(p.steps),
+            boot=self.boot,
         )
 
 

@@ -127,8 +127,10 @@ class Pipeline:
         stats: PipelineStats | None = None,
         evidence: EvidenceStore | None = None,
         steps: StepChain | None = None,
+        boot: int | None = None,
     ) -> None:
         self.data_kind = source.data_kind
+        self.boot = boot
         stages.check_fits(self.data_kind, None)
         self.name = name
         self.device_id = device_id
@@ -274,6 +276,7 @@ class Pipeline:
                 fields=result.to_fields(),
                 latency_ms=latency,
                 frame_index=frame.index,
+                boot=self.boot,
             )
             self.publisher.publish_result(self.topic, payload, self.qos)
             self.last_seq = seq

@@ -88,7 +88,7 @@ class FakeSource(Source):
     def stats(self) -> dict:
         with self._cond:
             return {"frames": self._produced, "skipped": 0, "reconnects": 0, "connected": True,
-                    "last_error": None, "fed": self._produced + len(self._pending)}  # fmt: skip
+                    "last_error": None, "samples": self._produced + len(self._pending)}  # fmt: skip
 
 
 class RecordingPublisher:

@@ -13,7 +13,7 @@ from tests.fixtures.broker import validate_payload
 from tests.privacy import ImageCanary, canary_frame, decoded_frames
 
 ACCURACY_FLOOR = 0.90  # the int8 digits CNN scores ~0.95 on held-out digits; video JPEG rounding costs little
-RESULT_KEYS = {"schema", "device", "pipeline", "seq", "ts", "model", "latency_ms", "frame"} | {
+RESULT_KEYS = {"schema", "device", "pipeline", "seq", "boot", "ts", "model", "latency_ms", "frame"} | {
     "label", "class_id", "score", "top_k"
 }  # fmt: skip
 
@@ -38,6 +38,7 @@ def test_video_file_results_accuracy_and_no_raw_data(
 
     got = results(messages)
     assert sorted(r["seq"] for r in got) == list(range(1, n + 1))
+    assert {r["boot"] for r in got} == {1}  # the first start of a new state directory
     assert sorted(r["frame"] for r in got) == list(range(n))
     correct = 0
     for r in got:

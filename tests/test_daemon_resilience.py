@@ -123,6 +123,14 @@ def test_sigkill_and_restart_lose_nothing(
     assert min(pending2 - pending1) > max(run1_seqs)  # seqs only grow across restarts (no reuse)
     assert all(len(c) == 1 for c in copies.values())
     assert outbox_seqs(state) == set()
+    # each start has its boot number: within one boot seq has no gap (a gap there would be a loss); the jump
+    # between boots is the reserved block the crash left unused
+    by_boot: dict[int, list[int]] = defaultdict(list)
+    for seq, payloads in copies.items():
+        by_boot[json.loads(next(iter(payloads)))["boot"]].append(seq)
+    assert sorted(by_boot) == [1, 2, 3]
+    for seqs in by_boot.values():
+        assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1))
     watch.check()
 
 

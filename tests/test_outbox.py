@@ -335,3 +335,15 @@ def test_seq_reservations_are_fsynced_results_are_not(db: Path) -> None:
         assert seq._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         seq.close()
+
+
+def test_boot_number_grows_by_one_per_start_and_survives_a_damaged_database(db: Path) -> None:
+    with Outbox(db) as box:
+        assert [box.next_boot(), box.next_boot()] == [1, 2]
+    with Outbox(db) as box:
+        assert box.next_boot() == 3
+    db.write_bytes(b"garbage" * 100)
+    for part in db.parent.glob(db.name + "-*"):
+        part.unlink()
+    with Outbox(db) as box:
+        assert box.next_boot() > 3  # continues above the lost counter (from the clock), never repeats

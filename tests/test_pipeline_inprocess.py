@@ -59,7 +59,7 @@ def test_one_result_per_frame_with_increasing_seq(tmp_path: Path, color_int8, pr
     assert {r["model"]["sha256"] for r in got} == {pipe.model_info.short_sha}
     snap = stats_of(pipe)
     assert (snap["frames"], snap["published"], snap["errors"], snap["steps"]) == (6, 6, 0, {})
-    assert snap["source"]["fed"] == 6  # a source's own counters pass through to the stats payload
+    assert snap["source"]["samples"] == 6  # a source's own (schema-declared) counters pass through
 
 
 @PATHS

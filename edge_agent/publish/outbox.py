@@ -103,9 +103,11 @@ def _connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
             ) from exc
         _move_aside(path, exc)
     conn = _open(path, synchronous=synchronous)
-    # seq reservations were in the damaged file: continue above anything handed out before
-    conn.execute(
-        "INSERT OR IGNORE INTO counters (name, value) VALUES ('seq_floor', ?)", (int(time.time() * 1000),)
+    # seq reservations and the boot number were in the damaged file: continue above anything used before
+    now = time.time()
+    conn.executemany(
+        "INSERT OR IGNORE INTO counters (name, value) VALUES (?, ?)",
+        [("seq_floor", int(now * 1000)), ("boot", int(now))],
     )
     return conn
 
@@ -301,6 +303,26 @@ class Outbox:
                 raise
             self._depth -= removed
             self._bytes -= freed
+
+    def next_boot(self) -> int:
+        """This start's boot number: the last one + 1, committed before it is used (1 on a new device).
+        A seq jump between two boots is numbers reserved and never used; a gap within one boot is a loss."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES ('boot', 1) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + 1"
+                )
+                boot = int(conn.execute("SELECT value FROM counters WHERE name = 'boot'").fetchone()[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return boot
 
     # -- readers -------------------------------------------------------------------------------------------
     def pending(self, limit: int = 100, after_id: int = 0) -> list[OutboxMessage]:

@@ -2,7 +2,8 @@
 
 Every payload carries ``schema``, ``device`` and ``ts`` so a subscriber can route and de-duplicate it
 without knowing which daemon sent it; results add ``pipeline``, ``seq`` (strictly increasing per
-pipeline) and ``model``.
+pipeline), ``boot`` (the daemon's start count: a seq jump at a new boot is numbers skipped, a gap within
+one boot is a loss) and ``model``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ SHA256_PREFIX = (
 )
 
 LATENCY_STAGES = ("capture_age", "preprocess", "invoke", "postprocess", "total")
-_ENVELOPE = frozenset({"schema", "device", "pipeline", "seq", "ts", "model", "latency_ms", "frame"})
+_ENVELOPE = frozenset({"schema", "device", "pipeline", "seq", "boot", "ts", "model", "latency_ms", "frame"})
 
 
 def iso_ts(ts: datetime | None = None) -> str:
@@ -67,6 +68,7 @@ def result_payload(
     latency_ms: dict[str, float],
     ts: datetime | None = None,
     frame_index: int | None = None,
+    boot: int | None = None,
 ) -> bytes:
     """One result as compact JSON bytes (schema ``edge-agent/result/1``); task ``fields`` are merged in."""
     clash = _ENVELOPE.intersection(fields)
@@ -77,6 +79,7 @@ def result_payload(
         "device": device,
         "pipeline": pipeline,
         "seq": int(seq),
+        **({"boot": int(boot)} if boot is not None else {}),
         "ts": iso_ts(ts),
         "model": {"name": model_name, "sha256": model_sha256[:SHA256_PREFIX]},
         "latency_ms": {k: round(float(v), 3) for k, v in latency_ms.items()},
@@ -95,6 +98,7 @@ def stats_payload(
     mqtt: dict[str, Any],
     outbox: dict[str, int],
     ts: datetime | None = None,
+    boot: int | None = None,
 ) -> bytes:
     """The periodic health report (schema ``edge-agent/stats/1``).
 
@@ -107,6 +111,7 @@ def stats_payload(
     obj = {
         "schema": STATS_SCHEMA,
         "device": device,
+        **({"boot": int(boot)} if boot is not None else {}),
         "ts": iso_ts(ts),
         "uptime_s": round(float(uptime_s), 3),
         "pipelines": pipelines,
