@@ -81,7 +81,7 @@ class PrivateBroker:
 
 
 def train(work: Path) -> Path:
-    from converter import examples
+    from converter import examples, quiet
 
     model = work / "digits.keras"
     examples.write_digits_data(work)
@@ -90,7 +90,9 @@ def train(work: Path) -> Path:
         return model
     say("[1/5] Training a small CNN on scikit-learn's digits (offline, a few seconds)")
     t0 = time.monotonic()
-    examples.train_digits(model)
+    quiet.set_verbose(False)
+    with quiet.captured_fds():  # TensorFlow's C++ start-up lines (oneDNN, absl) are not for the user
+        examples.train_digits(model)
     click.echo(f"      trained in {time.monotonic() - t0:.1f} s -> {model}")
     return model
 
