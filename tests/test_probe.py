@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_agent.commands import probe
+from edge_agent.commands import probe, probe_broker
 from tests.fixtures.broker import free_port
 
 PI_CPUINFO = (
@@ -92,8 +92,9 @@ def tree_args(root: Path) -> list[str]:
 @pytest.fixture(autouse=True)
 def no_installed_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Whatever /etc/edge-agent holds on this machine, the tests decide which broker is probed."""
-    monkeypatch.setattr(probe, "DEFAULT_CONFIG", tmp_path / "absent" / "config.yaml")
-    monkeypatch.setattr(probe, "DEFAULT_UNIT", tmp_path / "absent" / "edge-agent.service")
+    for module in (probe, probe_broker):
+        monkeypatch.setattr(module, "DEFAULT_CONFIG", tmp_path / "absent" / "config.yaml")
+    monkeypatch.setattr(probe_broker, "DEFAULT_UNIT", tmp_path / "absent" / "edge-agent.service")
 
 
 def run_probe(*args: str) -> tuple[int, str, str]:
@@ -304,7 +305,7 @@ def test_broker_password_credential_read_like_the_service(
     broker = mosquitto(users={"agent": "s3cret"})
     secret = write(tmp_path / "mqtt-password", "s3cret\n")
     unit = write(tmp_path / "edge-agent.service", f"[Service]\nLoadCredential=mqtt-password:{secret}\n")
-    monkeypatch.setattr(probe, "DEFAULT_UNIT", unit)
+    monkeypatch.setattr(probe_broker, "DEFAULT_UNIT", unit)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     mqtt = {
         "host": broker.host,
@@ -315,7 +316,7 @@ def test_broker_password_credential_read_like_the_service(
     config = _config(tmp_path, mqtt)
     assert broker_of(probe_json(*empty_roots, "--config", str(config)))["result"] == "connected as agent"
 
-    monkeypatch.setattr(probe, "DEFAULT_UNIT", tmp_path / "no-unit")
+    monkeypatch.setattr(probe_broker, "DEFAULT_UNIT", tmp_path / "no-unit")
     b = broker_of(probe_json(*empty_roots, "--config", str(config)))
     assert b["reachable"] is True and b["connected"] is False
     assert b["result"].startswith("reachable; login not tried: credential 'mqtt-password' is not in")

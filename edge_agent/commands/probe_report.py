@@ -1,0 +1,191 @@
+"""``edge-agent probe``'s report: config ``source:`` suggestions, the human-readable tables, the JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edge_agent.commands.probe_broker import Broker
+from edge_agent.commands.probe_device import EdgeTpu, Roots, System
+
+
+def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]]:
+    """``source:`` entries for the config, one per usable device, built through the config's own classes
+    (so every key is one the daemon accepts)."""
+    from edge_agent.sources.camera import CameraSourceConfig
+    from edge_agent.sources.iio import IioSourceConfig
+    from edge_agent.sources.serial_lines import SerialSourceConfig
+
+    def entry(cfg: Any) -> dict[str, Any]:
+        return {"type": cfg.type, **cfg.model_dump(mode="json", exclude_defaults=True)}
+
+    out = []
+    for cam in report["cameras"]:
+        if cam.opened or (cam.opened is None and cam.index in (0, None)):  # index 1 is a UVC metadata node
+            out.append(entry(CameraSourceConfig(url=cam.device)))
+    iio_root = roots.sysfs / "bus" / "iio" / "devices"
+    for dev in report["iio"]:
+        if dev.channels:
+            extra = {} if iio_root == Path("/sys/bus/iio/devices") else {"sysfs_root": str(iio_root)}
+            out.append(
+                entry(
+                    IioSourceConfig(
+                        device=dev.name or dev.device, channels=[c.name for c in dev.channels], **extra
+                    )
+                )
+            )
+    for port in report["serial"]:
+        by_id = roots.dev / "serial" / "by-id" / port.by_id if port.by_id else None
+        out.append(entry(SerialSourceConfig(port=str(by_id or port.device))))  # by-id survives re-plugging
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _table(title: str, header: list[str], rows: list[list[Any]], empty: str) -> str:
+    lines = [title]
+    if not rows:
+        return f"{title}\n  {empty}"
+    cells = [[("-" if c is None else str(c)) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(report: dict[str, Any]) -> str:
+    s: System = report["system"]
+    mem = (
+        f"{s.memory_available_mb} MB available of {s.memory_total_mb} MB"
+        if s.memory_total_mb is not None
+        else None
+    )
+    sections = [
+        _table(
+            "System",
+            ["item", "value"],
+            [
+                ["board", s.board or "unknown (not a Raspberry Pi or Jetson?)"],
+                *([["jetson", s.jetson_release]] if s.jetson_release else []),
+                ["arch", s.arch],
+                ["cpu", s.cpu_model],
+                ["cores", f"{s.cores} ({s.usable_cores} usable by this process)"],
+                ["memory", mem],
+                [
+                    "disk free",
+                    f"{s.disk_free_mb} MB at {s.disk_path}" if s.disk_free_mb is not None else None,
+                ],
+                ["python", s.python],
+                *[[f"temp {zone}", f"{c:.1f} C"] for zone, c in s.temperatures_c.items()],
+            ],
+            "",
+        )
+    ]
+    sections.append(
+        _table(
+            "Cameras",
+            ["device", "name", "index", "format", "note"],
+            [
+                [
+                    c.device,
+                    c.name,
+                    c.index,
+                    f"{c.width}x{c.height} {c.fourcc or ''} {c.fps or ''}".strip() if c.width else c.fourcc,
+                    c.note,
+                ]
+                for c in report["cameras"]
+            ],
+            "no cameras found",
+        )
+    )
+    sections.append(
+        _table(
+            "IIO sensors",
+            ["device", "name", "channels", "sampling_frequency"],
+            [
+                [
+                    d.device,
+                    d.name,
+                    ", ".join(f"{ch.name}={ch.raw}" for ch in d.channels) or "(no in_*_raw channels)",
+                    d.sampling_frequency,
+                ]
+                for d in report["iio"]
+            ],
+            "no IIO devices found",
+        )
+    )
+    sections.append(
+        _table(
+            "Serial ports",
+            ["device", "points to", "by-id"],
+            [[p.device, p.target, p.by_id] for p in report["serial"]],
+            "no serial ports found",
+        )
+    )
+    sections.append(
+        _table(
+            "Runtimes (auto picks the first that imports)",
+            ["runtime", "version", "imports", "note"],
+            [
+                [
+                    r.name,
+                    r.version or "not installed",
+                    {True: "yes", False: "NO", None: "-"}[r.imports],
+                    r.error,
+                ]
+                for r in report["runtimes"]
+            ],
+            "",
+        )
+    )
+    tpu: EdgeTpu = report["edgetpu"]
+    sections.append(
+        _table(
+            "Edge TPU",
+            ["item", "value"],
+            [
+                ["library", tpu.library or "libedgetpu.so.1 not found (apt install libedgetpu1-std)"],
+                ["usb", "; ".join(tpu.usb) or "none"],
+                ["pcie", ", ".join(tpu.pcie) or "none"],
+            ],
+            "",
+        )
+    )
+    b: Broker | None = report["broker"]
+    if b is None:
+        sections.append("MQTT broker\n  not checked: give --config FILE or --host HOST")
+    else:
+        sections.append(
+            _table(
+                "MQTT broker",
+                ["item", "value"],
+                [
+                    ["address", f"{b.host}:{b.port}{' (TLS)' if b.tls else ''} from {b.source}"],
+                    ["reachable", "yes" if b.reachable else "NO"],
+                    ["connect", b.result],
+                    *([["what to do", b.hint]] if b.hint else []),
+                ],
+                "",
+            )
+        )
+    suggestions = report.get("sources") or []
+    lines = [f"  source: {json.dumps(src)}" for src in suggestions]
+    sections.append(
+        "Config sources (pipelines[].source; add a window: for sensors)\n"
+        + ("\n".join(lines) if lines else "  nothing found to suggest")
+    )
+    return "\n\n".join(sections)
+
+
+def to_json(report: dict[str, Any]) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        if hasattr(v, "__dataclass_fields__"):
+            return asdict(v)
+        return [plain(x) for x in v] if isinstance(v, list) else v
+
+    return {k: plain(v) for k, v in report.items()}
