@@ -31,6 +31,12 @@ class DataError(EdgeAgentError):
     exit_code = 4
 
 
+class StorageFullError(DataError):
+    """The state directory's file system has no room (results, seq reservations, the boot number).
+    Exit 4 at start: systemd restarts it (RestartSec=), so the device comes back by itself once there is
+    room; while running, the results that cannot be stored are dropped and counted instead."""
+
+
 class SourceError(EdgeAgentError):
     """A camera or sensor source cannot be opened or read."""
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from edge_agent.config import PublishConfig
-from edge_agent.errors import DataError, EdgeAgentError
+from edge_agent.errors import DataError, EdgeAgentError, StorageFullError
 from edge_agent.model_stages import ModelInfo, ModelStages, PreparedInput, StageResult
 from edge_agent.processing.steps import StepChain, Verdict
 from edge_agent.publish.payloads import result_payload
@@ -265,7 +265,13 @@ class Pipeline:
         label, score = result.label, result.score
         publish = self.policy.decide(label, None if score is None else float(score), t_post)
         if publish:
-            seq = self.seq.next()
+            try:
+                seq = self.seq.next()
+            except StorageFullError as exc:  # the result is dropped and counted; the pipeline goes on
+                self.stats.count(errors=1)
+                self._warn("pipeline %s: result dropped: %s", self.name, exc)
+                self.stats.frame_done(latency, result=True, published=False)
+                return False
             info = self.stages.info
             payload = result_payload(
                 device=self.device_id,

@@ -319,3 +319,58 @@ def test_sighup_model_that_does_not_fit_the_source_keeps_the_old_one(
         assert agent.proc.poll() is None, agent.log()
         assert agent.stop() == 0, agent.log()
     watch.check()
+
+
+def test_full_state_file_system_drops_counts_and_recovers(
+    tmp_path: Path, mosquitto, subscriber, privacy, regression_int8
+) -> None:
+    """The state directory on a small real tmpfs that fills up while the daemon runs: results are dropped
+    and counted, the daemon keeps running, and it stores and delivers again by itself once there is room."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(state)], check=True)
+    try:
+        broker = mosquitto()
+        sub = subscriber(broker, "edge/testdev/#")
+        lines = "import time\nwhile True:\n    print('0.25,0.5,0.75', flush=True)\n    time.sleep(0.01)"
+        source = {"type": "command", "argv": ["python3", "-c", lines]}
+        pipeline = {"name": "vib", "source": source, "window": {"size": 2, "hop": 2},
+                    "model": {"path": str(regression_int8.path)}}  # fmt: skip
+        config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+        watch = privacy(broker, config)
+        with Agents(tmp_path) as agents:
+            agent = agents.start(config)
+            sub.wait_for(lambda m: len(results(m)) >= 20, timeout=30)
+            filler = state / "filler"
+            with filler.open("wb") as f:  # the disk fills up under the running daemon
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 30
+            while "the file system is full" not in agent.log():
+                assert time.monotonic() < deadline and agent.proc.poll() is None, agent.log()
+                time.sleep(0.2)
+            time.sleep(2)  # results keep coming while nothing can be stored
+            assert agent.proc.poll() is None, agent.log()
+            filler.unlink()  # room again
+            before = len(results(sub.snapshot()))
+            sub.wait_for(lambda m: len(results(m)) >= before + 50, timeout=30)
+            seen = sub.wait_for(lambda m: any(s["outbox"]["dropped"] > 0 for s in stats(m)), timeout=15)
+            final = stats(seen)
+            assert agent.proc.poll() is None, agent.log()
+            assert agent.stop() == 0, agent.log()
+        dropped = max(s["outbox"]["dropped"] for s in final)
+        assert dropped > 0 and "storing again" in agent.log()
+        seqs = sorted(r["seq"] for r in results(sub.snapshot()))
+        assert len(seqs) == len(set(seqs))  # nothing repeated
+        watch.check()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

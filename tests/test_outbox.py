@@ -347,3 +347,29 @@ def test_boot_number_grows_by_one_per_start_and_survives_a_damaged_database(db: 
         part.unlink()
     with Outbox(db) as box:
         assert box.next_boot() > 3  # continues above the lost counter (from the clock), never repeats
+
+
+def test_seq_reservation_on_a_full_file_system_hands_out_nothing_then_recovers(tmp_path: Path) -> None:
+    from edge_agent.errors import StorageFullError
+
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "1m")
+    try:
+        counter = SeqCounter(state / "outbox.sqlite3", "cam", block=1)  # one commit per number
+        first = counter.next()
+        filler = state / "filler"
+        with filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with pytest.raises(StorageFullError, match="cannot reserve seq numbers"):
+            for _ in range(100):  # the WAL may still have a page or two of room
+                counter.next()
+        filler.unlink()
+        assert counter.next() > first  # goes on, never repeating
+        counter.close()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

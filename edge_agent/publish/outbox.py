@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StorageFullError
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGES = 100_000
@@ -310,17 +310,25 @@ class Outbox:
         with self._lock:
             self._check_open()
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES ('boot', 1) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + 1"
-                )
-                boot = int(conn.execute("SELECT value FROM counters WHERE name = 'boot'").fetchone()[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(
+                        "INSERT INTO counters (name, value) VALUES ('boot', 1) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + 1"
+                    )
+                    boot = int(conn.execute("SELECT value FROM counters WHERE name = 'boot'").fetchone()[0])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if is_disk_full(exc):
+                    raise StorageFullError(
+                        f"state_dir: the file system of {self.path.parent} is full ({exc}); free space there "
+                        "(the service starts again by itself)"
+                    ) from None
                 raise
             return boot
 
@@ -408,6 +416,15 @@ class SeqCounter:
             return value
 
     def _reserve(self) -> None:
+        try:
+            self._reserve_block()
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                # no durable reservation, no number: handing one out could repeat it after a crash
+                raise StorageFullError(f"cannot reserve seq numbers: the disk is full ({exc})") from None
+            raise
+
+    def _reserve_block(self) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -426,7 +443,8 @@ class SeqCounter:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         self._next, self._limit = start, limit
 
