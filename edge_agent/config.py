@@ -220,7 +220,7 @@ class AgentConfig(_Strict):
     )
     fleet: FleetConfig = Field(
         default_factory=FleetConfig,
-        description="Signed model deployments over MQTT (edge-fleet): off until trusted_keys_dir holds a key.",
+        description="Signed model deployments over MQTT (edge-fleet); off while trusted_keys_dir has no key.",
     )
     cpu_pinning: Literal["auto", "off"] = Field(
         default="auto",

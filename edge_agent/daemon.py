@@ -27,6 +27,7 @@ from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
+    from edge_agent.fleet.agent import DeployAgent
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
     from edge_agent.publish.mqtt import MqttPublisher
@@ -77,6 +78,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
+        self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
         self.cpu_plan: CpuPlan | None = None
         self.pipelines: list[Pipeline] = []
         self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
@@ -137,7 +139,8 @@ class Daemon:
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
         self.publisher.start()
 
-        self._model_stages = stages = self.loader.load_all(cfg.pipelines)
+        overrides = self._start_fleet_recovery(state_dir)
+        self._model_stages = stages = self.loader.load_all(cfg.pipelines, overrides)
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -154,6 +157,7 @@ class Daemon:
             )
             self._threads.append(t)
             t.start()
+        self._start_fleet()
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -163,6 +167,28 @@ class Daemon:
             cfg.mqtt.port,
         )
         self.notifier.ready(self._status_line())
+
+    def _start_fleet_recovery(self, state_dir: Path) -> dict[str, Path]:
+        """Make the deploy agent and let it finish what a crash interrupted: returns the model file each
+        pipeline must load instead of its config's (a deployed model)."""
+        from edge_agent.fleet.device import make_agent
+
+        assert self.publisher is not None
+        pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in later by start()
+        self.fleet = make_agent(self.cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        overrides = self.fleet.recover()
+        for name, path in overrides.items():
+            log.info("pipeline %s runs the deployed model %s", name, path)
+        return overrides
+
+    def _start_fleet(self) -> None:
+        from edge_agent.fleet.verify import remote_deploy_status
+
+        assert self.fleet is not None
+        fleet = self.cfg.fleet
+        on, why = remote_deploy_status(fleet.enabled, self.fleet.trusted_keys, fleet.trusted_keys_dir)
+        log.log(logging.INFO if on else logging.WARNING, "%s", why)
+        self.fleet.start()
 
     def _place_threads(self) -> None:
         """Decide the CPU placement and move this (main) thread to the non-inference CPUs before any other
@@ -219,6 +245,8 @@ class Daemon:
         """Stop everything in reverse start order, each step in its own try so one failure skips nothing."""
         self.notifier.stopping("stopping: draining the outbox" if drain else "stopping")
         self.stop_event.set()
+        if self.fleet is not None:  # started last: stopped first (a deployment in progress resumes at start)
+            _quietly(self.fleet.stop, "stopping the deploy agent")
         for t in self._threads:
             t.join(JOIN_TIMEOUT_S)
             if t.is_alive():
@@ -289,7 +317,7 @@ class Daemon:
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> bool:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. True if swapped."""
         try:
-            stages = self.loader.load(pcfg)
+            stages = self.loader.load(pcfg, self._deployed_model(pipe.name))
             try:
                 pipe.swap_model(stages)
             except EdgeAgentError:
@@ -302,6 +330,10 @@ class Daemon:
             return False
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
         return True
+
+    def _deployed_model(self, pipeline: str) -> Path | None:
+        """The model a fleet deployment put in place for ``pipeline`` (a reload keeps it), or None."""
+        return self.fleet.store.current_model(pipeline) if self.fleet is not None else None
 
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
         old = self.cfg
@@ -358,6 +390,7 @@ class Daemon:
             pipelines={p.name: p.snapshot() for p in self.pipelines},
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
+            fleet=self.fleet.stats() if self.fleet is not None else None,
         )
 
     def publish_stats(self) -> None:

@@ -189,4 +189,5 @@ def test_check_says_whether_remote_deployment_is_on(tmp_path: Path) -> None:
     cfg["fleet"] = {"groups": ["a/b"], "watch": 5}
     proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
     assert proc.returncode == ConfigError.exit_code
-    assert "fleet.groups" in proc.stderr and "fleet.watch: unknown key; did you mean 'watch_s'?" in proc.stderr
+    assert "fleet.groups" in proc.stderr
+    assert "fleet.watch: unknown key; did you mean 'watch_s'?" in proc.stderr
