@@ -151,7 +151,8 @@ def test_int8_manifest_carries_golden_samples_the_device_reproduces(digits_int8_
         out = manifest.outputs[0]
         sample = manifest.golden.samples[1]
         moved = [v + 3 * out.quantization.scale for v in sample.outputs[out.name]]
-        bad = manifest.golden.model_copy(update={"samples": [sample.model_copy(update={"outputs": {out.name: moved}})]})
+        moved_sample = sample.model_copy(update={"outputs": {out.name: moved}})
+        bad = manifest.golden.model_copy(update={"samples": [moved_sample]})
         with pytest.raises(DeployRefused, match="golden sample 0: output"):
             golden_mod.run_golden(bad, manifest, invoke)
     finally:
