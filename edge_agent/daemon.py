@@ -121,6 +121,7 @@ class Daemon:
         return code
 
     def start(self) -> None:
+        from edge_agent.fleet.device import deployed_models, make_agent, start_agent
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
         from edge_agent.sources.factory import create_source
@@ -139,8 +140,10 @@ class Daemon:
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
         self.publisher.start()
 
-        overrides = self._start_fleet_recovery(state_dir)
-        self._model_stages = stages = self.loader.load_all(cfg.pipelines, overrides)
+        # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.
+        pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
+        self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        self._model_stages = stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -157,7 +160,7 @@ class Daemon:
             )
             self._threads.append(t)
             t.start()
-        self._start_fleet()
+        start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -167,28 +170,6 @@ class Daemon:
             cfg.mqtt.port,
         )
         self.notifier.ready(self._status_line())
-
-    def _start_fleet_recovery(self, state_dir: Path) -> dict[str, Path]:
-        """Make the deploy agent and let it finish what a crash interrupted: returns the model file each
-        pipeline must load instead of its config's (a deployed model)."""
-        from edge_agent.fleet.device import make_agent
-
-        assert self.publisher is not None
-        pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in later by start()
-        self.fleet = make_agent(self.cfg, state_dir, self.loader, pipes, self.publisher.connection)
-        overrides = self.fleet.recover()
-        for name, path in overrides.items():
-            log.info("pipeline %s runs the deployed model %s", name, path)
-        return overrides
-
-    def _start_fleet(self) -> None:
-        from edge_agent.fleet.verify import remote_deploy_status
-
-        assert self.fleet is not None
-        fleet = self.cfg.fleet
-        on, why = remote_deploy_status(fleet.enabled, self.fleet.trusted_keys, fleet.trusted_keys_dir)
-        log.log(logging.INFO if on else logging.WARNING, "%s", why)
-        self.fleet.start()
 
     def _place_threads(self) -> None:
         """Decide the CPU placement and move this (main) thread to the non-inference CPUs before any other

@@ -335,7 +335,8 @@ def test_group_deploy_canary_refusals_bad_canary_and_offline_device(
             "one switch, no going back"
         )
         times = sorted(datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp() for r in rs)
-        assert max(np.diff(times)) < 1.0, f"{d}: results stopped for {max(np.diff(times)):.2f} s"
+        # ~20 results/s; the swap itself takes ~30 ms (log), the rest of the margin is a loaded 2-core host
+        assert max(np.diff(times)) < 2.0, f"{d}: results stopped for {max(np.diff(times)):.2f} s"
 
     # 2. Refusals, each with its reason in the deploy state; v2 keeps running.
     a1 = agents["cam-01"]

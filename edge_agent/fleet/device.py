@@ -31,6 +31,7 @@ from edge_agent.manifest import Manifest
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig, PipelineConfig
     from edge_agent.fleet.agent import DeployAgent
+    from edge_agent.fleet.config import FleetConfig
     from edge_agent.model_loader import ModelLoader
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
@@ -153,3 +154,21 @@ def make_agent(
         topic_prefix=cfg.mqtt.topic_prefix,
         poll_s=0.5,
     )
+
+
+def deployed_models(agent: DeployAgent) -> dict[str, Path]:
+    """``agent.recover()`` (before the pipelines are built), logged: pipeline -> the deployed model file to
+    load instead of the config's."""
+    overrides = agent.recover()
+    for name, path in overrides.items():
+        log.info("pipeline %s runs the deployed model %s", name, path)
+    return overrides
+
+
+def start_agent(agent: DeployAgent, cfg: FleetConfig) -> None:
+    """Say once whether remote deployment is on (and why not), then start the agent (a no-op when off)."""
+    from edge_agent.fleet.verify import remote_deploy_status
+
+    on, why = remote_deploy_status(cfg.enabled, agent.trusted_keys, cfg.trusted_keys_dir)
+    log.log(logging.INFO if on else logging.WARNING, "%s", why)
+    agent.start()
