@@ -16,6 +16,7 @@ test_fleet_verify.py with a real broker but a fake model loader.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -253,7 +254,7 @@ def states(watch: PrivacyWatch, device: str) -> list[dict[str, Any]]:
 
 
 def wait_state(watch: PrivacyWatch, agent: Agent, device: str, pred: Callable[[dict[str, Any]], bool],
-               timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
+               timeout: float = 60.0) -> dict[str, Any]:  # fmt: skip
     def found(_: Any) -> bool:
         return any(pred(s) for s in states(watch, device))
 
@@ -278,7 +279,7 @@ def wait_results_of(watch: PrivacyWatch, agent: Agent, device: str, sha: str, co
     agent.expect(
         watch.sub,
         lambda _: sum(r["model"]["sha256"] == sha[:12] for r in results(watch, device)) >= count,
-        timeout=30,
+        timeout=60,
     )
 
 
@@ -311,7 +312,7 @@ def test_group_deploy_canary_refusals_bad_canary_and_offline_device(
     agents = {d: fleet.start(d) for d in DEVICES}
     v1, v2 = m.sha(m.v1), m.sha(m.v2)
     for d, a in agents.items():
-        a.wait_log("remote deployment is on: 1 trusted key(s)")
+        a.wait_log("remote deployment is on: 1 trusted key(s)", timeout=60)
         wait_state(watch, a, d, lambda s: running_sha(s) == v1)  # its first state: group membership
         wait_results_of(watch, a, d, v1, 3)
 
@@ -447,5 +448,8 @@ def test_sigkill_during_fetch_test_and_after_the_swap(
     assert "(again, after a restart)" in json.dumps(states(watch, "cam-01"))
     models = sorted(p.name for p in (fleet.tmp / "cam-01" / "state" / "models").iterdir())
     assert models == sorted([f"{v3}.tflite", f"{v3}.json", f"{gated}.tflite", f"{gated}.json"]), models
+    # A reload (SIGHUP) keeps the deployed model, not the config's.
+    agent.send(signal.SIGHUP)
+    agent.wait_log("reload: pipeline sensor will run v3", timeout=60)
     assert agent.stop() == 0
     watch.check()
