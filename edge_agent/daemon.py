@@ -27,6 +27,7 @@ from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
+    from edge_agent.fleet.agent import DeployAgent
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
     from edge_agent.publish.mqtt import MqttPublisher
@@ -77,6 +78,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
+        self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
         self.cpu_plan: CpuPlan | None = None
         self.pipelines: list[Pipeline] = []
         self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
@@ -134,6 +136,7 @@ class Daemon:
         return code
 
     def start(self) -> None:
+        from edge_agent.fleet.device import deployed_models, make_agent, start_agent
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
         from edge_agent.sources.factory import create_source
@@ -153,7 +156,10 @@ class Daemon:
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
         self.publisher.start()
 
-        self._model_stages = stages = self.loader.load_all(cfg.pipelines)
+        # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.
+        pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
+        self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        self._model_stages = stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -170,6 +176,7 @@ class Daemon:
             )
             self._threads.append(t)
             t.start()
+        start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -236,6 +243,8 @@ class Daemon:
         """Stop everything in reverse start order, each step in its own try so one failure skips nothing."""
         self.notifier.stopping("stopping: draining the outbox" if drain else "stopping")
         self.stop_event.set()
+        if self.fleet is not None:  # started last: stopped first (a deployment in progress resumes at start)
+            _quietly(self.fleet.stop, "stopping the deploy agent")
         for t in self._threads:
             t.join(JOIN_TIMEOUT_S)
             if t.is_alive():
@@ -308,7 +317,7 @@ class Daemon:
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> bool:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. True if swapped."""
         try:
-            stages = self.loader.load(pcfg)
+            stages = self.loader.load(pcfg, self._deployed_model(pipe.name))
             try:
                 pipe.swap_model(stages)
             except EdgeAgentError:
@@ -321,6 +330,10 @@ class Daemon:
             return False
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
         return True
+
+    def _deployed_model(self, pipeline: str) -> Path | None:
+        """The model a fleet deployment put in place for ``pipeline`` (a reload keeps it), or None."""
+        return self.fleet.store.current_model(pipeline) if self.fleet is not None else None
 
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
         old = self.cfg
@@ -378,6 +391,7 @@ class Daemon:
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
             boot=self.boot,
+            fleet=self.fleet.stats() if self.fleet is not None else None,
         )
 
     def publish_stats(self) -> None:
