@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from edge_agent.errors import EdgeAgentError  # noqa: E402
 from scripts.bench_report import machine  # noqa: E402
 from scripts.fleet_sim_monitor import Monitor, RssSampler, percentiles  # noqa: E402
+from scripts.fleet_sim_report import table  # noqa: E402
 from tests.fixtures.broker import Mosquitto  # noqa: E402
 
 ACL = REPO / "edge_agent" / "templates" / "mosquitto-acl.example"
@@ -376,77 +379,6 @@ def _histogram(delays: list[float], width: float) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: float(kv[0].split("-")[0])))
 
 
-# ------------------------------------------------------------------------------------------------- report
-ROWS: list[tuple[str, Any]] = [
-    ("daemons (real edge-agent run)", lambda r: r["devices"]),
-    ("start: all online + in group (s)", lambda r: r["startup_s"]),
-    ("deploy: canary active (s)", lambda r: r["deploy"]["canary_active_s"]),
-    ("deploy: canary confirmed (s)", lambda r: r["deploy"]["canary_confirmed_s"]),
-    ("deploy: all active (s)", lambda r: r["deploy"]["all_active_s"]),
-    (
-        "deploy: group swap median / p90 (s)",
-        lambda r: f"{r['deploy']['group_active_s']['median']} / {r['deploy']['group_active_s']['p90']}",
-    ),
-    ("deploy: all confirmed (s)", lambda r: r["deploy"]["all_confirmed_s"]),
-    ("  same, seen by a subscriber (s)", lambda r: r["deploy"]["all_confirmed_seen_s"]),
-    ("deploy: edge-fleet deploy exits (s)", lambda r: r["deploy"]["cli_s"]),
-    ("broker CPU during deploy (s)", lambda r: r["deploy"]["broker_cpu_s"]),
-    ("broker peak RSS during deploy (MiB)", lambda r: r["deploy"]["broker_peak_rss_mib"]),
-    (
-        "broker bytes in / out during deploy (KiB)",
-        lambda r: (
-            f"{r['deploy']['broker_bytes']['received'] / 1024:.0f} / "
-            f"{r['deploy']['broker_bytes']['sent'] / 1024:.0f}"
-        ),
-    ),
-    (
-        "  of which over idle traffic (KiB)",
-        lambda r: (
-            f"{r['deploy']['broker_bytes_over_idle']['received'] / 1024:.0f} / "
-            f"{r['deploy']['broker_bytes_over_idle']['sent'] / 1024:.0f}"
-        ),
-    ),
-    ("daemons CPU during deploy (s)", lambda r: r["deploy"]["daemons_cpu_s"]),
-    (
-        "daemons RSS sum / USS sum (MiB)",
-        lambda r: (
-            f"{r['deploy']['daemons_memory']['rss_sum_mib']:.0f} / "
-            f"{r['deploy']['daemons_memory']['uss_sum_mib']:.0f}"
-        ),
-    ),
-    ("storm: broker down (s)", lambda r: r["storm"]["outage_s"]),
-    ("storm: reconnected", lambda r: f"{r['storm']['reconnected']}/{r['devices']}"),
-    (
-        "storm: delay min / median (s)",
-        lambda r: f"{r['storm']['delay_s']['min']} / {r['storm']['delay_s']['median']}",
-    ),
-    (
-        "storm: delay p90 / max (s)",
-        lambda r: f"{r['storm']['delay_s']['p90']} / {r['storm']['delay_s']['max']}",
-    ),
-    ("storm: most reconnects in 100 ms", lambda r: r["storm"]["max_in_100ms"]),
-    ("storm: broker CPU until all back (s)", lambda r: r["storm"]["broker_cpu_s"]),
-]
-
-
-def table(runs: list[dict[str, Any]]) -> str:
-    cells = [[name] + [str(_cell(get, r)) for r in runs] for name, get in ROWS]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join(
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in cells
-    )
-
-
-def _cell(get: Any, run: dict[str, Any]) -> Any:
-    try:
-        return get(run)
-    except (KeyError, TypeError):
-        return "-"
-
-
 def run_one(n: int, work: Path, models: dict[str, Path], opts: dict[str, Any], say: Any) -> dict[str, Any]:
     need = n * 64 << 20  # a daemon: ~84 MiB RSS, ~36 MiB of it its own (USS); keep room
     if psutil.virtual_memory().available < need:
@@ -454,7 +386,7 @@ def run_one(n: int, work: Path, models: dict[str, Path], opts: dict[str, Any], s
             f"--devices {n}: needs ~{need >> 30} GiB free memory, "
             f"{psutil.virtual_memory().available >> 30} GiB available"
         )
-    fleet = Fleet(work / f"n{n}", n, models, say)
+    fleet = Fleet(Path(tempfile.mkdtemp(prefix=f"n{n}-", dir=work)), n, models, say)
     try:
         say(f"[{n}] starting mosquitto on 127.0.0.1:{fleet.broker.port} and {n} edge-agent daemons")
         startup = fleet.start(ready_timeout=60 + 3 * n)
@@ -511,9 +443,8 @@ def main(
     if not sizes or any(n < 1 for n in sizes):
         raise click.UsageError("give --devices N or --devices-list 10,50")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop everything on SIGTERM as on Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (&)
     if work is None:
-        import tempfile
-
         work = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
     work.mkdir(parents=True, exist_ok=True)
     say = lambda s: click.echo(s, err=True)  # noqa: E731
@@ -535,6 +466,8 @@ def main(
     except KeyboardInterrupt:
         say("interrupted; every process this run started is stopped")
         raise SystemExit(130) from None
+    except (RuntimeError, OSError, EdgeAgentError) as exc:  # a broker that would not start, a full disk...
+        raise click.ClickException(f"{exc} (work folder {work})") from None
     report = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "scripts/fleet-sim " + " ".join(sys.argv[1:]),
