@@ -269,17 +269,7 @@ def sensor_pipeline(model: Path, sysfs_root: Path) -> dict:
     "wrong, reason",
     [
         ("image_model", "but the source gives sensor samples"),
-        pytest.param(
-            "window_shape",
-            "does not fit input",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product gap (pipeline.py/daemon.py, owned elsewhere): ModelStages checks image vs "
-                "samples but not window size x channels vs the input's element count, so a reload swaps "
-                "in a [1, 8] model behind a 2 x 3 window; every frame then fails and after 100 the daemon "
-                "exits 4. Fix: pass the window shape to ModelStages and raise ModelError there.",
-            ),
-        ),
+        ("window_shape", "but a window of 2 samples x 3 channels has 6"),
     ],
 )
 def test_sighup_model_that_does_not_fit_the_source_keeps_the_old_one(
