@@ -25,6 +25,7 @@ from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.model_loader import ModelLoader
 from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
+from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
     from edge_agent.fleet.agent import DeployAgent
@@ -38,32 +39,6 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # main loop period: signal latency, watchdog and stats resolution
 JOIN_TIMEOUT_S = 10.0  # longest a pipeline may take to finish its frame in hand on stop
-
-
-class Watchdog:
-    """Decides whether to send WATCHDOG=1: only when every pipeline still running has turned its loop since
-    the last ping (a pipeline idle on a silent source turns every read timeout, so it counts as alive; one
-    stuck in invoke does not). Ended pipelines do not hold the ping back: the daemon exits when all ended."""
-
-    def __init__(self, interval_s: float | None) -> None:
-        self.interval_s = interval_s
-        self._last_ping = -float("inf")
-        self._seen: dict[str, int] = {}
-
-    def due(self, now: float) -> bool:
-        return self.interval_s is not None and now - self._last_ping >= self.interval_s
-
-    def lagging(self, pipelines: list[Pipeline]) -> list[str]:
-        """Names of running pipelines that made no progress since the last ping (empty = healthy)."""
-        return [
-            p.name
-            for p in pipelines
-            if p.state in ("starting", "running") and p.progress == self._seen.get(p.name, -1)
-        ]
-
-    def pinged(self, now: float, pipelines: list[Pipeline]) -> None:
-        self._last_ping = now
-        self._seen = {p.name: p.progress for p in pipelines}
 
 
 class Daemon:
