@@ -224,7 +224,10 @@ class Daemon:
             t.join(JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.error("%s did not finish within %.0f s; leaving it behind", t.name, JOIN_TIMEOUT_S)
+        drain_until = time.monotonic() + self.cfg.drain_timeout_s
         if drain and self.pipelines:
+            if self.publisher is not None:  # the last stats then say what the drain left (0 when it worked)
+                _quietly(lambda: self.publisher.flush(self.cfg.drain_timeout_s), "draining the outbox")
             _quietly(self.publish_stats, "publishing the last stats")
         for source in reversed(self._sources):
             _quietly(source.close, f"closing source {source!r}")
@@ -239,7 +242,7 @@ class Daemon:
         for st in self._model_stages[len(self.pipelines) :]:
             _quietly(st.model.close, f"closing model {st.model.path}")
         if self.publisher is not None:
-            timeout = self.cfg.drain_timeout_s if drain else 0.0
+            timeout = max(0.0, drain_until - time.monotonic()) if drain else 0.0
             _quietly(lambda: self.publisher.stop(timeout), "stopping the MQTT client")
         for seq in reversed(self._seqs):
             _quietly(seq.close, "closing a seq counter")
