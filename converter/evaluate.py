@@ -184,9 +184,7 @@ def next_step(mode: str) -> str:
     )
 
 
-def gate_threshold(
-    max_accuracy_drop: float | None, no_gate: bool, has_eval: bool, task: str
-) -> float | None:
+def gate_threshold(max_accuracy_drop: float | None, no_gate: bool, has_eval: bool, task: str) -> float | None:
     """The accuracy drop (points) the gate allows, None for no gate: with --eval on a classifier the gate
     is on at DEFAULT_MAX_ACCURACY_DROP; --max-accuracy-drop changes it, --no-gate turns it off."""
     if no_gate and max_accuracy_drop is not None:

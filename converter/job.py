@@ -62,6 +62,7 @@ def run_quantize(
     from converter import manifest as mf
     from converter import roles as rl
     from converter.evaluate import apply_gate, collapse, evaluate
+    from converter.golden import golden_samples
     from converter.litert import LiteModel
     from converter.output import write_files
     from converter.quantize import convert
@@ -99,10 +100,15 @@ def run_quantize(
         "size_ratio": round(len(model_bytes) / len(reference_bytes), 4),
     }
     ev = None
+    golden, golden_line = None, None
     if held_out is not None:
         ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
         apply_gate(ev, max_accuracy_drop)
         evaluation.update(ev.to_dict())
+        golden, note = golden_samples(lite, held_out.x)  # for the device's check before a deployment swap
+        count = len(golden["samples"]) if golden else 0
+        evaluation["golden_samples"] = count
+        golden_line = f"golden samples: {count} stored in the manifest" + (f" ({note})" if note else "")
 
     sha = hashlib.sha256(model_bytes).hexdigest()
     manifest = mf.build(
@@ -111,6 +117,7 @@ def run_quantize(
         calibration=samples.summary if samples is not None else None,
         evaluation=evaluation,
         versions=versions(),
+        golden=golden,
     )  # fmt: skip
     manifest_path = out.with_suffix(".json")
     write_files({out: model_bytes, manifest_path: mf.dumps(manifest)})
@@ -119,6 +126,8 @@ def run_quantize(
         out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads,
         collapsed,
     )  # fmt: skip
+    if golden_line:
+        summary = f"{summary}\n{golden_line}"
     return QuantizeResult(summary, ev.gate if ev else None, collapsed)
 
 

@@ -6,7 +6,7 @@ as ai-edge-litert reports them (names, shapes, dtypes, scale and zero point), no
 Every manifest is validated against the shipped JSON Schema file, the same contract ``edge_agent``
 reads, before it is returned. TensorFlow is not imported here (nor by anything this module imports).
 
-To add a field (e.g. golden samples for deployment): add it to ``edge_agent.manifest.Manifest``,
+To add a field: add it to ``edge_agent.manifest.Manifest``,
 regenerate the schema file, and add one keyword to ``build``.
 """
 
@@ -77,6 +77,7 @@ def build(
     evaluation: dict[str, Any] | None = None,
     versions: dict[str, str] | None = None,
     created: str | None = None,
+    golden: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of the converted model ``lite`` (validated; fields that are None left out).
 
@@ -107,6 +108,7 @@ def build(
         "evaluation": evaluation,
         "converter": versions,
         "created": created or utc_now(),
+        "golden": golden,  # converter/golden.py: a few evaluation inputs and the outputs they gave
     }
     manifest = {k: v for k, v in manifest.items() if v is not None}
     validate(manifest)

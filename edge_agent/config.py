@@ -27,6 +27,7 @@ from pydantic import (
 
 from edge_agent.config_errors import format_validation_error
 from edge_agent.errors import ConfigError
+from edge_agent.fleet.config import FleetConfig
 from edge_agent.processing.steps import StepConfig
 from edge_agent.publish.mqtt import MqttConfig
 from edge_agent.runtime.config import ModelConfig
@@ -217,6 +218,10 @@ class AgentConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging level."
     )
+    fleet: FleetConfig = Field(
+        default_factory=FleetConfig,
+        description="Signed model deployments over MQTT (edge-fleet); off while trusted_keys_dir has no key.",
+    )
     cpu_pinning: Literal["auto", "off"] = Field(
         default="auto",
         description="auto: when the models' num_threads leave a CPU free, each pipeline's inference runs on "
@@ -279,6 +284,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> None:
     if cfg.mqtt.tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
             setattr(cfg.mqtt.tls, name, _abs(base, getattr(cfg.mqtt.tls, name)))
+    cfg.fleet.trusted_keys_dir = _abs(base, cfg.fleet.trusted_keys_dir)
     for p in cfg.pipelines:
         m = p.model
         m.path = _abs(base, m.path)

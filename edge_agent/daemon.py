@@ -25,8 +25,10 @@ from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.model_loader import ModelLoader
 from edge_agent.runtime.memory import limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
+from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
+    from edge_agent.fleet.agent import DeployAgent
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
     from edge_agent.publish.mqtt import MqttPublisher
@@ -37,32 +39,6 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # main loop period: signal latency, watchdog and stats resolution
 JOIN_TIMEOUT_S = 10.0  # longest a pipeline may take to finish its frame in hand on stop
-
-
-class Watchdog:
-    """Decides whether to send WATCHDOG=1: only when every pipeline still running has turned its loop since
-    the last ping (a pipeline idle on a silent source turns every read timeout, so it counts as alive; one
-    stuck in invoke does not). Ended pipelines do not hold the ping back: the daemon exits when all ended."""
-
-    def __init__(self, interval_s: float | None) -> None:
-        self.interval_s = interval_s
-        self._last_ping = -float("inf")
-        self._seen: dict[str, int] = {}
-
-    def due(self, now: float) -> bool:
-        return self.interval_s is not None and now - self._last_ping >= self.interval_s
-
-    def lagging(self, pipelines: list[Pipeline]) -> list[str]:
-        """Names of running pipelines that made no progress since the last ping (empty = healthy)."""
-        return [
-            p.name
-            for p in pipelines
-            if p.state in ("starting", "running") and p.progress == self._seen.get(p.name, -1)
-        ]
-
-    def pinged(self, now: float, pipelines: list[Pipeline]) -> None:
-        self._last_ping = now
-        self._seen = {p.name: p.progress for p in pipelines}
 
 
 class Daemon:
@@ -77,6 +53,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
+        self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
         self.cpu_plan: CpuPlan | None = None
         self.pipelines: list[Pipeline] = []
         self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
@@ -134,6 +111,7 @@ class Daemon:
         return code
 
     def start(self) -> None:
+        from edge_agent.fleet.device import deployed_models, make_agent, start_agent
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
         from edge_agent.sources.factory import create_source
@@ -153,7 +131,10 @@ class Daemon:
         self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
         self.publisher.start()
 
-        self._model_stages = stages = self.loader.load_all(cfg.pipelines)
+        # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.
+        pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
+        self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        self._model_stages = stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
 
         for p in cfg.pipelines:
             source = create_source(p.source, p.window)
@@ -170,6 +151,7 @@ class Daemon:
             )
             self._threads.append(t)
             t.start()
+        start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -236,11 +218,16 @@ class Daemon:
         """Stop everything in reverse start order, each step in its own try so one failure skips nothing."""
         self.notifier.stopping("stopping: draining the outbox" if drain else "stopping")
         self.stop_event.set()
+        if self.fleet is not None:  # started last: stopped first (a deployment in progress resumes at start)
+            _quietly(self.fleet.stop, "stopping the deploy agent")
         for t in self._threads:
             t.join(JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.error("%s did not finish within %.0f s; leaving it behind", t.name, JOIN_TIMEOUT_S)
+        drain_until = time.monotonic() + self.cfg.drain_timeout_s
         if drain and self.pipelines:
+            if self.publisher is not None:  # the last stats then say what the drain left (0 when it worked)
+                _quietly(lambda: self.publisher.flush(self.cfg.drain_timeout_s), "draining the outbox")
             _quietly(self.publish_stats, "publishing the last stats")
         for source in reversed(self._sources):
             _quietly(source.close, f"closing source {source!r}")
@@ -255,7 +242,7 @@ class Daemon:
         for st in self._model_stages[len(self.pipelines) :]:
             _quietly(st.model.close, f"closing model {st.model.path}")
         if self.publisher is not None:
-            timeout = self.cfg.drain_timeout_s if drain else 0.0
+            timeout = max(0.0, drain_until - time.monotonic()) if drain else 0.0
             _quietly(lambda: self.publisher.stop(timeout), "stopping the MQTT client")
         for seq in reversed(self._seqs):
             _quietly(seq.close, "closing a seq counter")
@@ -308,7 +295,7 @@ class Daemon:
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> bool:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. True if swapped."""
         try:
-            stages = self.loader.load(pcfg)
+            stages = self.loader.load(pcfg, self._deployed_model(pipe.name))
             try:
                 pipe.swap_model(stages)
             except EdgeAgentError:
@@ -321,6 +308,10 @@ class Daemon:
             return False
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
         return True
+
+    def _deployed_model(self, pipeline: str) -> Path | None:
+        """The model a fleet deployment put in place for ``pipeline`` (a reload keeps it), or None."""
+        return self.fleet.store.current_model(pipeline) if self.fleet is not None else None
 
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
         old = self.cfg
@@ -378,6 +369,7 @@ class Daemon:
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
             boot=self.boot,
+            fleet=self.fleet.stats() if self.fleet is not None else None,
         )
 
     def publish_stats(self) -> None:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from edge_agent.errors import ModelError
 
@@ -90,6 +90,31 @@ class Preprocess(_Strict):
         return self
 
 
+GOLDEN_MAX_SAMPLES = 16
+GOLDEN_MAX_INPUT_B64 = 350_000  # ~256 KiB of raw input: a 224x224x3 uint8 image is 147 KiB
+GOLDEN_MAX_OUTPUT_VALUES = 100_000
+_B64 = Annotated[str, StringConstraints(max_length=GOLDEN_MAX_INPUT_B64, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+
+
+class GoldenSample(_Strict):
+    """One evaluation input with the outputs the converted model gave for it (see edge_agent/fleet/golden.py,
+    which checks a candidate model against them before a deployment swaps it in)."""
+
+    input: _B64 = Field(description="base64 of the raw input tensor bytes (batch 1, model input dtype).")
+    outputs: dict[
+        Annotated[str, StringConstraints(max_length=256)],
+        Annotated[list[float], Field(max_length=GOLDEN_MAX_OUTPUT_VALUES)],
+    ] = Field(min_length=1, max_length=8, description="Output tensor name -> expected real values, flat.")
+
+
+class GoldenSet(_Strict):
+    tolerance: float | None = Field(
+        default=None, ge=0, le=1e6, description="Absolute, in real output units (default: per output)."
+    )
+    samples: list[GoldenSample] = Field(min_length=1, max_length=GOLDEN_MAX_SAMPLES)
+    note: str | None = Field(default=None, max_length=500, description="Why fewer samples were kept.")
+
+
 class Manifest(_Strict):
     schema_id: Literal["edge-agent/manifest/1"] = Field(alias="schema", default=MANIFEST_SCHEMA_ID)
     name: str = Field(description="Model name, shown in every result payload.")
@@ -109,6 +134,11 @@ class Manifest(_Strict):
     evaluation: dict[str, Any] | None = None
     converter: dict[str, str] | None = Field(default=None, description="edge-agent and TensorFlow versions.")
     created: str | None = Field(default=None, description="ISO 8601 UTC time of conversion.")
+    golden: GoldenSet | None = Field(
+        default=None,
+        description="A few evaluation inputs and the outputs this model gave for them: a device reproduces "
+        "them before a fleet deployment swaps the model in (edge_agent/fleet/golden.py).",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -10,7 +10,7 @@ because XNNPACK starts its worker threads there and they keep the placement they
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,12 +52,17 @@ class ModelLoader:
             model.close()
             raise type(exc)(f"pipeline {pcfg.name}: {exc}") from None
 
-    def load_all(self, pcfgs: Sequence[PipelineConfig]) -> list[ModelStages]:
-        """One ``ModelStages`` per config, in order; when one fails, the ones already loaded are closed."""
+    def load_all(
+        self, pcfgs: Sequence[PipelineConfig], model_paths: Mapping[str, Path] | None = None
+    ) -> list[ModelStages]:
+        """One ``ModelStages`` per config, in order; when one fails, the ones already loaded are closed.
+        ``model_paths``: pipeline name -> the model file to load instead of the configured one (a model a
+        fleet deployment put in place)."""
         loaded: list[ModelStages] = []
+        paths = model_paths or {}
         try:
             for pcfg in pcfgs:
-                loaded.append(self.load(pcfg))
+                loaded.append(self.load(pcfg, paths.get(pcfg.name)))
         except BaseException:
             for stages in loaded:
                 try:

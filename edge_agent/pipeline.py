@@ -186,6 +186,12 @@ class Pipeline:
             self.policy, self.qos = PublishPolicy(cfg), cfg.qos
 
     @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The shape of the last window of samples (None before the first, or for images): a new model must
+        take it (``ModelStages.check_fits``)."""
+        return self._sample_shape
+
+    @property
     def model_info(self) -> ModelInfo:
         return self.stages.info
 

@@ -41,6 +41,12 @@ class LatencyWindow:
     def __len__(self) -> int:
         return self._count
 
+    def reset(self) -> None:
+        """Forget every sample (a model swap: the old model's times must not count for the new one)."""
+        with self._lock:
+            self._next = 0
+            self._count = 0
+
     def percentiles(self, qs: tuple[float, ...] = (50.0, 99.0)) -> dict[str, float | None]:
         """``{"p50": ms, "p99": ms}`` (rounded to µs); None for each when no sample was recorded yet."""
         with self._lock:

@@ -237,3 +237,30 @@ def test_a_start_up_error_is_not_preceded_by_a_stop_report(tmp_path: Path, regre
     proc = edge_agent("run", str(write(tmp_path, cfg)), cwd=tmp_path)
     assert proc.returncode == SourceError.exit_code, proc.stderr[-2000:]
     assert "results left in the outbox" not in proc.stderr
+
+
+def test_check_says_whether_remote_deployment_is_on(tmp_path: Path) -> None:
+    from edge_agent.fleet.signing import generate_keypair
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"not loaded with --no-models")
+    cfg = base(model, "/dev/video0")
+    cfg["fleet"] = {"trusted_keys_dir": "keys", "groups": ["lobby"]}  # relative: to the config's folder
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"fleet: remote deployment is off: no trusted keys in {tmp_path / 'keys'}" in proc.stdout
+    _, public, _ = generate_keypair(tmp_path / "op")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "op.pub").write_bytes(public.read_bytes())
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert "fleet: remote deployment is on: 1 trusted key(s)" in proc.stdout, proc.stdout + proc.stderr
+    assert "groups: lobby" in proc.stdout
+    (tmp_path / "keys" / "typo.pub").write_text("not a key\n")
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    assert "typo.pub is not an Ed25519 public key" in proc.stderr and "Traceback" not in proc.stderr
+    cfg["fleet"] = {"groups": ["a/b"], "watch": 5}
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code
+    assert "fleet.groups" in proc.stderr
+    assert "fleet.watch: unknown key; did you mean 'watch_s'?" in proc.stderr

@@ -128,6 +128,37 @@ def test_int8_meets_targets(digits_int8_run: ConvertRun, digits_test_arrays, flo
     assert float_acc >= 0.93
 
 
+def test_int8_manifest_carries_golden_samples_the_device_reproduces(digits_int8_run: ConvertRun) -> None:
+    """--eval stores 4 golden samples (quantized inputs, the quantized model's outputs); the device's runtime
+    reproduces them, and a model whose outputs moved by 3 quantization steps does not."""
+    from edge_agent.fleet import golden as golden_mod
+    from edge_agent.fleet.errors import DeployRefused
+    from edge_agent.runtime import load_model
+    from edge_agent.runtime.config import ModelConfig
+
+    manifest = load_manifest(digits_int8_run.manifest)
+    assert manifest.golden is not None and len(manifest.golden.samples) == 4
+    assert json.loads(digits_int8_run.manifest.read_text())["evaluation"]["golden_samples"] == 4
+    assert "golden samples: 4 stored in the manifest" in digits_int8_run.stdout
+    model = load_model(ModelConfig(path=digits_int8_run.tflite))
+    try:
+        names = {o.role: o.name for o in manifest.outputs}
+
+        def invoke(x: np.ndarray) -> dict[str, np.ndarray]:
+            return {names[role]: v for role, v in model.invoke(x).items()}
+
+        golden_mod.run_golden(manifest.golden, manifest, invoke)
+        out = manifest.outputs[0]
+        sample = manifest.golden.samples[1]
+        moved = [v + 3 * out.quantization.scale for v in sample.outputs[out.name]]
+        moved_sample = sample.model_copy(update={"outputs": {out.name: moved}})
+        bad = manifest.golden.model_copy(update={"samples": [moved_sample]})
+        with pytest.raises(DeployRefused, match="golden sample 0: output"):
+            golden_mod.run_golden(bad, manifest, invoke)
+    finally:
+        model.close()
+
+
 # -------------------------------------------------------------------------------- every mode
 
 

@@ -83,7 +83,7 @@ class _P:
 
 def test_watchdog_rule() -> None:
     """Ping only when every running pipeline turned its loop since the last ping; ended ones don't count."""
-    from edge_agent.daemon import Watchdog
+    from edge_agent.watchdog import Watchdog
 
     dog = Watchdog(interval_s=0.5)
     a, b = _P("a"), _P("b")

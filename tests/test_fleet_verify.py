@@ -165,3 +165,16 @@ def test_fuzz_nothing_but_deploy_refused_escapes(setup: dict[str, Any], data: st
         _verify(setup, payload)
     except DeployRefused as exc:
         assert exc.reason in {"malformed", "oversized", "schema", "unknown_key", "bad_signature"}
+
+
+def test_watch_rule_p99_needs_a_factor_and_a_real_rise() -> None:
+    from edge_agent.fleet.watch import unhealthy_reason
+
+    start = {"state": "running", "errors": 0, "results": 0, "invoke_p99_ms": 0.1}
+    noisy = {"state": "running", "errors": 0, "results": 100, "invoke_p99_ms": 0.2}  # 2x, but 0.1 ms
+    assert unhealthy_reason(start, noisy, 1.5) is None
+    slow = {**noisy, "invoke_p99_ms": 5.0}
+    assert "exceeds 1.5 x the old model's 0.1 ms" in (unhealthy_reason(start, slow, 1.5) or "")
+    assert unhealthy_reason(start, {**slow, "results": 10}, 1.5) is None  # too few invokes to judge
+    assert "errors rose from 0 to 1" in (unhealthy_reason(start, {**noisy, "errors": 1}, 1.5) or "")
+    assert "failed after the swap" in (unhealthy_reason(start, {**noisy, "state": "failed"}, 1.5) or "")

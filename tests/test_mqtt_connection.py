@@ -68,6 +68,25 @@ def test_subscription_is_renewed_after_the_broker_restarts(mosquitto, publisher)
     assert wait_until(lambda: b"after" in inbox.payloads(), 10), pub.stats()
 
 
+def test_unsubscribe_stops_delivery_and_survives_a_reconnect(mosquitto, publisher) -> None:
+    broker = mosquitto()
+    pub = publisher(broker.mqtt_config())
+    inbox = Inbox()
+    model_topic = "edge/models/" + "a" * 64
+    pub.subscribe(model_topic, inbox)
+    assert wait_until(lambda: pub.connected, 10)
+    broker.publish(model_topic, b"one")
+    assert wait_until(lambda: inbox.payloads() == [b"one"], 10)
+    pub.unsubscribe(model_topic)
+    pub.unsubscribe(model_topic)  # twice: harmless
+    broker.publish(model_topic, b"two", retain=True)
+    broker.stop()
+    broker.start()
+    assert wait_until(lambda: pub.connected and pub.reconnects == 1, 15), pub.stats()
+    time.sleep(0.5)  # a renewed subscription would get the retained "two" now
+    assert inbox.payloads() == [b"one"]
+
+
 def test_oversized_payloads_are_dropped_and_counted(mosquitto, publisher, outbox) -> None:
     broker = mosquitto()
     pub = publisher(broker.mqtt_config())

@@ -48,6 +48,18 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     return problems
 
 
+def fleet_summary(cfg: AgentConfig) -> str:
+    """Whether remote deployment is on, as the daemon will log it (a bad key file raises ConfigError)."""
+    from edge_agent.fleet.signing import load_trusted_keys
+    from edge_agent.fleet.verify import remote_deploy_status
+
+    fleet = cfg.fleet
+    keys = load_trusted_keys(fleet.trusted_keys_dir) if fleet.enabled else {}
+    _, why = remote_deploy_status(fleet.enabled, keys, fleet.trusted_keys_dir)
+    groups = f"; groups: {', '.join(fleet.groups)}" if fleet.groups else ""
+    return why + groups
+
+
 def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
     """Load every model the way the daemon will (``ModelLoader``: sha256, tensors, fit to the source and
     its window); returns (summary lines, problems)."""
@@ -105,6 +117,7 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
         f"{config}: OK: device '{cfg.device_id}', broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
         f"state in {cfg.state_dir}, {len(cfg.pipelines)} pipeline(s)"
     )
+    click.echo(f"  fleet: {fleet_summary(cfg)}")
     for p in cfg.pipelines:
         click.echo(
             f"  {p.name}: {_source_summary(p)} -> {p.model.path.name} -> {cfg.result_topic(p)} "

@@ -41,6 +41,8 @@ from edge_agent.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
+STATS_COUNTERS = ("received", "refused", "swapped", "active", "rolled_back", "duplicates_ignored",
+                  "dropped_queue_full", "internal_errors")  # fmt: skip
 _QUEUE_MAX = 16  # inbound messages waiting for the worker; more are dropped (and counted)
 
 
@@ -173,7 +175,14 @@ class DeployAgent:
             self._thread.join(timeout)
 
     def stats(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, **dict(self.counts)}
+        """The ``fleet`` object of the stats payload: every counter in ``STATS_COUNTERS`` (0 included), and
+        ``refused_<reason>`` for the reasons seen (``errors.REASONS``; the stats schema declares each)."""
+        counts = dict(self.counts)
+        return {
+            "enabled": self.enabled,
+            **{k: counts.pop(k, 0) for k in STATS_COUNTERS},
+            **{k: v for k, v in counts.items() if k.startswith("refused_")},
+        }
 
     def _inbound(self, kind: str) -> Callable[[str, bytes], None]:
         def handler(topic: str, payload: bytes) -> None:  # network thread: never raise, never block

@@ -18,3 +18,10 @@ class DeployRefused(EdgeAgentError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+REASONS = (
+    "malformed", "oversized", "schema", "unknown_key", "bad_signature", "replayed", "wrong_target",
+    "unknown_pipeline", "sha256_mismatch", "truncated", "too_large", "fetch_failed", "incompatible",
+    "golden_mismatch", "no_previous", "disabled", "interrupted",
+)  # fmt: skip

@@ -5,6 +5,7 @@ within tolerance is never used. The converter writes the field; this module defi
 
     "golden": {
       "tolerance": 0.02,          # optional: absolute tolerance in real (dequantized) output units
+      "note": "...",              # optional: why fewer samples were kept (edge-convert's byte budget)
       "samples": [                # 1..16 samples
         {"input": "<base64>",     # raw bytes of inputs[0] for batch 1: exactly prod(shape[1:]) * itemsize
                                   # bytes in the input's dtype (quantized if the model is), C order;
@@ -25,36 +26,22 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from edge_agent.fleet.errors import DeployRefused
-from edge_agent.manifest import Manifest, OutputSpec, TensorSpec
+from edge_agent.manifest import (
+    GOLDEN_MAX_SAMPLES,
+    GoldenSample,
+    GoldenSet,
+    Manifest,
+    OutputSpec,
+    TensorSpec,
+)
 
-MAX_SAMPLES = 16
-MAX_INPUT_B64 = 350_000  # ~256 KiB of raw input: a 224x224x3 uint8 image is 147 KiB
-MAX_OUTPUT_VALUES = 100_000
-
-B64 = Annotated[str, StringConstraints(max_length=MAX_INPUT_B64, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
-
-
-class GoldenSample(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input: B64 = Field(description="base64 of the raw input tensor bytes (batch 1, model input dtype).")
-    outputs: dict[
-        Annotated[str, StringConstraints(max_length=256)],
-        Annotated[list[float], Field(max_length=MAX_OUTPUT_VALUES)],
-    ] = Field(min_length=1, max_length=8, description="Output tensor name -> expected real values, flat.")
-
-
-class GoldenSet(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tolerance: float | None = Field(default=None, ge=0, le=1e6, description="Absolute, real units.")
-    samples: list[GoldenSample] = Field(min_length=1, max_length=MAX_SAMPLES)
+# The format's models live with the manifest that carries them; re-exported here for the fleet code.
+MAX_SAMPLES = GOLDEN_MAX_SAMPLES
+__all__ = ["GoldenSample", "GoldenSet", "check_sample", "decode_input", "run_golden", "tolerance_for"]
 
 
 def decode_input(sample: GoldenSample, spec: TensorSpec) -> np.ndarray:

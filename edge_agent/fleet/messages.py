@@ -65,9 +65,8 @@ class ModelRef(_Strict):
 
 def split_manifest(raw: dict[str, Any]) -> tuple[Manifest, GoldenSet | None]:
     """The manifest and its golden samples, validated; ValueError when either is invalid."""
-    body = {k: v for k, v in raw.items() if k != "golden"}
-    golden = GoldenSet.model_validate(raw["golden"]) if raw.get("golden") is not None else None
-    return Manifest.model_validate(body), golden
+    manifest = Manifest.model_validate(raw)
+    return manifest, manifest.golden
 
 
 class Deployment(_Strict):

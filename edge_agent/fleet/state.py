@@ -111,7 +111,8 @@ class StateReporter:
                 atomic_write(self.persist, [json.dumps(payload).encode()])
             except OSError:
                 log.warning("could not save the deploy state to %s", self.persist, exc_info=True)
-        log.info("deploy %s %s: %s%s", run.pipeline, run.number, run.state, f" ({reason})" if reason else "")
+        what = f"deploy {run.pipeline} {run.number}" if run.number is not None else "deploy state"
+        log.info("%s: %s%s", what, run.state, f" ({reason})" if reason else "")
         try:
             self._publish(self.topic, json.dumps(payload, separators=(",", ":")).encode(), True)
         except Exception:  # the broker may be away; the next state (or the next start) reports again

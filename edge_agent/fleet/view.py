@@ -82,7 +82,8 @@ def render_table(views: list[DeviceView]) -> str:
         d = v.as_dict()
         online = {True: "online", False: "offline", None: "?"}[v.online]
         last = d["last"] or {}
-        last_s = f"{last.get('state')} #{last.get('number')}" if last else "-"
+        number = f" #{last['number']}" if last and last.get("number") is not None else ""
+        last_s = f"{last.get('state')}{number}" if last else "-"
         if last.get("reason"):
             last_s += f" ({last['reason'][:60]})"
         pipes = d["pipelines"] or {"-": {}}

@@ -158,6 +158,18 @@ class MqttConnection:
         if connected:
             self.client.subscribe(topic, qos=qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop delivering ``topic`` (as given to ``subscribe``) and stop re-subscribing it on reconnects.
+        Unknown topics are ignored, so calling it twice is safe."""
+        with self._lock:
+            sub = self._subscriptions.pop(topic, None)
+            connected = self._connected
+        if sub is None:
+            return
+        self.client.message_callback_remove(topic)
+        if connected:
+            self.client.unsubscribe(topic)
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._started:

@@ -151,6 +151,10 @@ class MqttPublisher:
         """See ``MqttConnection.subscribe``."""
         self.connection.subscribe(topic, handler, **limits)
 
+    def unsubscribe(self, topic: str) -> None:
+        """See ``MqttConnection.unsubscribe``."""
+        self.connection.unsubscribe(topic)
+
     def add_on_connect(self, listener: Listener) -> None:
         """See ``MqttConnection.add_on_connect``."""
         self.connection.add_on_connect(listener)

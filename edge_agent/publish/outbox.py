@@ -5,7 +5,9 @@ nor a daemon crash loses it; after either, pending rows are resent in id order (
 pipeline appends them in seq order). The queue is bounded by count and bytes; when full the oldest rows go
 and the drops are counted (persisted in the same database, so they survive restarts).
 
-The same database holds the per-pipeline seq reservations (``SeqCounter``).
+The same database holds the per-pipeline seq reservations (``SeqCounter``) and the boot number: they are
+here, in one module a little over the usual size, because they share the database, its connection
+settings and its fault handling below, and must stay consistent with each other across a crash.
 
 Storage faults (an SD card is where these happen):
 - a database that SQLite cannot read (truncated by a power cut, corrupted) is moved aside as

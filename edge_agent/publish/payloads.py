@@ -99,6 +99,7 @@ def stats_payload(
     outbox: dict[str, int],
     ts: datetime | None = None,
     boot: int | None = None,
+    fleet: dict[str, Any] | None = None,
 ) -> bytes:
     """The periodic health report (schema ``edge-agent/stats/1``).
 
@@ -118,4 +119,6 @@ def stats_payload(
         "mqtt": mqtt,
         "outbox": outbox,
     }
+    if fleet is not None:  # DeployAgent.stats(): remote deployment on/off and its counters
+        obj["fleet"] = fleet
     return _dumps(obj, "stats")
