@@ -188,8 +188,8 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
     manifest: Manifest | None = None
     if cfg.manifest is not None or manifest_file.is_file():
         manifest = load_manifest(manifest_file, verify_sha256=False)
-        if manifest.model_file != path.name:
-            log.info(
+        if manifest.model_file != path.name:  # normal for deployed models (<sha256>.tflite): the sha decides
+            log.debug(
                 "%s names model file %s; checking it against %s",
                 manifest_file,
                 manifest.model_file,
