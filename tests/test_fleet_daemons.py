@@ -446,7 +446,7 @@ def test_sigkill_during_fetch_test_and_after_the_swap(
     agent.proc.wait(10)
     agent = restart_and_check(v3)
     assert "(again, after a restart)" in json.dumps(states(watch, "cam-01"))
-    models = sorted(p.name for p in (fleet.tmp / "cam-01" / "state" / "models").iterdir())
+    models = sorted(p.name for p in (fleet.tmp / "cam-01" / "state" / "deployed").iterdir())
     assert models == sorted([f"{v3}.tflite", f"{v3}.json", f"{gated}.tflite", f"{gated}.json"]), models
     # A reload (SIGHUP) keeps the deployed model, not the config's.
     agent.send(signal.SIGHUP)

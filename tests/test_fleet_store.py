@@ -110,3 +110,19 @@ def test_golden_tolerance_is_the_quantization_step() -> None:
     with pytest.raises(DeployRefused) as info:
         run_golden(wrong_size, manifest, invoke(0))
     assert info.value.reason == "incompatible"
+
+
+def test_the_users_own_models_are_never_touched(tmp_path: Path) -> None:
+    """The README has users copy their models into state_dir/models/: deployments live elsewhere, and
+    prune only ever deletes <sha256>-named files of its own (it once emptied models/ at every start)."""
+    own = tmp_path / "models"
+    own.mkdir()
+    for name in ("door.tflite", "door.json"):
+        (own / name).write_bytes(b"the user's")
+    store = ModelStore(tmp_path)
+    store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "m"})
+    (store.dir / "notes.json").write_text("{}")  # not ours either, even in our directory
+    store.prune()  # no pipeline refers to SHA: it goes, nothing else does
+    assert sorted(p.name for p in own.iterdir()) == ["door.json", "door.tflite"]
+    assert sorted(p.name for p in store.dir.iterdir()) == ["notes.json"]
+    assert store.dir != own

@@ -1,6 +1,6 @@
 """Models on the device's disk and the record of what each pipeline runs, both crash-safe.
 
-Files: ``state_dir/models/<sha256>.tflite`` and ``<sha256>.json`` (its manifest), each written to a
+Files: ``state_dir/deployed/<sha256>.tflite`` and ``<sha256>.json`` (its manifest), each written to a
 ``.tmp-`` file, fsynced, renamed over the final name, then the directory fsynced: after a power cut a
 model file is either absent or whole (its sha256 is checked again before use anyway). The record
 ``state_dir/fleet.json`` is written the same way; it says per pipeline which model is current, which is
@@ -68,10 +68,13 @@ def _empty_entry() -> dict[str, Any]:
 
 
 class ModelStore:
-    """The ``models/`` directory and ``fleet.json``; thread-safe; every change is persisted before return."""
+    """The ``deployed/`` directory and ``fleet.json``; thread-safe; every change is persisted before return.
+
+    Not ``state_dir/models/``: that is where the README tells users to put their own models, and ``prune``
+    deletes what no deployment refers to (it only ever touches ``<sha256>.tflite/.json`` names, too)."""
 
     def __init__(self, state_dir: Path):
-        self.dir = state_dir / "models"
+        self.dir = state_dir / "deployed"
         self.record_path = state_dir / "fleet.json"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -151,7 +154,8 @@ class ModelStore:
             removed = []
             for p in self.dir.iterdir():
                 stem = p.name.split(".")[0]
-                if p.suffix in (".tflite", ".json") and stem not in keep:
+                ours = len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)
+                if ours and p.suffix in (".tflite", ".json") and stem not in keep:
                     p.unlink(missing_ok=True)
                     removed.append(p.name)
             if removed:
