@@ -19,6 +19,7 @@ import pytest
 from tests.daemon_harness import Agents, NotifySocket, results, stats, write_config
 from tests.fixtures.broker import validate_payload
 from tests.privacy import ImageCanary, canary_frame
+from tests.storage import fill, small_tmpfs
 
 FPS = 15
 
@@ -316,15 +317,7 @@ def test_full_state_file_system_drops_counts_and_recovers(
 ) -> None:
     """The state directory on a small real tmpfs that fills up while the daemon runs: results are dropped
     and counted, the daemon keeps running, and it stores and delivers again by itself once there is room."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    state = tmp_path / "state"
-    state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(state)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "state", "3m") as state:
         broker = mosquitto()
         sub = subscriber(broker, "edge/testdev/#")
         lines = "import time\nwhile True:\n    print('0.25,0.5,0.75', flush=True)\n    time.sleep(0.01)"
@@ -336,14 +329,7 @@ def test_full_state_file_system_drops_counts_and_recovers(
         with Agents(tmp_path) as agents:
             agent = agents.start(config)
             sub.wait_for(lambda m: len(results(m)) >= 20, timeout=30)
-            filler = state / "filler"
-            with filler.open("wb") as f:  # the disk fills up under the running daemon
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
+            filler = fill(state)  # the disk fills up under the running daemon
             deadline = time.monotonic() + 30
             while "the file system is full" not in agent.log():
                 assert time.monotonic() < deadline and agent.proc.poll() is None, agent.log()
@@ -362,5 +348,3 @@ def test_full_state_file_system_drops_counts_and_recovers(
         seqs = sorted(r["seq"] for r in results(sub.snapshot()))
         assert len(seqs) == len(set(seqs))  # nothing repeated
         watch.check()
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)

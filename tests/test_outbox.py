@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.publish.outbox import Outbox, SeqCounter
+from tests.storage import fill, small_tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -240,29 +241,13 @@ def test_truncated_database_is_moved_aside_and_seq_never_repeats(db: Path) -> No
     assert len(list(db.parent.glob(db.name + ".corrupt-*"))) == 1
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-
-
 def test_full_file_system_drops_and_counts_then_recovers_keeping_what_was_stored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state = tmp_path / "state"
-    _mount_tmpfs(state, "2m")
-    try:
+    with small_tmpfs(tmp_path / "state", "2m") as state:
         box = Outbox(state / "outbox.sqlite3")
         stored = box.append_many([("t", b"early-%d" % i, 1) for i in range(50)])
-        filler = state / "filler"
-        with filler.open("wb") as f:  # take every free block the file system has
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill(state)
         dropped = 0
         for _ in range(200):  # results keep coming while the disk is full
             if not box.append_many([("t", b"x" * 4096, 1)]):
@@ -278,19 +263,13 @@ def test_full_file_system_drops_and_counts_then_recovers_keeping_what_was_stored
         box.close()
         with Outbox(state / "outbox.sqlite3") as again:  # the drops were persisted once there was room
             assert again.dropped == dropped_total
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_read_only_state_directory_is_a_clear_error(tmp_path: Path) -> None:
-    state = tmp_path / "ro"
-    _mount_tmpfs(state, "1m")
-    try:
+    with small_tmpfs(tmp_path / "ro", "1m") as state:
         subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
         with pytest.raises(ConfigError, match=r"outbox.*(read-only|readonly|unable to open)"):
             Outbox(state / "outbox.sqlite3")
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_bounds_are_exact(db: Path) -> None:
@@ -352,24 +331,13 @@ def test_boot_number_grows_by_one_per_start_and_survives_a_damaged_database(db: 
 def test_seq_reservation_on_a_full_file_system_hands_out_nothing_then_recovers(tmp_path: Path) -> None:
     from edge_agent.errors import StorageFullError
 
-    state = tmp_path / "state"
-    _mount_tmpfs(state, "1m")
-    try:
+    with small_tmpfs(tmp_path / "state", "1m") as state:
         counter = SeqCounter(state / "outbox.sqlite3", "cam", block=1)  # one commit per number
         first = counter.next()
-        filler = state / "filler"
-        with filler.open("wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill(state)
         with pytest.raises(StorageFullError, match="cannot reserve seq numbers"):
             for _ in range(100):  # the WAL may still have a page or two of room
                 counter.next()
         filler.unlink()
         assert counter.next() > first  # goes on, never repeating
         counter.close()
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
