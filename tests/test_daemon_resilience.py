@@ -36,7 +36,10 @@ def outbox_seqs(state_dir: Path) -> set[int]:
         return set()
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+        try:
+            rows = conn.execute("SELECT payload FROM outbox ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # the file exists, its tables not yet: the daemon is just starting
+            return set()
     finally:
         conn.close()
     return {json.loads(bytes(p))["seq"] for (p,) in rows}
