@@ -14,7 +14,14 @@ from pathlib import Path
 import click
 
 from converter import quiet, report
-from converter.options import build_preprocess, parse_postprocess, parse_shape, read_labels, warn
+from converter.options import (
+    DEFAULT_MAX_FLOAT_LAYERS,
+    build_preprocess,
+    parse_postprocess,
+    parse_shape,
+    read_labels,
+    warn,
+)
 from converter.quantize import MODES
 from edge_agent import __version__
 from edge_agent.cli import run_cli
@@ -159,6 +166,20 @@ verbose_option = click.option(
     "Default with --eval on a classifier: 1.",
 )
 @click.option("--no-gate", is_flag=True, help="Evaluate with --eval but never fail on the accuracy drop.")
+@click.option(
+    "--fallback",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="When int8 fails the quality gate, keep its worst layers in float, one at a time, until it "
+    "passes (see edge-convert explain).",
+)
+@click.option(
+    "--max-float-layers",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help=f"Most layers --fallback auto may keep in float. Default: {DEFAULT_MAX_FLOAT_LAYERS}.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
 @click.option(
     "--threads",
@@ -189,6 +210,8 @@ def quantize(
     eval_path: Path | None,
     max_accuracy_drop: float | None,
     no_gate: bool,
+    fallback: str | None,
+    max_float_layers: int | None,
     seed: int,
     threads: int,
 ) -> None:
@@ -201,9 +224,11 @@ def quantize(
 
     With --eval on a classifier the quality gate is on: more than 1 point of accuracy lost fails the
     conversion (exit 8, files kept, manifest marked failed). --max-accuracy-drop sets the points,
-    --no-gate turns it off.
+    --no-gate turns it off. With --fallback auto a failing int8 model keeps its worst layers in float
+    until the gate passes (at most --max-float-layers); the manifest records which.
     """
     from converter import calibration as cal
+    from converter.diagnosis import check_fallback, fallback_failure
     from converter.evaluate import gate_threshold, next_step
     from converter.manifest import input_kind as default_input_kind
     from converter.output import check_writable
@@ -218,6 +243,7 @@ def quantize(
     io_type = resolve_io_type(mode, io_type)
     cal.require_calibration(mode, calib)
     max_accuracy_drop = gate_threshold(max_accuracy_drop, no_gate, eval_path is not None, task)
+    check_fallback(fallback, max_float_layers, mode, io_type, max_accuracy_drop)
     labels = read_labels(labels_file)
     postprocess = parse_postprocess(postprocess_items)
 
@@ -251,10 +277,13 @@ def quantize(
         fm=fm, out=out, mode=mode, io_type=io_type, samples=samples, held_out=held_out, labels=labels,
         task=task, name=name or out.stem, kind=kind, pre=pre, output_roles=output_roles,
         postprocess=postprocess, max_accuracy_drop=max_accuracy_drop, threads=threads,
+        fallback=fallback, max_float_layers=max_float_layers or DEFAULT_MAX_FLOAT_LAYERS,
     )  # fmt: skip
     click.echo(result.summary)
     if result.collapse is not None:
         warn(result.collapse)
+    if not result.gate_passed and result.fallback is not None:
+        raise QualityGateError(fallback_failure(result.gate, result.fallback, out))
     if not result.gate_passed:
         gate = result.gate
         raise QualityGateError(
@@ -264,6 +293,117 @@ def quantize(
             f"Next: {next_step(mode)}; or quantization-aware training; "
             "--max-accuracy-drop POINTS or --no-gate accepts the loss"
         )
+
+
+# ---------------------------------------------------------------------------------------------- explain
+
+
+@cli.command("explain")
+@verbose_option
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--calib",
+    default=None,
+    metavar="PATH",
+    help="Calibration data (required): image folder, .npy, .npz (array x) or .csv rows of typical inputs.",
+)
+@click.option("--calib-samples", type=click.IntRange(1), default=300, show_default=True)
+@click.option(
+    "--eval",
+    "eval_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Labelled held-out data: adds the accuracy with each layer kept in float.",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, one per line (when --eval names classes).",
+)
+@click.option(
+    "--io",
+    "io_type",
+    type=click.Choice(["int8", "float32"]),
+    default="int8",
+    show_default=True,
+    help="Input/output tensor type of the int8 model, as you would quantize it.",
+)
+@click.option("--scale", default=None, help="Pixel multiplier for image folders, e.g. 1/255.")
+@click.option("--mean", default=None, help="Subtracted after scaling (image folders).")
+@click.option("--std", default=None, help="Divisor after the mean (image folders).")
+@click.option("--input-shape", default=None, metavar="H,W,C", help="Fix unknown input dimensions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sample selection.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the diagnosis as JSON here ('-': print it instead of the table).",
+)
+def explain_command(
+    model: Path,
+    calib: str | None,
+    calib_samples: int,
+    eval_path: Path | None,
+    labels_file: Path | None,
+    io_type: str,
+    scale: str | None,
+    mean: str | None,
+    std: str | None,
+    input_shape: str | None,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Per-layer int8 quantization error of MODEL against the float model, worst layer first.
+
+    \b
+    Example:
+      edge-convert explain model.keras --calib train.npz --eval test.npz
+
+    Built on TensorFlow Lite's QuantizationDebugger. For each layer: its own error in quantization
+    steps, and the model's output error with only that layer kept in float (what
+    `quantize --fallback auto` uses to choose).
+    """
+    from converter import calibration as cal
+    from converter.manifest import input_kind
+    from converter.output import check_writable, write_files
+
+    to_stdout = json_path is not None and str(json_path) == "-"
+    if calib is None or calib == "random":
+        raise ConfigError(
+            "edge-convert explain needs calibration data: --calib with an image folder, .npy, .npz or .csv "
+            "of typical inputs, preprocessed as in training (per-layer errors are measured on it"
+            + ("; random inputs say nothing about yours)" if calib == "random" else ")")
+        )
+    if json_path is not None and not to_stdout:
+        check_writable(json_path)
+    labels = read_labels(labels_file)
+
+    from converter.loading import detect_kind, load_float_model
+
+    detect_kind(model)
+    fm = load_float_model(model).with_input_shape(parse_shape(input_shape))
+    shape = fm.input_shape
+    image = input_kind(shape) == "image"
+    pre = build_preprocess(shape, scale, mean, std, None, "stretch") if image else None
+    explicit_scaling = scale is not None or mean is not None or std is not None
+    samples, pre = cal.choose_calibration(
+        calib, shape, calib_samples, pre, explicit_scaling, seed, sys.stderr
+    )
+    assert samples is not None
+    held_out = cal.load_labelled(eval_path, shape, pre, labels, sys.stderr) if eval_path is not None else None
+
+    from converter.diagnosis import diagnose
+
+    found = diagnose(fm, samples.x, held_out, int8_io=io_type == "int8")
+    text = json.dumps({"model": str(model), **found.to_dict()}, indent=2) + "\n"
+    if to_stdout:
+        click.echo(text, nl=False)
+        return
+    click.echo(found.text())
+    if json_path is not None:
+        write_files({json_path: text.encode()})
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

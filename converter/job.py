@@ -35,6 +35,7 @@ class QuantizeResult:
     summary: str  # the table printed on stdout
     gate: dict[str, Any] | None  # as recorded in the manifest; None when no gate ran
     collapse: str | None = None  # a sentence when the answers collapsed against the float model
+    fallback: dict[str, Any] | None = None  # as recorded in the manifest, when --fallback auto ran
 
     @property
     def gate_passed(self) -> bool:
@@ -58,6 +59,8 @@ def run_quantize(
     postprocess: dict[str, Any],
     max_accuracy_drop: float | None,
     threads: int,
+    fallback: str | None = None,
+    max_float_layers: int = 5,
 ) -> QuantizeResult:
     from converter import manifest as mf
     from converter import roles as rl
@@ -101,9 +104,18 @@ def run_quantize(
     }
     ev = None
     golden, golden_line = None, None
+    fallen_back = None
     if held_out is not None:
         ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
         apply_gate(ev, max_accuracy_drop)
+        if fallback == "auto" and ev.gate is not None and not ev.gate["passed"]:
+            assert max_accuracy_drop is not None and x_calib is not None
+            model_bytes, lite, ev, fallen_back = _fall_back(
+                fm, x_calib, held_out, task, labels, reference, len(reference_bytes), len(model_bytes), ev,
+                max_accuracy_drop, max_float_layers, io_type, threads,
+            )  # fmt: skip
+            evaluation["size_bytes"]["tflite"] = len(model_bytes)
+            evaluation["size_ratio"] = round(len(model_bytes) / len(reference_bytes), 4)
         evaluation.update(ev.to_dict())
         golden, note = golden_samples(lite, held_out.x)  # for the device's check before a deployment swap
         count = len(golden["samples"]) if golden else 0
@@ -118,17 +130,105 @@ def run_quantize(
         evaluation=evaluation,
         versions=versions(),
         golden=golden,
+        fallback=fallen_back,
     )  # fmt: skip
     manifest_path = out.with_suffix(".json")
     write_files({out: model_bytes, manifest_path: mf.dumps(manifest)})
     collapsed = collapse(ev, mode) if ev is not None else None
+    label = mode if fallen_back is None else f"{mode} + {len(fallen_back['float_layers'])} float"
     summary = _summary(
-        out, manifest_path, mode, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads,
+        out, manifest_path, label, io_type, len(reference_bytes), len(model_bytes), ev, roles, lite, threads,
         collapsed,
     )  # fmt: skip
+    if fallen_back is not None:
+        summary = f"{summary}\n\n{_fallback_summary(fallen_back, mode, threads)}"
     if golden_line:
         summary = f"{summary}\n{golden_line}"
-    return QuantizeResult(summary, ev.gate if ev else None, collapsed)
+    return QuantizeResult(summary, ev.gate if ev else None, collapsed, fallen_back)
+
+
+def _fall_back(
+    fm: Any,
+    x_calib: np.ndarray,
+    held_out: Any,
+    task: str,
+    labels: list[str] | None,
+    reference: Any,
+    float32_size: int,
+    int8_size: int,
+    int8_ev: Any,
+    max_accuracy_drop: float,
+    max_float_layers: int,
+    io_type: str,
+    threads: int,
+) -> tuple[bytes, Any, Any, dict[str, Any]]:
+    """Full int8 failed the gate: keep its worst layers in float (converter/diagnosis.py), then evaluate
+    the mix like any converted model. Returns its bytes, LiteModel, evaluation and manifest record."""
+    import sys
+
+    from converter.diagnosis import fall_back
+    from converter.evaluate import apply_gate, evaluate
+    from converter.litert import LiteModel
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    found = fall_back(
+        fm, x_calib, held_out, max_accuracy_drop, max_float_layers, io_type != "float32", progress
+    )
+    lite = LiteModel(found.model, threads)
+    try:
+        lite.run_raw_zeros()
+    except Exception as exc:
+        raise ModelError(f"the mixed int8/float model does not run on ai-edge-litert ({exc})") from None
+    ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
+    apply_gate(ev, max_accuracy_drop)
+    record = {
+        "float_layers": found.float_layers,
+        "float_nodes": found.float_nodes,
+        "max_float_layers": max_float_layers,
+        "all_float": found.all_float,
+        "passed": bool(ev.gate and ev.gate["passed"]),
+        "steps": [
+            {"float_layers": s.float_layers, "accuracy": s.accuracy,
+             "accuracy_drop_points": s.accuracy_drop_points, "passed": s.passed}
+            for s in found.steps
+        ],
+        "size_bytes": {"float32": float32_size, "int8": int8_size, "mixed": len(found.model)},
+        "latency_ms": {
+            "float32": ev.latency_ms["float32_tflite"],
+            "int8": int8_ev.latency_ms["tflite"],
+            "mixed": ev.latency_ms["tflite"],
+        },
+    }  # fmt: skip
+    return found.model, lite, ev, record
+
+
+def _fallback_summary(record: dict[str, Any], mode: str, threads: int) -> str:
+    """The fallback's steps and the final mix against full int8 and float32."""
+    layers = record["float_layers"]
+    verdict = "passed" if record["passed"] else "still FAILED"
+    lines = [
+        f"fallback: full {mode} failed the quality gate; kept in float, one layer at a time: "
+        f"{', '.join(layers) or 'none'} ({len(layers)} of at most {record['max_float_layers']}); "
+        f"the gate {verdict}"
+    ]
+    steps = [
+        [str(i), ", ".join(step["float_layers"]) or "(none)", report.pct(step["accuracy"]),
+         f"{step['accuracy_drop_points']:.2f} points", "PASSED" if step["passed"] else "FAILED"]
+        for i, step in enumerate(record["steps"])
+    ]  # fmt: skip
+    lines += ["", report.table(["step", "float layers", "accuracy", "drop", "gate"], steps)]
+    size, lat = record["size_bytes"], record["latency_ms"]
+    plural = "s" if threads > 1 else ""
+    mix = [
+        [".tflite size", report.size(size["float32"]), report.size(size["int8"]), report.size(size["mixed"])],
+        [f"latency median ({threads} thread{plural})", report.ms(lat["float32"]), report.ms(lat["int8"]),
+         report.ms(lat["mixed"])],
+    ]  # fmt: skip
+    header = f"{mode} + {len(layers)} float layer{'s' if len(layers) != 1 else ''}"
+    lines += ["", report.table(["", "float32", f"full {mode}", header], mix)]
+    return "\n".join(lines)
 
 
 def _anomaly_threshold(lite: Any, roles: list[str], samples: Any) -> float:

@@ -78,6 +78,7 @@ def build(
     versions: dict[str, str] | None = None,
     created: str | None = None,
     golden: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of the converted model ``lite`` (validated; fields that are None left out).
 
@@ -106,6 +107,7 @@ def build(
         "postprocess": postprocess or {},
         "calibration": calibration,
         "evaluation": evaluation,
+        "fallback": fallback,  # converter/diagnosis.py: layers kept in float by --fallback auto
         "converter": versions,
         "created": created or utc_now(),
         "golden": golden,  # converter/golden.py: a few evaluation inputs and the outputs they gave

@@ -13,6 +13,10 @@ import click
 
 from edge_agent.errors import ConfigError
 
+# Layers --fallback auto may keep in float unless --max-float-layers says otherwise: the outlier digits
+# CNN needs 2; more than a handful usually means the data or the model is the problem, not a few layers.
+DEFAULT_MAX_FLOAT_LAYERS = 5
+
 
 def warn(message: str) -> None:
     click.echo(f"edge-convert: warning: {message}", err=True)

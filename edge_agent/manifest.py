@@ -115,6 +115,33 @@ class GoldenSet(_Strict):
     note: str | None = Field(default=None, max_length=500, description="Why fewer samples were kept.")
 
 
+class FallbackStep(_Strict):
+    float_layers: list[str] = Field(description="Layers in float at this step, in the order chosen.")
+    accuracy: float = Field(ge=0, le=1, description="Top-1 accuracy on the --eval data.")
+    accuracy_drop_points: float
+    passed: bool
+
+
+class ThreeWay(_Strict):
+    float32: float = Field(description="The float32 .tflite.")
+    int8: float = Field(description="Full int8, every layer quantized.")
+    mixed: float = Field(description="This model: int8 with the float layers.")
+
+
+class FloatFallback(_Strict):
+    """What ``edge-convert quantize --fallback auto`` did after full int8 failed the quality gate: the
+    layers it kept in float, one step at a time (converter/diagnosis.py). ai-edge-litert runs the mix."""
+
+    float_layers: list[str] = Field(description="Keras layers kept in float, in the order chosen.")
+    float_nodes: list[str] = Field(description="Their TFLite op output tensors (the quantizer's denylist).")
+    max_float_layers: int = Field(ge=1, description="The budget (--max-float-layers).")
+    all_float: bool = Field(description="Every quantized layer was tried in float.")
+    passed: bool = Field(description="The quality gate passed with this mix.")
+    steps: list[FallbackStep] = Field(min_length=1)
+    size_bytes: ThreeWay
+    latency_ms: ThreeWay = Field(description="Median single-sample latency on the converting machine.")
+
+
 class Manifest(_Strict):
     schema_id: Literal["edge-agent/manifest/1"] = Field(alias="schema", default=MANIFEST_SCHEMA_ID)
     name: str = Field(description="Model name, shown in every result payload.")
@@ -134,6 +161,9 @@ class Manifest(_Strict):
     evaluation: dict[str, Any] | None = None
     converter: dict[str, str] | None = Field(default=None, description="edge-agent and TensorFlow versions.")
     created: str | None = Field(default=None, description="ISO 8601 UTC time of conversion.")
+    fallback: FloatFallback | None = Field(
+        default=None, description="Layers kept in float because full int8 failed the quality gate."
+    )
     golden: GoldenSet | None = Field(
         default=None,
         description="A few evaluation inputs and the outputs this model gave for them: a device reproduces "
