@@ -3,11 +3,15 @@
 Built on TensorFlow Lite's ``tf.lite.experimental.QuantizationDebugger`` (in the TensorFlow the converter
 already uses): it calibrates once, measures each op's own quantization error against the same op run in
 float on the same (quantized) input, and re-quantizes the calibrated model with any ops left in float
-(``denylisted_nodes``) without calibrating again. ai-edge-quantizer 0.10 was tried on the same models
-(the outlier digits CNN, factor 1000): it quantizes the float .tflite as badly (10.0% vs the debugger's
-10.2%; float 96.9%), and its ``validate`` reports per-tensor MSE accumulated through the whole model in
-raw units, not per op against the op's quantization step, so it names every layer after the first bad one;
-it would also add four packages. The debugger's run took 0.5 s there.
+(``denylisted_nodes``) without calibrating again (0.5 s for the debugger's run on the digits CNNs below).
+
+ai-edge-quantizer 0.10 (the LiteRT team's selective quantizer) was tried on the same models, the outlier
+digits CNN of converter/examples.py: its int8 scores 10.0% at factor 1000 (the TF converter 10.2%) and
+95.3% at factor 200 (the converter 92.4%; float 96.9% for both), so it fails the 1-point gate too. Its
+``validate`` gives each tensor's MSE accumulated through the whole model in raw units, so every tensor
+after the first bad one looks bad and nothing says which op did it; the debugger's per-op error in
+quantization steps does. It installs beside TensorFlow 2.21 and ai-edge-litert 2.3 without changing them,
+but adds four packages; the debugger needs none.
 
 Two measures per layer: ``rmse_steps``, the op's own error in quantization steps (sqrt(MSE) / scale: 1
 means off by one step on average; the debugger's scale-adjusted RMSE), and ``output_diff_if_float``, the

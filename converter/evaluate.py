@@ -180,13 +180,13 @@ def next_step(mode: str) -> str:
     """What to do when ``mode`` lost too much: check the data first, then find and keep the bad layers in
     float (int8), then another mode."""
     layers = (
-        "; see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
+        ", see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
         if mode == "int8"
         else ""
     )
     return (
         "check that --calib holds typical inputs preprocessed exactly as in training (the input "
-        f"normalization, --scale/--mean/--std){layers}; or try {OTHER_MODES.get(mode, '--mode float16')}"
+        f"normalization, --scale/--mean/--std){layers}, then try {OTHER_MODES.get(mode, '--mode float16')}"
     )
 
 
