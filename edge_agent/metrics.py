@@ -219,15 +219,15 @@ def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]
         for stage, qs in snap["latency_ms"].items():
             for key, q in (("p50", "0.5"), ("p99", "0.99")):
                 if qs.get(key) is not None:
-                    window.add_metric([name, stage, q], qs[key] / 1000.0)
+                    window.add_metric([name, stage, q], round(qs[key] / 1000.0, 6))  # µs, as sent
         for stage, w in latency.items():
             buckets, sum_ms = w.histogram()
             if buckets[-1][1]:
                 histogram.add_metric(
                     [name, stage], [(_le(ms), n) for ms, n in buckets], sum_value=sum_ms / 1000.0
                 )
-    yield from (*counters.values(), fps, state, model, connected, *source.values())
-    yield from (step_skipped, step_failed, window, histogram)
+    families = (*counters.values(), fps, state, model, connected, *source.values())
+    yield from (f for f in (*families, step_skipped, step_failed, window, histogram) if f.samples)
 
 
 def _le(ms: float) -> str:

@@ -46,8 +46,8 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     }
 
 
-def value(scraped: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
-    return scraped.get((name, frozenset(labels.items())))
+def value(scraped: dict[tuple[str, frozenset], float], sample: str, /, **labels: str) -> float | None:
+    return scraped.get((sample, frozenset(labels.items())))
 
 
 def scrape_when(url: str, predicate: Any, timeout: float = 20.0) -> dict[tuple[str, frozenset], float]:
