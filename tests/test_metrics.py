@@ -75,8 +75,8 @@ def rows(path: Path, n: int, start: int = 0) -> None:
 def test_scrape_follows_the_work_and_agrees_with_the_stats_topic(
     tmp_path: Path, mosquitto, subscriber, privacy, regression_int8
 ) -> None:
-    broker = mosquitto()
-    sub = subscriber(broker, "edge/#")
+    broker = mosquitto(persistent=True)  # the subscriber's session outlives the outage below
+    sub = subscriber(broker, "edge/#", client_id="metrics-sub", clean_session=False)
     data = tmp_path / "samples.csv"
     data.write_text("a,b,c\n")
     rows(data, 4)  # 2 windows: the first inferred, the second skipped by every_nth
@@ -151,7 +151,7 @@ def test_scrape_follows_the_work_and_agrees_with_the_stats_topic(
         )
 
         # the broker goes away: connected drops, a result waits in the outbox, then it is delivered
-        broker.stop()
+        broker.stop(kill=False)  # SIGTERM: mosquitto saves the subscriber's session
         scrape_when(url, lambda s: value(s, "edge_agent_mqtt_connected") == 0.0)
         rows(data, 4, start=12)  # windows 6 (inferred) and 7 (skipped)
         scrape_when(url, lambda s: value(s, "edge_agent_outbox_depth") == 1)
