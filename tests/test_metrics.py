@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
+from edge_agent.stats import LatencyWindow
 from tests.daemon_harness import Agents, results, stats, write_config
 from tests.fixtures.broker import free_port
 from tests.waiting import wait_until
@@ -181,6 +182,21 @@ def _version() -> str:
     from edge_agent import __version__
 
     return __version__
+
+
+def test_latency_histogram_counts_every_sample_and_survives_a_window_reset() -> None:
+    w = LatencyWindow(size=4)
+    samples = (0.5, 0.7, 3.0, 20_000.0, 3.0, 3.0)
+    for ms in samples:
+        w.add(ms)
+    buckets, sum_ms = w.histogram()
+    cumulative = dict(buckets)
+    assert cumulative[0.5] == 1  # a sample equal to a bound counts in it (Prometheus' le)
+    assert (cumulative[1.0], cumulative[2.5], cumulative[5.0], cumulative[10_000.0]) == (2, 2, 5, 5)
+    assert cumulative[math.inf] == len(samples) > len(w)  # every sample, not just the window's
+    assert math.isclose(sum_ms, sum(samples))
+    w.reset()  # a model swap empties the window; the histogram is a counter and keeps its counts
+    assert len(w) == 0 and w.histogram() == (buckets, sum_ms)
 
 
 # ---------------------------------------------------------------------------------------------- config
