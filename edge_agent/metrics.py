@@ -159,6 +159,8 @@ class DaemonCollector:
             yield from _mqtt_metrics(publisher.stats())
         if outbox is not None:
             yield from _outbox_metrics(outbox.stats())
+        if d.fleet is not None:
+            yield from _fleet_metrics(d.fleet.stats())
 
 
 def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> Iterator[Any]:
@@ -264,3 +266,26 @@ def _outbox_metrics(outbox: dict[str, int]) -> Iterator[Any]:
     yield GaugeMetricFamily("edge_agent_outbox_bytes", "Payload bytes waiting.", value=outbox["bytes"])
     yield CounterMetricFamily("edge_agent_outbox_dropped", "Results dropped unsent (outbox full, disk full).",
                               value=outbox["dropped"])  # fmt: skip
+
+
+def _fleet_metrics(fleet: dict[str, Any]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily("edge_agent_fleet_enabled", "1 while signed remote deployments are accepted.",
+                            value=float(fleet["enabled"]))  # fmt: skip
+    events = CounterMetricFamily(
+        "edge_agent_fleet_events",
+        "Deployments and commands since start, by what became of them.",
+        labels=["event"],
+    )
+    refused = CounterMetricFamily(
+        "edge_agent_fleet_refused_by_reason",
+        "Refused deployments by reason (reasons seen).",
+        labels=["reason"],
+    )
+    for key, n in fleet.items():
+        if key.startswith("refused_"):
+            refused.add_metric([key.removeprefix("refused_")], n)
+        elif key != "enabled":
+            events.add_metric([key], n)
+    yield from (f for f in (events, refused) if f.samples)

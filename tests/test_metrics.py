@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
+from edge_agent.fleet.agent import STATS_COUNTERS
+from edge_agent.fleet.errors import REASONS
 from edge_agent.stats import LatencyWindow
 from tests.daemon_harness import Agents, results, stats, write_config
 from tests.fixtures.broker import free_port
@@ -31,6 +33,8 @@ FIXED_LABEL_VALUES = {
     *("starting", "running", "finished", "stopped", "failed"),  # pipeline states
     *("received", "oversized", "handler_errors"),  # inbound outcomes
     "none",  # no delegate
+    *STATS_COUNTERS,  # fleet events
+    *REASONS,  # fleet refusals
 }
 
 
@@ -125,6 +129,10 @@ def test_scrape_follows_the_work_and_agrees_with_the_stats_topic(
         assert value(now, "edge_agent_mqtt_connected") == 1.0 and report["mqtt"]["connected"]
         assert value(now, "edge_agent_mqtt_reconnects_total") == report["mqtt"]["reconnects"] == 0
         assert value(now, "edge_agent_info", device="testdev", version=_version()) == 1.0
+        fleet = report["fleet"]  # off here (no trusted key): its counters are still reported, all 0
+        assert value(now, "edge_agent_fleet_enabled") == float(fleet["enabled"]) == 0.0
+        for event in STATS_COUNTERS:
+            assert value(now, "edge_agent_fleet_events_total", event=event) == fleet[event] == 0, event
         assert set(p["latency_ms"]) == {"capture_age", "preprocess", "invoke", "postprocess", "total"}
         for stage, qs in p["latency_ms"].items():
             for key, q in (("p50", "0.5"), ("p99", "0.99")):
