@@ -28,6 +28,7 @@ from pydantic import (
 from edge_agent.config_errors import format_validation_error
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.config import FleetConfig
+from edge_agent.metrics import MetricsConfig
 from edge_agent.processing.steps import StepConfig
 from edge_agent.publish.mqtt import MqttConfig
 from edge_agent.runtime.config import ModelConfig
@@ -217,6 +218,9 @@ class AgentConfig(_Strict):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging level."
+    )
+    metrics: MetricsConfig | None = Field(
+        default=None, description="Serve Prometheus /metrics (opt-in; e.g. {listen: 127.0.0.1:9101})."
     )
     fleet: FleetConfig = Field(
         default_factory=FleetConfig,

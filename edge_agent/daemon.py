@@ -29,6 +29,7 @@ from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
     from edge_agent.fleet.agent import DeployAgent
+    from edge_agent.metrics import MetricsServer
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
     from edge_agent.publish.mqtt import MqttPublisher
@@ -55,6 +56,7 @@ class Daemon:
         self.publisher: MqttPublisher | None = None
         self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
         self.cpu_plan: CpuPlan | None = None
+        self.metrics: MetricsServer | None = None  # /metrics, when configured (edge_agent/metrics.py)
         self.pipelines: list[Pipeline] = []
         self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
         self._seqs: list[SeqCounter] = []
@@ -112,6 +114,7 @@ class Daemon:
 
     def start(self) -> None:
         from edge_agent.fleet.device import deployed_models, make_agent, start_agent
+        from edge_agent.metrics import serve_metrics
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
         from edge_agent.sources.factory import create_source
@@ -120,6 +123,7 @@ class Daemon:
         self._set_status("starting")
         limit_malloc_arenas()  # before any thread starts
         self._place_threads()
+        self.metrics = serve_metrics(cfg.metrics, self)  # first: a port in use fails before anything starts
         state_dir = _prepare_state_dir(cfg.state_dir)
         self.outbox = Outbox(
             state_dir / "outbox.sqlite3", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
@@ -252,6 +256,8 @@ class Daemon:
             self.left_in_outbox = depth or 0
             if self.pipelines or self.left_in_outbox:  # not after a start-up error that left nothing behind
                 log.info("stopped; %s results left in the outbox", depth)
+        if self.metrics is not None:  # started first: stopped last
+            _quietly(self.metrics.close, "stopping the metrics server")
         self.notifier.close()
         self.publisher = None
         self.outbox = None
@@ -317,7 +323,7 @@ class Daemon:
         old = self.cfg
         changed = [
             k
-            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning")
+            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics")
             if getattr(old, k) != getattr(new, k)
         ]
         old_p = {p.name: p for p in old.pipelines}

@@ -2,11 +2,14 @@
 
 Latencies go into fixed-size numpy ring buffers (one per stage): recording is an index write under a lock,
 and the percentiles are computed only when the stats payload is built (every ``stats_interval_s``), over the
-last ``window`` results, so a slow minute an hour ago does not hide today's p99.
+last ``window`` results, so a slow minute an hour ago does not hide today's p99. Each window also counts its
+samples into fixed cumulative buckets (a Prometheus histogram, served by ``edge_agent.metrics``): the same
+observation, never reset, so a scraper can compute any quantile over any range it likes.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from typing import Any
@@ -18,6 +21,8 @@ from edge_agent.publish.payloads import LATENCY_STAGES
 # source stats keys that are not passed through as counters: the pipeline reports frames and skipped itself
 _SOURCE_OWN = frozenset({"frames", "skipped", "connected", "reconnects", "last_error"})
 DEFAULT_WINDOW = 1024  # results per percentile window: ~34 s at 30 fps, enough samples for a stable p99
+# Histogram bucket upper bounds (ms): 0.5 ms (a tiny model's invoke) to 10 s (a stalled camera's capture_age).
+BUCKETS_MS = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
 
 
 class LatencyWindow:
@@ -30,9 +35,14 @@ class LatencyWindow:
         self._next = 0
         self._count = 0
         self._lock = threading.Lock()
+        self._buckets = [0] * (len(BUCKETS_MS) + 1)  # per bucket (the last one: above 10 s), not cumulative
+        self._sum = 0.0
 
     def add(self, ms: float) -> None:
+        slot = bisect.bisect_left(BUCKETS_MS, ms)  # le semantics: a sample equal to a bound counts in it
         with self._lock:
+            self._buckets[slot] += 1
+            self._sum += ms
             self._buf[self._next] = ms
             self._next = (self._next + 1) % self._buf.size
             if self._count < self._buf.size:
@@ -42,10 +52,23 @@ class LatencyWindow:
         return self._count
 
     def reset(self) -> None:
-        """Forget every sample (a model swap: the old model's times must not count for the new one)."""
+        """Forget every sample of the window (a model swap: the old model's times must not count for the new
+        one's percentiles). The histogram is a counter and keeps counting: a reset would look like a restart
+        to Prometheus' rate()."""
         with self._lock:
             self._next = 0
             self._count = 0
+
+    def histogram(self) -> tuple[list[tuple[float, int]], float]:
+        """``([(upper bound ms, cumulative count), ..., (inf, total)], sum ms)`` since start."""
+        with self._lock:
+            counts = list(self._buckets)
+            total_ms = self._sum
+        cumulative, running = [], 0
+        for bound, n in zip((*BUCKETS_MS, float("inf")), counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return cumulative, total_ms
 
     def percentiles(self, qs: tuple[float, ...] = (50.0, 99.0)) -> dict[str, float | None]:
         """``{"p50": ms, "p99": ms}`` (rounded to µs); None for each when no sample was recorded yet."""

@@ -118,6 +118,7 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
         f"state in {cfg.state_dir}, {len(cfg.pipelines)} pipeline(s)"
     )
     click.echo(f"  fleet: {fleet_summary(cfg)}")
+    click.echo(f"  metrics: {cfg.metrics.url if cfg.metrics is not None else 'off'}")
     for p in cfg.pipelines:
         click.echo(
             f"  {p.name}: {_source_summary(p)} -> {p.model.path.name} -> {cfg.result_topic(p)} "
