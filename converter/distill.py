@@ -345,6 +345,9 @@ def save_atomically(model: Any, out: Path) -> None:
     os.close(fd)
     try:
         model.save(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the model the usual mode
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
