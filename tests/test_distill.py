@@ -18,7 +18,9 @@ import pytest
 from tests.daemon_harness import Agents, results, write_config
 from tests.fixtures.digits import DigitsData, run_edge_convert
 
-EPOCHS = "12"  # enough for the width:0.25 digits student to pass 90% (30, the default, gives ~97.8%)
+EPOCHS = "12"  # enough for the width:0.25 digits student to pass 90% (30, the default, gives ~98%)
+SPEED_UP = 3.0  # the README's example: measured 4.0x (0.0097 vs 0.0024 ms) on 2 shared cores
+MAX_DROP_POINTS = 2.0
 CHANCE = 0.1  # ten classes
 
 
@@ -46,19 +48,19 @@ def keras_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 def distilled(
     digits_keras: Path, digits_split: DigitsData, tmp_path_factory: pytest.TempPathFactory
 ) -> Distilled:
-    """The digits CNN distilled into width:0.25 on the labelled train split (with the int8 report), then
-    quantized by the normal quantize path."""
+    """The README's example: the digits CNN distilled into width:0.25 on the labelled train split with the
+    default settings and the int8 report, then quantized by the normal quantize path (default gate)."""
     folder = tmp_path_factory.mktemp("distilled")
     student = folder / "student.keras"
     proc = run_edge_convert(
         "distill", digits_keras, "--student", "width:0.25", "--data", digits_split.train,
-        "--eval", digits_split.test, "--report", "--epochs", EPOCHS, "-o", student,
+        "--eval", digits_split.test, "--report", "-o", student,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     tflite = folder / "student.tflite"
     quantized = run_edge_convert(
         "quantize", student, "-o", tflite, "--calib", digits_split.train, "--eval", digits_split.test,
-        "--labels", digits_split.labels, "--max-accuracy-drop", "2",
+        "--labels", digits_split.labels,
     )  # fmt: skip
     assert quantized.returncode == 0, quantized.stderr
     return Distilled(student, tflite, proc.stdout, proc.stderr)
@@ -76,7 +78,7 @@ def test_distilled_student_is_smaller_and_far_better_than_chance(
     test = np.load(digits_split.test)
     assert keras_accuracy(distilled.student, test["x"], test["y"]) > 0.85 > 5 * CHANCE
     # progress: one line per epoch on stderr; the comparison table on stdout, int8 rows included
-    assert f"epoch {EPOCHS}/{EPOCHS}" in distilled.stderr and "(labelled)" in distilled.stderr
+    assert "epoch 30/30" in distilled.stderr and "(labelled)" in distilled.stderr
     assert "Traceback" not in distilled.stderr
     for row in (
         "parameters",
@@ -87,6 +89,26 @@ def test_distilled_student_is_smaller_and_far_better_than_chance(
     ):
         assert row in distilled.stdout, distilled.stdout
     assert no_leftovers(distilled.student.parent) == []
+
+
+def test_the_example_student_is_3x_faster_in_int8_and_within_2_points(
+    distilled: Distilled, digits_int8: Path, digits_split: DigitsData
+) -> None:
+    from converter.litert import LiteModel
+
+    teacher_eval = json.loads(digits_int8.with_suffix(".json").read_text())["evaluation"]
+    student_eval = json.loads(distilled.tflite.with_suffix(".json").read_text())["evaluation"]
+    drop = (teacher_eval["accuracy_quantized"] - student_eval["accuracy_quantized"]) * 100
+    assert drop <= MAX_DROP_POINTS, (teacher_eval["accuracy_quantized"], student_eval["accuracy_quantized"])
+    # the converter's own latency measurement (a median of 50 invokes), teacher and student taking turns;
+    # the least of 7 medians each, so that another process's burst on a shared machine does not decide
+    teacher, student = LiteModel(digits_int8.read_bytes(), 1), LiteModel(distilled.tflite.read_bytes(), 1)
+    sample = np.load(digits_split.test)["x"][0]
+    teacher_ms, student_ms = [], []
+    for _ in range(7):
+        teacher_ms.append(teacher.median_latency_ms(sample))
+        student_ms.append(student.median_latency_ms(sample))
+    assert min(teacher_ms) >= SPEED_UP * min(student_ms), (teacher_ms, student_ms)
 
 
 def test_unlabelled_data_trains_on_the_teacher_alone(
