@@ -128,6 +128,25 @@ def test_unlabelled_data_trains_on_the_teacher_alone(
     assert keras_accuracy(out, test["x"], test["y"]) > 0.8
 
 
+def test_a_folder_of_class_folders_is_labelled_data(
+    tmp_path: Path, digits_keras: Path, digits_split: DigitsData
+) -> None:
+    import cv2
+
+    train = np.load(digits_split.train)
+    for i, (x, y) in enumerate(zip(train["x"][:200], train["y"][:200], strict=True)):
+        folder = tmp_path / "images" / str(int(y))
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), np.rint(x[..., 0] * 255).astype(np.uint8))
+    out = tmp_path / "student.keras"
+    proc = run_edge_convert(
+        "distill", digits_keras, "--student", "width:0.5", "--data", tmp_path / "images", "--scale", "1/255",
+        "--epochs", "2", "-o", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "on 200 samples of images (labelled)" in proc.stderr and out.is_file()
+
+
 def test_data_that_does_not_fit_the_teacher_fails_before_training(tmp_path: Path, digits_keras: Path) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((20, 9, 9, 1), np.float32), y=np.zeros(20, np.int64))
