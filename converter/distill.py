@@ -257,7 +257,6 @@ def train_student(
     y: np.ndarray | None,
     settings: Settings,
     progress: TextIO | None,
-    extra_callbacks: list[Any] | None = None,
 ) -> TrainingResult:
     """Fit ``student`` in place on ``teacher``'s softened outputs for ``x`` (and the labels ``y``)."""
     import keras
@@ -288,7 +287,7 @@ def train_student(
         batch_size=settings.batch_size,
         shuffle=True,
         verbose=0,
-        callbacks=[EpochProgress(settings.epochs, steps, progress), *(extra_callbacks or [])],
+        callbacks=[epoch_progress(settings.epochs, steps, progress)],
     )
     return TrainingResult({k: [float(v) for v in vs] for k, vs in history.history.items()}, len(train), n_val)
 
@@ -297,7 +296,7 @@ def _look_like_probabilities(outputs: np.ndarray) -> bool:
     return bool(np.all(outputs >= -1e-6) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3))
 
 
-def EpochProgress(epochs: int, steps: int, stream: TextIO | None) -> Any:
+def epoch_progress(epochs: int, steps: int, stream: TextIO | None) -> Any:
     """A Keras callback: a click progress bar per epoch (only the label when not a TTY), then one line
     with the epoch's loss and its agreement with the teacher / accuracy on the validation split."""
     import click
