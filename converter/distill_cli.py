@@ -189,7 +189,10 @@ def load_training_data(
     if len(y) != len(x):
         raise DataError(f"{WHAT} {path}: x has {len(x)} samples but y has {len(y)}")
     y = np.argmax(y, axis=1) if y.ndim == 2 and y.shape[1] > 1 else y
-    return x, class_targets(y, classes, str(path))
+    try:
+        return x, class_targets(y, classes, str(path))
+    except DataError as exc:  # its messages say "evaluation data"; here the labels come with --data
+        raise DataError(str(exc).replace("evaluation data", WHAT, 1)) from None
 
 
 def _load_eval(path: Path | None, shape: tuple[int | None, ...], pre: Any, classes: int) -> Any:

@@ -165,6 +165,18 @@ def test_data_that_does_not_fit_the_teacher_fails_before_training(tmp_path: Path
     assert not out.exists() and no_leftovers(tmp_path) == []
 
 
+def test_labels_outside_the_teachers_classes_fail_before_training(tmp_path: Path, digits_keras: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((20, 8, 8, 1), np.float32), y=np.full(20, 12, np.int64))
+    proc = run_edge_convert(
+        "distill", digits_keras, "--student", "width:0.5", "--data", bad, "-o", tmp_path / "s.keras"
+    )
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.strip() == (
+        f"edge-convert: error: --data {bad}: class indices range 12..12 but the model has 10 classes"
+    )
+
+
 def test_ctrl_c_during_training_leaves_no_output_file(
     tmp_path: Path, digits_keras: Path, digits_split: DigitsData
 ) -> None:
