@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from converter import quiet, report
+from converter.distill_cli import distill_command
 from converter.options import (
     DEFAULT_MAX_FLOAT_LAYERS,
     build_preprocess,
@@ -522,6 +523,9 @@ def inspect_command(tflite: Path, manifest_path: Path | None, json_path: Path | 
         write_files({json_path: (json.dumps(info.to_dict(), indent=2) + "\n").encode()})
     if info.problems:
         raise ModelError(f"{tflite}: " + "; ".join(info.problems))
+
+
+cli.add_command(distill_command)
 
 
 def main() -> None:

@@ -46,20 +46,24 @@ def load_digits_split(seed: int = 0) -> DigitsSplit:
     return DigitsSplit(x_train, y_train, x_test, y_test)
 
 
-def build_digits_cnn() -> keras.Model:
+def build_digits_cnn(width: float = 1.0) -> keras.Model:
     """A small CNN with a softmax head: input (1, 8, 8, 1), 10 classes. About 150k parameters, so that
-    weights, not flatbuffer overhead, dominate the file size, as in real models."""
+    weights, not flatbuffer overhead, dominate the file size, as in real models. ``width`` multiplies
+    every hidden layer's channels/units (a distilled student is narrower)."""
     import keras
+
+    def scaled(n: int) -> int:
+        return max(1, round(n * width))
 
     return keras.Sequential(
         [
             keras.Input(shape=(8, 8, 1), name="image"),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(scaled(32), 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(scaled(64), 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
             keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(scaled(128), activation="relu"),
             keras.layers.Dense(10, activation="softmax", name="probabilities"),
         ],
         name="digits_cnn",
