@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
-from tests.daemon_harness import Agents
+from tests.daemon_harness import Agents, write_config
 from tests.ha_pipelines import DEVICE, NODE, config_topics, ha_config
 from tests.privacy import BUILTIN_RESULT, discovery_topics
 
@@ -179,3 +179,33 @@ def test_bad_homeassistant_section_is_a_config_error(homeassistant: dict, messag
 def test_discovery_is_off_by_default() -> None:
     cfg = parse_config(_cfg())
     assert cfg.homeassistant.discovery is False and cfg.homeassistant.prefix == "homeassistant"
+
+
+def test_the_privacy_check_of_discovery_configs_flags_values_and_foreign_topics(tmp_path: Path) -> None:
+    """tests/privacy.py's discovery check: only our keys, only the device's topics, no numbers but
+    off_delay; an empty payload (an entity taken back) passes."""
+
+    class Broker:
+        host, port = "127.0.0.1", 1883
+
+    pipeline = {"name": "cam", "source": {"type": "camera", "url": "x"}, "model": {"path": "m.tflite"}}
+    config = write_config(tmp_path / "config.yaml", Broker(), [pipeline], homeassistant={"discovery": True})
+    topics = discovery_topics(config)
+    check = topics["homeassistant/sensor/testdev/+/config"]
+    good = {
+        "name": "cam label",
+        "state_topic": "edge/testdev/cam/result",
+        "value_template": "{{ value_json.label }}",
+        "availability_topic": "edge/testdev/status",
+        "device": {"identifiers": ["edge-agent-testdev"]},
+    }
+    check(json.dumps(good).encode())
+    check(b"")
+    for bad, why in [
+        ({**good, "state_topic": "edge/otherdev/cam/result"}, "not one of the device's topics"),
+        ({**good, "json_attributes": {"window": [0.25, 0.5]}}, "unexpected discovery keys"),
+        ({**good, "icon": 1234.5678}, "not a string"),
+        ({**good, "device": {"serial": "x"}}, "unexpected device keys"),
+    ]:
+        with pytest.raises(AssertionError, match=why):
+            check(json.dumps(bad).encode())
