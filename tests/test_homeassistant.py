@@ -209,3 +209,25 @@ def test_the_privacy_check_of_discovery_configs_flags_values_and_foreign_topics(
     ]:
         with pytest.raises(AssertionError, match=why):
             check(json.dumps(bad).encode())
+
+
+def test_detection_classes_from_the_config_else_the_first_labels() -> None:
+    from edge_agent.homeassistant.config import HomeAssistantConfig
+    from edge_agent.homeassistant.entities import EntityBuilder, PipelineView
+
+    labels = ("person", "traffic light", "car", "dog", "Traffic Light")
+    view = PipelineView("yard", "edge/dev/yard/result", "detection", labels=labels)
+
+    def objects(**cfg: object) -> list[str]:
+        builder = EntityBuilder(HomeAssistantConfig(discovery=True, **cfg), "dev", "s", "st")
+        return [e.object_id for e in builder.entities([view]) if e.object_id.endswith("_detected")]
+
+    assert objects() == ["yard_person_detected", "yard_traffic_light_detected", "yard_car_detected"]
+    assert objects(max_detection_classes=1) == ["yard_person_detected"]
+    chosen = objects(detection_classes={"yard": ["dog", "traffic light", "Traffic Light"]})  # same slug: _2
+    assert chosen == ["yard_dog_detected", "yard_traffic_light_detected", "yard_traffic_light_2_detected"]
+    filtered = PipelineView("yard", "t", "detection", labels=labels, detection_filter=("car",))
+    builder = EntityBuilder(HomeAssistantConfig(discovery=True), "dev", "s", "st")
+    assert [e.object_id for e in builder.entities([filtered]) if e.component == "binary_sensor"] == [
+        "yard_car_detected"
+    ]
