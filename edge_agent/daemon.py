@@ -332,6 +332,8 @@ class Daemon:
         new_p = {p.name: p for p in new.pipelines}
         changed += [f"pipeline {n} added" for n in new_p.keys() - old_p.keys()]
         changed += [f"pipeline {n} removed" for n in old_p.keys() - new_p.keys()]
+        changed += [f"homeassistant.{k}" for k in ("discovery", "prefix")
+                    if getattr(old.homeassistant, k) != getattr(new.homeassistant, k)]  # fmt: skip
         changed += [
             f"pipelines.{n}.{part}"
             for n in new_p.keys() & old_p.keys()

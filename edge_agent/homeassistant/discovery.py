@@ -93,9 +93,8 @@ class Discovery:
         start)."""
         cfg = new.homeassistant
         self.configured = {p.name for p in new.pipelines}
-        if (cfg.discovery, cfg.prefix) != (self.cfg.discovery, self.cfg.prefix):
-            log.warning("reload: homeassistant.discovery/prefix changes need a restart and are not applied")
-            cfg = cfg.model_copy(update={"discovery": self.cfg.discovery, "prefix": self.cfg.prefix})
+        # (the daemon's reload warns about those two)
+        cfg = cfg.model_copy(update={"discovery": self.cfg.discovery, "prefix": self.cfg.prefix})
         self.cfg = self.builder.cfg = cfg
         self.announce_after(swaps)
 
