@@ -91,11 +91,10 @@ class Discovery:
         swaps happened. A pipeline removed from the file loses its entities now, though it runs on until the
         next restart. A new prefix, or discovery switched off, needs a restart (subscriptions are made at
         start)."""
-        cfg = new.homeassistant
         self.configured = {p.name for p in new.pipelines}
-        # (the daemon's reload warns about those two)
-        cfg = cfg.model_copy(update={"discovery": self.cfg.discovery, "prefix": self.cfg.prefix})
-        self.cfg = self.builder.cfg = cfg
+        # discovery and prefix stay as started (the daemon's reload warns when they changed)
+        kept = {"discovery": self.cfg.discovery, "prefix": self.cfg.prefix}
+        self.cfg = self.builder.cfg = new.homeassistant.model_copy(update=kept)
         self.announce_after(swaps)
 
     def announce_after(self, swaps: Iterable[threading.Event]) -> None:
