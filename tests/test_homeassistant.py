@@ -14,7 +14,7 @@ import pytest
 from edge_agent.config import parse_config
 from edge_agent.errors import ConfigError
 from tests.daemon_harness import Agents, write_config
-from tests.ha_pipelines import DEVICE, NODE, config_topics, ha_config
+from tests.ha_pipelines import DEVICE, NODE, config_topics, ha_config, pipelines
 from tests.privacy import BUILTIN_RESULT, discovery_topics
 
 PREFIX = "homeassistant"
@@ -231,3 +231,32 @@ def test_detection_classes_from_the_config_else_the_first_labels() -> None:
     assert [e.object_id for e in builder.entities([filtered]) if e.component == "binary_sensor"] == [
         "yard_car_detected"
     ]
+
+
+def test_the_shipped_acl_lets_a_device_announce_and_take_back(
+    tmp_path: Path, mosquitto, subscriber, models
+) -> None:
+    """edge_agent/templates/mosquitto-acl.example has the lines discovery needs: mosquitto drops a device's
+    connection on a denied PUBLISH, so without them discovery would cut the results off too."""
+    acl = Path(__file__).resolve().parents[1] / "edge_agent" / "templates" / "mosquitto-acl.example"
+    users = {"cam-01": "pw-cam", "operator": "pw-op"}
+    broker = mosquitto(users=users, extra_config=(f"acl_file {acl}",))
+    login = {"username": "cam-01", "password_env": "MQTT_PW"}
+    path = tmp_path / "config.yaml"
+
+    def config(names: list[str]) -> Path:
+        return write_config(path, broker, pipelines(tmp_path, models, names), device_id="cam-01",
+                            mqtt=login, homeassistant={"discovery": True})  # fmt: skip
+
+    own = subscriber(broker, f"{PREFIX}/+/cam-01/+/config", username="cam-01", password="pw-cam")
+    results = subscriber(broker, "edge/cam-01/+/result", username="operator", password="pw-op")
+    label, vib = f"{PREFIX}/sensor/cam-01/front_door_label/config", f"{PREFIX}/sensor/cam-01/vib_load/config"
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config(["front.door", "vib"]), env={"MQTT_PW": "pw-cam"})
+        agent.expect(own, has_all({label, vib}), timeout=60)
+        assert agent.stop() == 0, agent.log()
+        agent = agents.start(config(["front.door"]), env={"MQTT_PW": "pw-cam"})
+        agent.expect(own, lambda m: (vib, b"", False) in m, timeout=60)  # read back, then taken back
+        agent.expect(results, lambda m: len(m) >= 3)  # and the connection carries results all along
+        assert agent.stop() == 0, agent.log()
+    assert "lost the connection" not in agent.log()
