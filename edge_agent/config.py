@@ -28,6 +28,7 @@ from pydantic import (
 from edge_agent.config_errors import format_validation_error
 from edge_agent.errors import ConfigError
 from edge_agent.fleet.config import FleetConfig
+from edge_agent.homeassistant.config import HomeAssistantConfig
 from edge_agent.metrics import MetricsConfig
 from edge_agent.processing.steps import StepConfig
 from edge_agent.publish.mqtt import MqttConfig
@@ -226,6 +227,10 @@ class AgentConfig(_Strict):
         default_factory=FleetConfig,
         description="Signed model deployments over MQTT (edge-fleet); off while trusted_keys_dir has no key.",
     )
+    homeassistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig,
+        description="Home Assistant MQTT discovery (opt-in): the device and its pipelines appear there.",
+    )
     cpu_pinning: Literal["auto", "off"] = Field(
         default="auto",
         description="auto: when the models' num_threads leave a CPU free, each pipeline's inference runs on "
@@ -258,6 +263,17 @@ class AgentConfig(_Strict):
                     "names must be unique"
                 )
             seen[p.name] = i
+        return self
+
+    @model_validator(mode="after")
+    def _detection_classes_of_known_pipelines(self) -> AgentConfig:
+        names = [p.name for p in self.pipelines]
+        unknown = sorted(set(self.homeassistant.detection_classes) - set(names))
+        if unknown:
+            raise ValueError(
+                f"homeassistant.detection_classes names pipeline(s) {unknown} that are not configured "
+                f"(pipelines: {names})"
+            )
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
     from edge_agent.fleet.agent import DeployAgent
+    from edge_agent.homeassistant.discovery import Discovery
     from edge_agent.metrics import MetricsServer
     from edge_agent.model_stages import ModelStages
     from edge_agent.pipeline import Pipeline
@@ -55,6 +56,7 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
         self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
+        self.discovery: Discovery | None = None  # Home Assistant (edge_agent/homeassistant/), opt-in
         self.cpu_plan: CpuPlan | None = None
         self.metrics: MetricsServer | None = None  # /metrics, when configured (edge_agent/metrics.py)
         self.pipelines: list[Pipeline] = []
@@ -114,6 +116,7 @@ class Daemon:
 
     def start(self) -> None:
         from edge_agent.fleet.device import deployed_models, make_agent, start_agent
+        from edge_agent.homeassistant.discovery import start_discovery
         from edge_agent.metrics import serve_metrics
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
@@ -156,6 +159,7 @@ class Daemon:
             self._threads.append(t)
             t.start()
         start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
+        self.discovery = start_discovery(cfg, self.publisher, lambda: self.pipelines)  # after them too
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -278,7 +282,7 @@ class Daemon:
             return
         self._warn_restart_only_changes(new_cfg)
         by_name = {p.name: p for p in new_cfg.pipelines}
-        applied = []
+        applied, swaps = [], []
         for old_pcfg, pipe in zip(self.cfg.pipelines, self.pipelines, strict=True):
             pcfg = by_name.get(pipe.name)
             if pcfg is None or pipe.state not in ("starting", "running"):
@@ -286,7 +290,8 @@ class Daemon:
                 continue
             pipe.set_publish(pcfg.publish)
             swapped = self._reload_model(pipe, pcfg)
-            model_cfg = pcfg.model if swapped else old_pcfg.model
+            swaps += [swapped] if swapped is not None else []
+            model_cfg = pcfg.model if swapped is not None else old_pcfg.model
             applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish}))
         # Applied live: models, publish settings, drain timeout, stall detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
@@ -296,14 +301,17 @@ class Daemon:
                 "watchdog": new_cfg.watchdog,
             }
         )
+        if self.discovery is not None:
+            self.discovery.reload(new_cfg, swaps)
         self.notifier.ready(self._status_line())
 
-    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> bool:
-        """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. True if swapped."""
+    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> threading.Event | None:
+        """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. The swap's done
+        event (set once the new model runs), or None when the old model stays."""
         try:
             stages = self.loader.load(pcfg, self._deployed_model(pipe.name))
             try:
-                pipe.swap_model(stages)
+                done = pipe.swap_model(stages)
             except EdgeAgentError:
                 stages.model.close()
                 raise
@@ -311,9 +319,9 @@ class Daemon:
             old = pipe.model_info.describe()
             pipe.last_error = f"reload failed, still running {old}: {exc}"
             log.error("reload: pipeline %s keeps its old model %s: %s", pipe.name, old, exc)
-            return False
+            return None
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
-        return True
+        return done
 
     def _deployed_model(self, pipeline: str) -> Path | None:
         """The model a fleet deployment put in place for ``pipeline`` (a reload keeps it), or None."""
@@ -330,6 +338,8 @@ class Daemon:
         new_p = {p.name: p for p in new.pipelines}
         changed += [f"pipeline {n} added" for n in new_p.keys() - old_p.keys()]
         changed += [f"pipeline {n} removed" for n in old_p.keys() - new_p.keys()]
+        changed += [f"homeassistant.{k}" for k in ("discovery", "prefix")
+                    if getattr(old.homeassistant, k) != getattr(new.homeassistant, k)]  # fmt: skip
         changed += [
             f"pipelines.{n}.{part}"
             for n in new_p.keys() & old_p.keys()

@@ -5,7 +5,7 @@ it saw, at the end of the test (and again at fixture teardown, so a test cannot 
 
 * the topic is allowed: ``<prefix>/<device>/status``, ``/stats`` and each pipeline's result topic, derived
   from the config file the daemon runs with, plus whatever ``extra_topics`` a test adds (MQTT wildcards
-  allowed; future deploy-state or Home Assistant discovery topics go there);
+  allowed; deploy-state topics go there, and Home Assistant discovery's: ``discovery_topics(config)``);
 * the payload validates against its schema: status is ``online``/``offline``; stats against
   stats.schema.json (strict at every level); results of a built-in task against
   result.schema.json#/$defs/builtin (no field beyond those declared), results of a plugin task against the
@@ -249,6 +249,58 @@ def topics_from_config(config: Path) -> dict[str, PayloadCheck]:
         builtin = post.get("type", "auto") in ("auto", *POSTPROCESSORS)
         topics[topic] = BUILTIN_RESULT if builtin else PLUGIN_RESULT
     return topics
+
+
+# Every key a discovery config of edge-agent may hold (edge_agent/homeassistant/entities.py); the values are
+# names, labels, units, topics and templates: strings, but for off_delay (seconds).
+DISCOVERY_KEYS = frozenset({
+    "name", "unique_id", "object_id", "state_topic", "value_template", "json_attributes_topic",
+    "json_attributes_template", "availability_topic", "payload_available", "payload_not_available",
+    "device", "origin", "icon", "state_class", "device_class", "unit_of_measurement", "entity_category",
+    "off_delay",
+})  # fmt: skip
+DISCOVERY_DEVICE_KEYS = frozenset({"identifiers", "name", "manufacturer", "model", "sw_version"})
+
+
+def discovery_check(own_topics: Iterable[str]) -> PayloadCheck:
+    """A Home Assistant discovery config: empty (an entity taken back) or a JSON object of the keys above,
+    whose topics are the device's own (``own_topics``) and whose only number is off_delay."""
+    own = set(own_topics)
+
+    def check(payload: bytes) -> None:
+        if payload == b"":
+            return
+        obj = json.loads(payload)
+        if not isinstance(obj, dict) or set(obj) - DISCOVERY_KEYS:
+            raise AssertionError(f"unexpected discovery keys {sorted(set(obj) - DISCOVERY_KEYS)}")
+        if set(obj.get("device", {})) - DISCOVERY_DEVICE_KEYS:
+            raise AssertionError(f"unexpected device keys {sorted(obj['device'])}")
+        for key, value in obj.items():
+            if key.endswith("_topic") and value not in own:
+                raise AssertionError(f"{key} {value!r} is not one of the device's topics")
+            if key == "off_delay" and not isinstance(value, int):
+                raise AssertionError(f"off_delay {value!r} is not whole seconds")
+            if key not in ("off_delay", "device", "origin") and not isinstance(value, str):
+                raise AssertionError(f"{key} is {type(value).__name__}, not a string")
+
+    return check
+
+
+def discovery_topics(config: Path) -> dict[str, PayloadCheck]:
+    """The topics Home Assistant discovery adds (``extra_topics=`` of a watch) when the config turns it on:
+    the configs under ``<prefix>/{sensor,binary_sensor}/<node>/`` (node: the device id, lower case, any
+    character but letters, digits, '_' and '-' made '_'), and Home Assistant's own birth/will message."""
+    cfg = yaml.safe_load(config.read_text())
+    ha = cfg.get("homeassistant") or {}
+    if not ha.get("discovery"):
+        return {}
+    prefix = ha.get("prefix", "homeassistant")
+    node = re.sub(r"[^a-z0-9_-]+", "_", str(cfg["device_id"]).lower()).strip("_")
+    check = discovery_check(topics_from_config(config))
+    return {
+        f"{prefix}/status": status_check,
+        **{f"{prefix}/{component}/{node}/+/config": check for component in ("sensor", "binary_sensor")},
+    }
 
 
 def violations(
