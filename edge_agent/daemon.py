@@ -23,7 +23,7 @@ from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.model_loader import ModelLoader
-from edge_agent.runtime.memory import limit_malloc_arenas
+from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
 
@@ -119,6 +119,7 @@ class Daemon:
         cfg = self.cfg
         self._set_status("starting")
         limit_malloc_arenas()  # before any thread starts
+        fix_mmap_threshold()
         self._place_threads()
         state_dir = _prepare_state_dir(cfg.state_dir)
         self.outbox = Outbox(
