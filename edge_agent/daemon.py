@@ -366,12 +366,17 @@ class Daemon:
         return stats_payload(
             device=self.cfg.device_id,
             uptime_s=time.monotonic() - self._started_mono,
-            pipelines={p.name: p.snapshot() for p in self.pipelines},
+            pipelines={p.name: {**p.snapshot(), "stalled_s": self._stalled_s(p)} for p in self.pipelines},
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
             boot=self.boot,
             fleet=self.fleet.stats() if self.fleet is not None else None,
         )
+
+    def _stalled_s(self, p: Pipeline) -> float | None:
+        """Seconds without progress of a running pipeline past ``watchdog.stall_after_s``; else None."""
+        idle = time.monotonic() - p.last_progress
+        return round(idle, 1) if p.state == "running" and idle > self.cfg.watchdog.stall_after_s else None
 
     def publish_stats(self) -> None:
         if self.publisher is None:
@@ -387,6 +392,8 @@ class Daemon:
             )
         for p in self.pipelines:
             err = p.last_error or p.source.stats.get("last_error")
+            stalled = self._stalled_s(p)
+            err = f"stalled {stalled:.0f} s" if stalled is not None else err
             parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
         if self.outbox is not None:
             parts.append(f"outbox {self.outbox.depth()}")
