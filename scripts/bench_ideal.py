@@ -87,7 +87,8 @@ def main(
 
     if start_at > time.time():
         time.sleep(start_at - time.time())
-    threading.Thread(target=capture, daemon=True).start()
+    reader = threading.Thread(target=capture, daemon=True)
+    reader.start()
     tensor = interp.tensor(in_index)
     n, t0 = 0, 0.0
     while (buf := ready.get()) is not None:
@@ -102,6 +103,14 @@ def main(
             done.set()
             break
     fps = (n - 10) / (time.perf_counter() - t0) if n > 20 else 0.0
+    if seconds:  # let the reader end before the interpreter does (a thread inside OpenCV at exit aborts)
+        free.put(np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
+        while reader.is_alive():
+            try:
+                back = ready.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            free.put(back if back is not None else np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
     click.echo(json.dumps({"decode_ms": decode, "decode_frames": frames, "ideal_fps": fps, "frames": n}))
 
 
