@@ -391,9 +391,8 @@ class Daemon:
                 "broker connected" if pub.connected else f"broker down: {pub.last_error or 'connecting'}"
             )
         for p in self.pipelines:
-            err = p.last_error or p.source.stats.get("last_error")
             stalled = self._stalled_s(p)
-            err = f"stalled {stalled:.0f} s" if stalled is not None else err
+            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or p.source.stats.get("last_error")
             parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
         if self.outbox is not None:
             parts.append(f"outbox {self.outbox.depth()}")

@@ -90,10 +90,10 @@ def main(
     reader = threading.Thread(target=capture, daemon=True)
     reader.start()
     tensor = interp.tensor(in_index)
-    n, t0 = 0, 0.0
+    n, t0, cpu0 = 0, 0.0, 0.0
     while (buf := ready.get()) is not None:
         if n == 10:  # the first few include opening the file and warming the interpreter
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
         np.copyto(tensor(), buf)
         free.put(buf)
         interp.invoke()
@@ -103,6 +103,7 @@ def main(
             done.set()
             break
     fps = (n - 10) / (time.perf_counter() - t0) if n > 20 else 0.0
+    cpu_ms = (time.process_time() - cpu0) * 1000 / (n - 10) if n > 20 else None  # both threads
     if seconds:  # let the reader end before the interpreter does (a thread inside OpenCV at exit aborts)
         free.put(np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
         while reader.is_alive():
@@ -111,7 +112,17 @@ def main(
             except queue.Empty:
                 continue
             free.put(back if back is not None else np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
-    click.echo(json.dumps({"decode_ms": decode, "decode_frames": frames, "ideal_fps": fps, "frames": n}))
+    click.echo(
+        json.dumps(
+            {
+                "decode_ms": decode,
+                "decode_frames": frames,
+                "ideal_fps": fps,
+                "frames": n,
+                "cpu_ms_per_frame": cpu_ms,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

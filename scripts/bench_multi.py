@@ -190,7 +190,7 @@ def multi_part(
                 "bare loop",
                 seconds * 5 + 60,
             )  # fmt: skip
-            bare.append(_sum(got, "fps"))
+            bare.append(_sum(got, "fps", "cpu_ms_per_iter"))
             say(f"{tag}: {n} limit process(es) at once: decode + preprocess + invoke ({seconds:.0f} s)")
             start = time.time() + 3.0
             got = run_together(
@@ -202,7 +202,7 @@ def multi_part(
                 "limit",
                 seconds * 5 + 60,
             )  # fmt: skip
-            limit.append(_sum(got, "ideal_fps"))
+            limit.append(_sum(got, "ideal_fps", "cpu_ms_per_frame"))
             say(f"{tag}: edge-agent run with {n} camera pipeline(s) + 1 sensor pipeline, full speed")
             cfg = write_multi_config(work, broker, pairs, sensor, csv, threads, None)
             full.append(daemon_run(work, broker, cfg, n, seconds))
@@ -215,9 +215,15 @@ def multi_part(
     return out
 
 
-def _sum(runs: list[dict], key: str) -> dict:
+def _sum(runs: list[dict], key: str, cpu_key: str) -> dict:
     errors = [r["error"] for r in runs if "error" in r]
-    return {"fps": sum(r.get(key) or 0.0 for r in runs), "each": [r.get(key) for r in runs], "errors": errors}
+    cpu = [r[cpu_key] for r in runs if r.get(cpu_key)]
+    return {
+        "fps": sum(r.get(key) or 0.0 for r in runs),
+        "each": [r.get(key) for r in runs],
+        "cpu_ms_per_result": sum(cpu) / len(cpu) if cpu else None,  # CPU per frame, mean of the processes
+        "errors": errors,
+    }
 
 
 def summarize_multi(n: int, bare: list[dict], limit: list[dict], full: list[dict], paced: list[dict]) -> dict:
@@ -243,6 +249,8 @@ def summarize_multi(n: int, bare: list[dict], limit: list[dict], full: list[dict
         "sensor_results_per_s": med(ok, "sensor_results_per_s"),
         "rss_mb": med(ok, "rss_mb"),
         "cpu_ms_per_result": med(ok, "cpu_ms_per_result"),
+        "limit_cpu_ms_per_result": med(limit, "cpu_ms_per_result"),
+        "bare_cpu_ms_per_result": med(bare, "cpu_ms_per_result"),
         "paced_results_per_s": med(paced, "results_per_s"),
         "paced_fairness": med(paced, "fairness"),
         "paced_e2e_p99_ms": med(paced, "e2e_p99_ms"),
@@ -268,6 +276,8 @@ MULTI_COLUMNS = [
     ("sensor results/s", "sensor_results_per_s", "{:.1f}"),
     ("daemon RSS MB", "rss_mb", "{:.1f}"),
     ("daemon CPU ms/result", "cpu_ms_per_result", "{:.2f}"),
+    ("limit CPU ms/frame", "limit_cpu_ms_per_result", "{:.2f}"),
+    ("bare loop CPU ms/inf", "bare_cpu_ms_per_result", "{:.2f}"),
     ("paced results/s", "paced_results_per_s", "{:.0f}"),
     ("paced fairness", "paced_fairness", "{:.3f}"),
     ("paced e2e p99 ms", "paced_e2e_p99_ms", "{:.1f}"),
