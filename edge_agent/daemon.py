@@ -23,7 +23,7 @@ from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.model_loader import ModelLoader
-from edge_agent.runtime.memory import limit_malloc_arenas
+from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
 
@@ -125,6 +125,7 @@ class Daemon:
         cfg = self.cfg
         self._set_status("starting")
         limit_malloc_arenas()  # before any thread starts
+        fix_mmap_threshold()
         self._place_threads()
         self.metrics = serve_metrics(cfg.metrics, self)  # first: a port in use fails before anything starts
         state_dir = _prepare_state_dir(cfg.state_dir)
@@ -381,12 +382,17 @@ class Daemon:
         return stats_payload(
             device=self.cfg.device_id,
             uptime_s=time.monotonic() - self._started_mono,
-            pipelines={p.name: p.snapshot() for p in self.pipelines},
+            pipelines={p.name: {**p.snapshot(), "stalled_s": self._stalled_s(p)} for p in self.pipelines},
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
             boot=self.boot,
             fleet=self.fleet.stats() if self.fleet is not None else None,
         )
+
+    def _stalled_s(self, p: Pipeline) -> float | None:
+        """Seconds without progress of a running pipeline past ``watchdog.stall_after_s``; else None."""
+        idle = time.monotonic() - p.last_progress
+        return round(idle, 1) if p.state == "running" and idle > self.cfg.watchdog.stall_after_s else None
 
     def publish_stats(self) -> None:
         if self.publisher is None:
@@ -401,7 +407,8 @@ class Daemon:
                 "broker connected" if pub.connected else f"broker down: {pub.last_error or 'connecting'}"
             )
         for p in self.pipelines:
-            err = p.last_error or p.source.stats.get("last_error")
+            stalled = self._stalled_s(p)
+            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or p.source.stats.get("last_error")
             parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
         if self.outbox is not None:
             parts.append(f"outbox {self.outbox.depth()}")

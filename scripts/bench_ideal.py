@@ -39,7 +39,14 @@ def decode_ms(video: str, limit: int) -> tuple[float, int]:
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.argument("video", type=click.Path(exists=True, dir_okay=False))
 @click.option("--threads", default=1, show_default=True, help="Interpreter threads.")
-def main(model: str, video: str, threads: int) -> None:
+@click.option("--decode-frames", default=600, show_default=True, help="Frames of the decode-only timing.")
+@click.option(
+    "--seconds", type=float, default=None, help="Time this long, looping the video (default: once through)."
+)
+@click.option("--start-at", type=float, default=0.0, help="Begin at this time.time() (runs side by side).")
+def main(
+    model: str, video: str, threads: int, decode_frames: int, seconds: float | None, start_at: float
+) -> None:
     """Decode-only speed and the two-thread upper bound for MODEL on VIDEO."""
     import cv2
     import numpy as np
@@ -48,7 +55,7 @@ def main(model: str, video: str, threads: int) -> None:
     from edge_agent.manifest import load_manifest, manifest_path_for
     from edge_agent.processing.preprocess import ImagePreprocessor
 
-    decode, frames = decode_ms(video, 600)
+    decode, frames = decode_ms(video, decode_frames) if decode_frames else (None, 0)
     manifest = load_manifest(manifest_path_for(Path(model)), verify_sha256=False)
     spec = manifest.inputs[0]
     pre = ImagePreprocessor(spec, manifest.preprocess)
@@ -61,30 +68,61 @@ def main(model: str, video: str, threads: int) -> None:
     for _ in range(3):
         free.put(np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
 
+    done = threading.Event()
+
     def capture() -> None:
         cap = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
-        while True:
+        while not done.is_set():
             ok, frame = cap.read()
+            if not ok and seconds:  # timed: play the video again
+                cap.release()
+                cap = cv2.VideoCapture(video, cv2.CAP_FFMPEG)
+                ok, frame = cap.read()
             if not ok:
-                ready.put(None)
-                return
+                break
             buf = free.get()
             pre(frame, out=buf)
             ready.put(buf)
+        ready.put(None)
 
-    threading.Thread(target=capture, daemon=True).start()
+    if start_at > time.time():
+        time.sleep(start_at - time.time())
+    reader = threading.Thread(target=capture, daemon=True)
+    reader.start()
     tensor = interp.tensor(in_index)
-    n, t0 = 0, 0.0
+    n, t0, cpu0 = 0, 0.0, 0.0
     while (buf := ready.get()) is not None:
         if n == 10:  # the first few include opening the file and warming the interpreter
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
         np.copyto(tensor(), buf)
         free.put(buf)
         interp.invoke()
         interp.get_tensor(out_index)
         n += 1
+        if seconds and n > 10 and time.perf_counter() - t0 >= seconds:
+            done.set()
+            break
     fps = (n - 10) / (time.perf_counter() - t0) if n > 20 else 0.0
-    click.echo(json.dumps({"decode_ms": decode, "decode_frames": frames, "ideal_fps": fps, "frames": n}))
+    cpu_ms = (time.process_time() - cpu0) * 1000 / (n - 10) if n > 20 else None  # both threads
+    if seconds:  # let the reader end before the interpreter does (a thread inside OpenCV at exit aborts)
+        free.put(np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
+        while reader.is_alive():
+            try:
+                back = ready.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            free.put(back if back is not None else np.empty(spec.shape, dtype=np.dtype(spec.dtype)))
+    click.echo(
+        json.dumps(
+            {
+                "decode_ms": decode,
+                "decode_frames": frames,
+                "ideal_fps": fps,
+                "frames": n,
+                "cpu_ms_per_frame": cpu_ms,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=5.0, help="Length of the timed loop.")
     ap.add_argument("--min-iters", type=int, default=50)
+    ap.add_argument(
+        "--start-at", type=float, default=0.0, help="Begin timing at this time.time() (runs side by side)."
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -91,6 +94,8 @@ def main() -> None:
         interp.get_tensor(out_index)
     rss_mb = peak_rss_mb()  # interpreter + model + invocations, before the timing list below grows
 
+    if args.start_at > time.time():
+        time.sleep(args.start_at - time.time())
     lat: list[float] = []
     clock = time.perf_counter
     cpu0 = time.process_time()

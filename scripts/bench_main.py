@@ -7,6 +7,8 @@ One run, one machine, same model and thread count, every measurement in its own 
   keras      bench_keras.py: the same Keras model in TensorFlow (eager and tf.function)
   tflite-rt  bench_limit.py: tflite-runtime on the same .tflite, when --tflite-runtime-python is given
   sensor     bench_pipeline.py: a small dense model on windows of a CSV file source, QoS 1 via the outbox
+  pipelines  bench_multi.py (--pipelines 1,2,4): N camera pipelines + 1 sensor pipeline in one daemon, next
+             to N separate limit processes and N bare loops at once (alone unless --models is given too)
 Limit and pipeline runs alternate, so that other load on the machine hits both alike; each number is the
 median over --runs. Models are made once into --work (no download). Output: a table, and --json FILE.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import click
 from bench_broker import Broker
+from bench_multi import multi_part, multi_targets
 from bench_pipeline import PipelineRun, run_daemon, write_config, write_sensor_csv
 from bench_report import (
     IMAGE_MODELS,
@@ -177,6 +180,14 @@ def sensor_run(
     help="A python with tflite-runtime to add its row; make one with: python3.11 -m venv V && "
     "V/bin/pip install tflite-runtime 'numpy<2'",
 )
+@click.option(
+    "--pipelines",
+    "pipeline_counts",
+    metavar="N[,N...]",
+    help="Several pipelines in one daemon: for each N, N MobileNetV2-int8 camera pipelines + 1 sensor "
+    "pipeline, next to N limit processes at once; each part --seconds long (default 8). Runs only this "
+    "part unless --models is given too. E.g. --pipelines 1,2,4 --runs 3: about 6 minutes.",
+)
 def main(
     quick: bool,
     json_path: Path | None,
@@ -190,15 +201,27 @@ def main(
     frames: int,
     sensor_windows: int | None,
     tflite_runtime_python: str | None,
+    pipeline_counts: str | None,
 ) -> None:
     """Measure edge-agent end to end next to the bare interpreter loop and Keras in TensorFlow."""
     # SIGTERM unwinds like Ctrl-C, so the daemon, the subscriber and the broker are stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = runs or (1 if quick else 3)
+    counts: list[int] = []
+    if pipeline_counts:
+        try:
+            counts = [int(c) for c in pipeline_counts.split(",") if c.strip()]
+        except ValueError:
+            raise click.BadParameter(f"'{pipeline_counts}': a comma list of numbers, e.g. 1,2,4") from None
+        if not counts or any(c < 1 or c > 16 for c in counts):
+            raise click.BadParameter(f"'{pipeline_counts}': each N must be 1..16")
+        if not only:
+            only, no_sensor, no_keras = "", True, True  # only the multi-pipeline part
+    multi_seconds = seconds or 8.0
     seconds = seconds or (1.0 if quick else 5.0)
     sensor_windows = sensor_windows or (3000 if quick else 20000)
     keys = list(IMAGE_MODELS) if not quick else ["digits_int8"]
-    if only:
+    if only is not None:
         keys = [k.strip() for k in only.split(",") if k.strip()]
         unknown = set(keys) - set(IMAGE_MODELS)
         if unknown:
@@ -207,9 +230,9 @@ def main(
     t_start = time.monotonic()
     load_before = os.getloadavg()  # other work on the machine makes every number here noisier
     which = (
-        (["mobilenet", "camera"] if any(k.startswith("mobilenet") for k in keys) else [])
+        (["mobilenet", "camera"] if counts or any(k.startswith("mobilenet") for k in keys) else [])
         + (["digits"] if "digits_int8" in keys else [])
-        + ([] if no_sensor else ["sensor"])
+        + ([] if no_sensor and not counts else ["sensor"])
     )
     made = make_models(work, which, frames)
     video_of = {k: made["camera"]["video"] if k.startswith("mobilenet") else made[k]["video"] for k in keys}
@@ -219,6 +242,7 @@ def main(
     say(f"broker: private mosquitto on 127.0.0.1:{broker.port}; scratch {scratch}")
     models: dict = {}
     sensor: dict | None = None
+    multi: dict | None = None
     try:
         for key in keys:
             limits, ideals, pipes, paced, keras, tflrt = [], [], [], [], [], []
@@ -268,6 +292,8 @@ def main(
             models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals, paced)
         if not no_sensor:
             sensor = run_sensor(scratch, broker, made[SENSOR_MODEL], threads, runs, seconds, sensor_windows)
+        if counts:
+            multi = multi_part(scratch, broker, made, counts, threads, runs, multi_seconds, say)
     finally:
         broker.stop()
 
@@ -284,6 +310,10 @@ def main(
         "sensor": sensor,
         "what_is_measured": WHAT_IS_MEASURED,
     }
+    if multi is not None:
+        report["pipelines"] = multi
+        report["pipelines_seconds"] = multi_seconds
+        report["what_is_measured_pipelines"] = sys.modules["bench_multi"].__doc__
     if tflite_runtime_python:
         report["versions"]["tflite-runtime"] = next(
             (
@@ -294,13 +324,20 @@ def main(
             None,
         )
     report["targets"] = check_targets(models, sensor)
+    if multi is not None:
+        report["targets"].update(multi_targets(multi))
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     print_table(report)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
         say(f"\nJSON: {json_path}")
-    if not any(r["errors"] for r in models.values()) and not (sensor and sensor["errors"]):
+    multi_errors = any(r["errors"] for r in (multi or {}).values())
+    if (
+        not any(r["errors"] for r in models.values())
+        and not (sensor and sensor["errors"])
+        and not multi_errors
+    ):
         import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)

@@ -148,13 +148,57 @@ def _terminate(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@dataclass
+class DaemonRun:
+    """What ``measure_daemon`` saw from outside: the messages received and the daemon's resources."""
+
+    records: list[Received]
+    t0: float  # time.time() just before Popen
+    rss_mb: float  # peak (VmHWM)
+    wall_s: float
+    exit_code: int | None
+    stopped_by: str
+    cpu_s: dict[str, float]  # daemon (all threads), broker, subscriber
+    sched: dict[int, tuple[int, int]]  # per thread: ns on a CPU, ns waiting for one
+    log_path: Path
+    cpu_samples: list[tuple[float, float]]  # (time.time(), the daemon's CPU seconds so far), every 0.5 s
+
+
 def run_daemon(
     work: Path, broker: Broker, name: str, config: Path, *, expect: int | None, timeout: float
 ) -> PipelineRun:
     """Run the daemon until it ends by itself (its file source finished and the outbox drained), or until
     ``expect`` results arrived and nothing more came for 3 s, or ``timeout``; then measure."""
+    seen = measure_daemon(
+        work, broker, name, config, [f"edge/{DEVICE}/{name}/result", f"edge/{DEVICE}/stats"], expect, timeout
+    )
+    run = summarize(
+        name, seen.records, seen.t0, seen.rss_mb, seen.wall_s, seen.exit_code, seen.stopped_by, seen.log_path
+    )
+    if run.results:
+        run.cpu_ms_per_result = {who: s * 1000 / run.results for who, s in seen.cpu_s.items()}
+        run.daemon_cores = seen.cpu_s["daemon"] / seen.wall_s
+        busiest = sorted(seen.sched.values(), reverse=True)[:6]
+        run.threads_ms_per_result = [
+            {"cpu": run_ns / 1e6 / run.results, "waiting_for_cpu": wait_ns / 1e6 / run.results}
+            for run_ns, wait_ns in busiest
+        ]
+    return run
+
+
+def measure_daemon(
+    work: Path,
+    broker: Broker,
+    name: str,
+    config: Path,
+    topics: list[str],
+    expect: int | None,
+    timeout: float,
+) -> DaemonRun:
+    """``edge-agent run config`` with a subscriber on ``topics``, until it ends by itself, or ``expect``
+    results arrived and nothing more came for 3 s, or ``timeout`` (then SIGTERM: a clean stop)."""
     record = work / f"received-{name}.txt"
-    recorder = Recorder(broker, [f"edge/{DEVICE}/{name}/result", f"edge/{DEVICE}/stats"], record).start()
+    recorder = Recorder(broker, topics, record).start()
     log_path = work / f"agent-{name}.log"
     env = dict(os.environ)
     rss = 0.0
@@ -170,6 +214,7 @@ def run_daemon(
         killed = False
         seen, seen_at = 0, time.monotonic()
         sched: dict[int, tuple[int, int]] = {}
+        cpu_samples: list[tuple[float, float]] = []
         next_sched = 0.0
         next_count = time.monotonic() + 0.5
         try:
@@ -187,6 +232,9 @@ def run_daemon(
                     thread_schedstats(proc.pid, sched)
                 if now >= next_count:  # results so far, from the recorder's file (cheap: count topic markers)
                     next_count = now + 0.5
+                    cpu_now = cpu_seconds(proc.pid)
+                    if cpu_now is not None:
+                        cpu_samples.append((time.time(), cpu_now))
                     count = record.read_bytes().count(b"/result ") if record.exists() else 0
                     if count != seen:
                         seen, seen_at = count, now
@@ -212,16 +260,7 @@ def run_daemon(
         if before is not None and after is not None:
             cpu[who] = after - before
     records = recorder.stop()
-    run = summarize(name, records, t0, rss, wall, exit_code, stopped_by, log_path)
-    if run.results:
-        run.cpu_ms_per_result = {who: s * 1000 / run.results for who, s in cpu.items()}
-        run.daemon_cores = cpu["daemon"] / wall
-        busiest = sorted(sched.values(), reverse=True)[:6]
-        run.threads_ms_per_result = [
-            {"cpu": run_ns / 1e6 / run.results, "waiting_for_cpu": wait_ns / 1e6 / run.results}
-            for run_ns, wait_ns in busiest
-        ]
-    return run
+    return DaemonRun(records, t0, rss, wall, exit_code, stopped_by, cpu, sched, log_path, cpu_samples)
 
 
 def summarize(

@@ -244,7 +244,7 @@ def table(report: dict) -> str:
     m = report["models"]
     names = list(m)
     w = max(14, *(len(n) for n in names)) + 2 if names else 16
-    lines = [f"{'':<18}" + "".join(f"{n:>{w}}" for n in names)]
+    lines = [f"{'':<18}" + "".join(f"{n:>{w}}" for n in names)] if names else []
     for label, key, spec in COLUMNS:
         if any(key in m[n] for n in names):
             lines.append(f"{label:<18}" + "".join(f"{fmt(m[n].get(key), spec):>{w}}" for n in names))
@@ -271,11 +271,17 @@ def table(report: dict) -> str:
             f"{fmt(s['e2e_p99_ms'], '.2f')} ms, daemon RSS {fmt(s['rss_mb'], '.1f')} MB, "
             f"{fmt(s['results'], '.0f')}/{s['expected_results']} results",
         ]
+    multi = report.get("pipelines")
+    if multi:
+        from bench_multi import multi_table
+
+        out += multi_table(multi)
     out += ["", "targets:"]
     out += [
         f"  [{'met ' if t['met'] else 'MISS'}] {name}: {t['value']}" for name, t in report["targets"].items()
     ]
     errors = [e for n in names for e in m[n]["errors"]] + ((s or {}).get("errors") or [])
+    errors += [e for r in (multi or {}).values() for e in r["errors"]]
     out += [f"  error: {e.splitlines()[0]}" for e in errors]
     return "\n".join(out)
 

@@ -185,7 +185,8 @@ class NotifySocket:
 
 STUCK_PLUGIN = '''
 """Test-only postprocessor plugin: classification, except that it blocks while ``block_file`` exists
-(a model or delegate that hangs), touching ``marker`` so the test knows the loop is stuck."""
+(a model or delegate that hangs), touching ``marker`` so the test knows the loop is stuck; and, with
+``busy_ms``, spends that long per result in a pure-Python loop (a slow model that holds the GIL)."""
 import time
 from pathlib import Path
 
@@ -197,9 +198,13 @@ class StuckPostprocessor:
         options = dict(options)
         self.block_file = Path(options.pop("block_file"))
         self.marker = Path(options.pop("marker"))
+        self.busy_s = float(options.pop("busy_ms", 0)) / 1000
         self.inner = resolve_postprocessor("classification")(manifest, options)
 
     def __call__(self, outputs, ctx):
+        until = time.perf_counter() + self.busy_s
+        while time.perf_counter() < until:
+            pass
         while self.block_file.exists():
             self.marker.touch()
             time.sleep(0.02)

@@ -80,3 +80,41 @@ def test_quick_json_has_the_sensor_case_and_the_run_context(quick_run: tuple[dic
     assert versions.get("ai-edge-litert") and (versions.get("tensorflow-cpu") or versions.get("tensorflow"))
     assert report["targets"], "the targets are checked and reported (never asserted)"
     assert "targets:" in stdout and "digits_int8" in stdout
+
+
+@pytest.mark.slow
+def test_pipelines_part_reports_every_n_with_its_limit_fairness_and_memory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``scripts/bench --pipelines 1,2``: per N, the camera pipelines in one daemon (each publishing), the
+    sensor pipeline beside them, the N-process limit and bare loops from the same run, the daemon's memory."""
+    cache = getattr(request.config, "cache", None)
+    work = cache.mkdir("edge-agent-bench") if cache is not None else tmp_path_factory.mktemp("bench-work")
+    out = tmp_path_factory.mktemp("bench-multi") / "bench.json"
+    cmd = [str(ROOT / "scripts" / "bench"), "--pipelines", "1,2", "--runs", "1", "--seconds", "2"]
+    done = subprocess.run(
+        [*cmd, "--json", str(out), "--work", str(work)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, EDGE_AGENT_PYTHON=sys.executable),
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["models"] == {} and report["sensor"] is None  # only this part was asked for
+    rows = report["pipelines"]
+    assert set(rows) == {"1", "2"}
+    for n, row in rows.items():
+        assert row["errors"] == [], row["errors"]
+        daemon = row["runs"]["daemon"][0]
+        cams = {name: p for name, p in daemon["pipelines"].items() if name.startswith("cam")}
+        assert len(cams) == int(n) and all(p["results"] > 20 for p in cams.values()), daemon["pipelines"]
+        assert daemon["pipelines"]["sensor"]["results"] > 0
+        assert row["results_per_s"] == pytest.approx(sum(p["fps"] for p in cams.values()))
+        assert row["vs_limit"] == pytest.approx(row["results_per_s"] / row["limit_fps"])
+        assert 0 < row["fairness"] <= 1 and positive(row["bare_loops_fps"]) and positive(row["rss_mb"])
+        assert positive(row["cpu_ms_per_result"]) and positive(row["limit_cpu_ms_per_result"])
+        assert positive(row["paced_results_per_s"]) and row["e2e_p99_ms"] >= row["e2e_p50_ms"]
+    assert rows["2"]["rss_mb"] > rows["1"]["rss_mb"]
+    assert "several pipelines in one daemon" in done.stdout and "N=2" in done.stdout

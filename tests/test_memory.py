@@ -56,3 +56,34 @@ def test_malloc_arenas_capped_unless_the_operator_chose() -> None:
     )
     assert chosen.stdout.strip() == "False", chosen.stderr
     assert capped.stdout.strip() == str(platform.libc_ver()[0] == "glibc"), capped.stderr
+
+
+def test_mmap_threshold_fixed_unless_the_operator_chose() -> None:
+    code = "from edge_agent.runtime.memory import fix_mmap_threshold as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    fixed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    chosen = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )
+    assert chosen.stdout.strip() == "False", chosen.stderr
+    assert fixed.stdout.strip() == str(platform.libc_ver()[0] == "glibc"), fixed.stderr
+
+
+def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from edge_agent.stats import LatencyWindow\n"
+        "w = LatencyWindow(64)\n"
+        "xs = np.random.default_rng(3).exponential(5.0, 50)\n"
+        "for x in xs: w.add(float(x))\n"
+        "got = w.percentiles((0.0, 50.0, 90.0, 99.0, 100.0))\n"
+        "want = [round(float(v), 3) for v in np.percentile(xs, [0, 50, 90, 99, 100])]\n"
+        "print(list(got.values()) == want)\n"
+    )
+    # np.percentile is called last above, so numpy.ma in sys.modules before it would be the stats' doing
+    probe = code.replace("want = ", "print('numpy.ma' in sys.modules)\nwant = ")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr
