@@ -160,8 +160,10 @@ def test_masked_pixels_are_black_in_every_evidence_jpeg_also_after_a_reload(
     tmp_path: Path, mosquitto, privacy, color_int8, canary_video
 ) -> None:
     broker = mosquitto()
-    pipeline = {"name": "cam", "source": {"type": "camera", "url": str(canary_video), "loop": True, "fps": 20},
-                "model": {"path": str(color_int8.path)}, "masks": [{"name": "neighbour", "polygon": TOP_LEFT}],
+    pipeline = {"name": "cam", "source": {"type": "camera", "url": str(canary_video), "loop": True,
+                                          "fps": 20},
+                "model": {"path": str(color_int8.path)},
+                "masks": [{"name": "neighbour", "polygon": TOP_LEFT}],
                 "evidence": {"enabled": True}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
     watch = privacy(broker, config)
@@ -304,8 +306,8 @@ def test_a_gated_pipeline_keeps_the_watchdog_fed_and_stats_flowing_while_idle(
 def test_check_names_each_bad_polygon_or_key(tmp_path: Path, color_int8, change: dict, message: str) -> None:
     video = tmp_path / "v.avi"
     video.touch()
-    pipe = {"name": "cam", "source": {"type": "camera", "url": str(video)}, "model": {"path": str(color_int8.path)},
-            **change}  # fmt: skip
+    pipe = {"name": "cam", "source": {"type": "camera", "url": str(video)},
+            "model": {"path": str(color_int8.path)}, **change}  # fmt: skip
     cfg = {"mqtt": {"host": "127.0.0.1", "port": 1}, "state_dir": "state", "pipelines": [pipe]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     done = edge_agent("check", "config.yaml", cwd=tmp_path)
