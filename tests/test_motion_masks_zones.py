@@ -36,17 +36,25 @@ def scene(size: tuple[int, int] = (120, 160), seed: int = 3) -> np.ndarray:
 
 
 def frames_with(
-    n: int, *, box_at: dict[int, tuple[int, int]] | None = None, light_from: int | None = None, seed: int = 4
+    n: int,
+    *,
+    box_at: dict[int, tuple[int, int]] | None = None,
+    light_from: int | None = None,
+    light: tuple[float, float, int] = (1.0, 70.0, 1),
+    seed: int = 4,
 ) -> list[np.ndarray]:
     """``n`` frames of ``scene()`` with sensor noise (sigma 3) and a slow brightness drift; a white 20x20
-    box at (x, y) in the frames ``box_at`` names; +70 grey levels of light from frame ``light_from`` on."""
+    box at (x, y) in the frames ``box_at`` names; from frame ``light_from`` on, a light change to
+    ``gain * v + offset``, reached over ``light[2]`` frames (default: +70 grey levels at once)."""
     rng = np.random.default_rng(seed)
     base = scene().astype(np.float32)
     out = []
     for i in range(n):
         f = base + rng.normal(0, 3, base.shape) + 8 * np.sin(i / n * np.pi)
         if light_from is not None and i >= light_from:
-            f += 70
+            gain, offset, steps = light
+            ramp = min(1.0, (i - light_from + 1) / steps)
+            f = f * (1 + (gain - 1) * ramp) + offset * ramp
         f = np.clip(f, 0, 255).astype(np.uint8)
         if box_at and i in box_at:
             x, y = box_at[i]
@@ -67,11 +75,16 @@ def gate_run(gate: MotionGate, frames: list[np.ndarray], clock: list[float]) -> 
 # ------------------------------------------------------------------------------------------------ motion
 
 
-def test_motion_wakes_the_model_for_an_object_not_for_noise_drift_or_light() -> None:
+@pytest.mark.parametrize(
+    "light",
+    [(1.0, 70.0, 1), (1.35, 25.0, 2), (1.5, 0.0, 4), (0.7, 0.0, 2)],
+    ids=["light-step", "lamp-over-2-frames", "exposure-over-4-frames", "dimming"],
+)
+def test_motion_wakes_the_model_for_an_object_not_for_noise_drift_or_light(light: tuple) -> None:
     clock = [0.0]
     gate = MotionGate(MotionConfig(cooldown_s=0.5, max_idle_s=1000), clock=lambda: clock[0])
     crossing = {i: (10 + (i - 40) * 12, 50) for i in range(40, 50)}  # 1 s crossing, frames 40-49
-    kept = gate_run(gate, frames_with(100, box_at=crossing, light_from=70), clock)
+    kept = gate_run(gate, frames_with(100, box_at=crossing, light_from=70, light=light), clock)
     # frame 0 (no background yet: the max_idle_s run), the crossing, then 0.5 s of cooldown; no light run
     assert kept[0] == 0 and 40 in kept
     assert set(range(40, 50)) <= set(kept) <= {0, *range(40, 56)}
