@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -33,6 +32,7 @@ import numpy as np
 from edge_agent.config import PublishConfig
 from edge_agent.errors import DataError, EdgeAgentError, StorageFullError
 from edge_agent.model_stages import ModelInfo, ModelStages, PreparedInput, StageResult
+from edge_agent.processing.crop import crop, result_to_frame
 from edge_agent.processing.steps import StepChain, Verdict
 from edge_agent.publish.payloads import result_payload
 from edge_agent.sources.base import Frame, RateLimitedWarning, Source
@@ -270,12 +270,15 @@ class Pipeline:
     def process(self, frame: Frame) -> bool:
         """Run one frame through the steps and the model, and publish its result if the policy says so.
         True if published. Raises DataError when a step failed (the frame is dropped: fail closed)."""
-        data, prepared, step_fields = self._stepped(frame)
+        data, prepared, verdict = self._stepped(frame)
         if data is None:
             return False  # a step skipped it (counted by the chain)
         if frame.kind == "samples":
             self._sample_shape = tuple(np.shape(data))
-        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(data, prepared)
+        model_data, region = crop(data, verdict.region) if verdict.region else (data, None)
+        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(model_data, prepared)
+        if region is not None:  # the model saw a crop (crop_to_motion): boxes back to the full frame
+            result = result_to_frame(result, region)
         if self.zones is not None:
             result = self.zones.apply(result)
         latency = {
@@ -303,7 +306,7 @@ class Pipeline:
                 seq=seq,
                 model_name=info.name,
                 model_sha256=info.sha256,
-                fields={**result.to_fields(), **(step_fields or {})},
+                fields={**result.to_fields(), **(verdict.fields or {})},
                 latency_ms=latency,
                 frame_index=frame.index,
                 boot=self.boot,
@@ -324,10 +327,10 @@ class Pipeline:
             return None
         return (pre.width, pre.height)
 
-    def _stepped(self, frame: Frame) -> tuple[np.ndarray | None, PreparedInput | None, Mapping | None]:
-        """(data to infer, its prepared input or None, fields the steps add to the result) after the steps;
-        data None when they skipped it. Uses the verdict the source's thread recorded, or runs the steps here
-        (inference thread)."""
+    def _stepped(self, frame: Frame) -> tuple[np.ndarray | None, PreparedInput | None, Verdict]:
+        """(data to infer, its prepared input or None, the steps' verdict: fields they add to the result, the
+        region the model is to see) after the steps; data None when they skipped it. Uses the verdict the
+        source's thread recorded, or runs the steps here (inference thread)."""
         made = frame.prepared
         if isinstance(made, SteppedFrame) and made.chain is self.steps:
             verdict, prepared = made.verdict, made.input
@@ -335,7 +338,7 @@ class Pipeline:
             verdict, prepared = self.steps.run(frame.data), None
         if verdict.error is not None:
             raise DataError(f"step {verdict.step} failed, frame dropped (fail closed): {verdict.error}")
-        return verdict.data, prepared, verdict.fields
+        return verdict.data, prepared, verdict
 
     def _prepare(self, image: np.ndarray) -> SteppedFrame:
         """Runs on the source's thread: the steps, then (if they kept the frame) preprocessing of what they
@@ -347,7 +350,8 @@ class Pipeline:
         prepared = None
         if verdict.data is not None and stages.image_pre is not None:
             try:
-                prepared = stages.prepare(verdict.data)
+                data = crop(verdict.data, verdict.region)[0] if verdict.region else verdict.data
+                prepared = stages.prepare(data)
             except Exception as exc:
                 self.stats.count(prepare_errors=1)
                 self._warn_prepare(

@@ -340,3 +340,41 @@ def test_check_refuses_camera_keys_on_a_sensor_pipeline(tmp_path: Path, color_in
     done = edge_agent("check", "config.yaml", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "motion: only for camera sources (this source is file); remove it" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------- crop_to_motion
+
+
+def test_crop_to_motion_runs_the_model_on_the_moving_region_and_maps_boxes_back(
+    tmp_path: Path, yolo_float32
+) -> None:
+    """The YOLO fixture finds the same boxes in whatever it sees (person x 0.25-0.75 of its input): with
+    crop_to_motion, the input is the region around a box moving in the right third of the frame, so the
+    published person box lies there, in full-frame coordinates; without, it spans the middle of the frame."""
+    crossing = {i: (115 + (i - 5), 50) for i in range(5, 12)}  # x 115-141 of 160, y 50-70 of 120
+    boxes = {}
+    for cropping in (False, True):
+        pub = RecordingPublisher()
+        steps = create_pipeline_steps([], [], MotionConfig(max_idle_s=1000, crop_to_motion=cropping))
+        source = FakeSource(frames_with(12, box_at=crossing))
+        pipe = make_pipeline(tmp_path, source, stages_for(yolo_float32.path), publisher=pub, steps=steps)
+        Running(pipe).finish()
+        got = [r for r in pub.payloads() if r["motion"]]
+        assert got, pub.payloads()
+        boxes[cropping] = next(d["box"] for d in got[0]["detections"] if d["label"] == "person")
+    assert boxes[False][0] < 0.3 and boxes[False][2] > 0.7  # the whole frame: the middle
+    x0, y0, x1, y1 = boxes[True]
+    assert 0.5 < x0 < x1 <= 1.0 and 0.2 < y0 < y1 < 0.8  # the crop around the box at x 0.72-0.88
+    assert x0 < 115 / 160 + 0.05 and x1 > 141 / 160 - 0.05
+
+
+def test_crop_geometry() -> None:
+    from edge_agent.processing.crop import crop, result_to_frame
+    from edge_agent.processing.steps.motion import _grown
+
+    assert _grown((0.45, 0.45, 0.55, 0.55)) == pytest.approx((0.375, 0.375, 0.625, 0.625))  # at least 1/4
+    assert _grown((0.0, 0.2, 0.6, 0.4)) == pytest.approx((0.0, 0.15, 0.9, 0.45))  # margin, kept inside
+    view, region = crop(np.zeros((100, 200, 3), np.uint8), (0.1, 0.25, 0.5, 0.755))
+    assert view.shape == (51, 80, 3) and region == pytest.approx((0.1, 0.25, 0.5, 0.76))
+    moved = result_to_frame(DetectionResult((det("car", (0.0, 0.5, 1.0, 1.0)),)), (0.1, 0.2, 0.5, 0.6))
+    assert moved.detections[0].box == pytest.approx((0.1, 0.4, 0.5, 0.6))

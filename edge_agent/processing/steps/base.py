@@ -52,6 +52,12 @@ class FrameStep(ABC):
         the chain's lock), e.g. the motion gate's ``motion``; None for none."""
         return None
 
+    def region(self) -> tuple[float, float, float, float] | None:
+        """The part of the frame (normalized xmin, ymin, xmax, ymax) the model is to see for the frame just
+        kept (the motion gate's ``crop_to_motion``), or None for all of it. The data passed on stays whole:
+        evidence keeps the full frame, and the pipeline maps the model's boxes back."""
+        return None
+
     def report(self) -> tuple[str, dict[str, Any]] | None:
         """(key, object) for this step's own entry in the pipeline's stats (e.g. the motion state), or None.
         Called from the daemon's thread: guard what ``apply`` changes."""

@@ -23,12 +23,14 @@ from edge_agent.processing.steps.base import FrameStep, StepConfigBase
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What the steps made of one frame: ``data`` to go on with, or None (``step`` skipped it, or failed
-    with ``error``: then the frame must not be used at all); ``fields`` the steps add to its result."""
+    with ``error``: then the frame must not be used at all); ``fields`` the steps add to its result, and
+    the ``region`` of the frame the model is to see (None: all of it)."""
 
     data: np.ndarray | None
     step: str | None = None
     error: str | None = None
     fields: Mapping[str, Any] | None = None
+    region: tuple[float, float, float, float] | None = None
 
     @property
     def keep(self) -> bool:
@@ -62,9 +64,11 @@ class StepChain:
                     return Verdict(None, name)
                 data = out
             fields: dict[str, Any] = {}
+            region = None
             for _, step in self.steps:
                 fields.update(step.fields() or {})
-        return Verdict(data, fields=fields or None)
+                region = step.region() or region
+        return Verdict(data, fields=fields or None, region=region)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """``{step name: {"skipped": n, "failed": n}}`` for the stats payload."""

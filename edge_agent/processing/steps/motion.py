@@ -32,6 +32,8 @@ from edge_agent.processing.steps.base import DataKind, FrameStep, StepConfigBase
 
 MotionState = Literal["idle", "motion", "cooldown"]
 SLOW_FACTOR = 0.1  # background learning rate of moving pixels, relative to still ones
+CROP_MARGIN = 0.25  # crop_to_motion: the moving region grows by this fraction of its size on each side
+CROP_MIN = 0.25  # ... and covers at least this fraction of the frame's width and of its height
 
 
 class MotionConfig(StepConfigBase):
@@ -68,6 +70,11 @@ class MotionConfig(StepConfigBase):
         default=0.05, gt=0.0, le=1.0, description="How fast the background learns the scene, per frame."
     )
     width: int = Field(default=160, ge=32, le=640, description="Width of the grey copy the detector uses.")
+    crop_to_motion: bool = Field(
+        default=False,
+        description="Detection models: run the model on the moving region only (with a margin, at least a "
+        "quarter of the frame each way); boxes are mapped back to the full frame.",
+    )
 
 
 class MotionGate(FrameStep):
@@ -88,6 +95,8 @@ class MotionGate(FrameStep):
         self._last_motion = -math.inf
         self._last_run = -math.inf
         self._motion_field = False
+        self._moved_at: tuple[float, float, float, float] | None = None  # last moving region (normalized)
+        self._crop: tuple[float, float, float, float] | None = None
         self._lock = threading.Lock()  # stats() is read on the daemon's thread
         self.state: MotionState = "idle"
         self.counts = {"frames": 0, "motion_frames": 0, "gated": 0, "idle_runs": 0, "light_changes": 0}
@@ -128,7 +137,17 @@ class MotionGate(FrameStep):
         changed = cv2.dilate(changed, self._kernel, iterations=2)
         contours, _ = cv2.findContours(changed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         least = cfg.min_area * changed.size
-        return any(cv2.contourArea(c) >= least for c in contours)
+        boxes = [cv2.boundingRect(c) for c in contours if cv2.contourArea(c) >= least]
+        if not boxes:
+            return False
+        ch, cw = changed.shape
+        self._moved_at = (
+            min(x for x, _, _, _ in boxes) / cw,
+            min(y for _, y, _, _ in boxes) / ch,
+            max(x + w for x, _, w, _ in boxes) / cw,
+            max(y + h for _, y, _, h in boxes) / ch,
+        )
+        return True
 
     # -- the gate --------------------------------------------------------------------------------------------
     def apply(self, data: np.ndarray) -> np.ndarray | None:
@@ -149,7 +168,11 @@ class MotionGate(FrameStep):
             return None
         self._last_run = now
         self._motion_field = recent
+        self._crop = _grown(self._moved_at) if self.cfg.crop_to_motion and recent and self._moved_at else None
         return data
+
+    def region(self) -> tuple[float, float, float, float] | None:
+        return self._crop
 
     def fields(self) -> dict[str, Any]:
         return {"motion": self._motion_field}
@@ -168,3 +191,15 @@ def _light_fit(grey: np.ndarray, background: np.ndarray) -> tuple[float, float]:
         return 1.0, mb - mg
     gain = float(((grey - mg) * (background - mb)).mean()) / var
     return gain, mb - gain * mg
+
+
+def _grown(region: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """``region`` with a margin, at least ``CROP_MIN`` of the frame each way, shifted back inside it."""
+    out = []
+    for lo, hi in ((region[0], region[2]), (region[1], region[3])):
+        size = max(CROP_MIN, (hi - lo) * (1 + 2 * CROP_MARGIN))
+        centre = (lo + hi) / 2
+        start = min(max(0.0, centre - size / 2), max(0.0, 1.0 - size))
+        out.append((start, min(1.0, start + size)))
+    (x0, x1), (y0, y1) = out
+    return (x0, y0, x1, y1)
