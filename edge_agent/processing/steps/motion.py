@@ -13,7 +13,8 @@ part of it to bend the fit) and compared after the fit, so drift and small expos
 motion. When the fit itself moves the frame by more than ``threshold / 2`` on average, or more than
 ``light_change`` of the frame changed anyway, the change is light: the background is reset to the new frame
 and the model is not woken. Masked pixels are black in every frame (the masks step runs first), so motion
-there never wakes the model.
+there never wakes the model. With ``crop_to_motion`` the gate also names the region around the motion
+(``region()``); the pipeline runs the model on that crop and maps the boxes back (processing/crop.py).
 """
 
 from __future__ import annotations
