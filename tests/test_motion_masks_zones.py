@@ -378,3 +378,17 @@ def test_crop_geometry() -> None:
     assert view.shape == (51, 80, 3) and region == pytest.approx((0.1, 0.25, 0.5, 0.76))
     moved = result_to_frame(DetectionResult((det("car", (0.0, 0.5, 1.0, 1.0)),)), (0.1, 0.2, 0.5, 0.6))
     assert moved.detections[0].box == pytest.approx((0.1, 0.4, 0.5, 0.6))
+
+
+def test_check_refuses_zones_for_a_model_without_boxes(tmp_path: Path, color_int8) -> None:
+    video = tmp_path / "v.avi"
+    video.touch()
+    pipe = {"name": "cam", "source": {"type": "camera", "url": str(video)},
+            "model": {"path": str(color_int8.path)},
+            "zones": {"polygons": {"a": [[0, 0], [0.5, 0], [0.5, 0.5]]}}}  # fmt: skip
+    cfg = {"mqtt": {"host": "127.0.0.1", "port": 1}, "state_dir": "state", "pipelines": [pipe]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    done = edge_agent("check", "config.yaml", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "pipelines[0].zones: zones place detections, but model" in done.stderr
+    assert "is a classification model" in done.stderr and "Traceback" not in done.stderr
