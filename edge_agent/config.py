@@ -30,7 +30,11 @@ from edge_agent.errors import ConfigError
 from edge_agent.fleet.config import FleetConfig
 from edge_agent.homeassistant.config import HomeAssistantConfig
 from edge_agent.metrics import MetricsConfig
+from edge_agent.processing.masks import MaskConfig
+from edge_agent.processing.polygons import coverage
 from edge_agent.processing.steps import StepConfig
+from edge_agent.processing.steps.motion import MotionConfig
+from edge_agent.processing.zones import ZonesConfig
 from edge_agent.publish.mqtt import MqttConfig
 from edge_agent.runtime.config import ModelConfig
 from edge_agent.sources import SourceConfig, WindowConfig
@@ -128,6 +132,17 @@ class PipelineConfig(_Strict):
         description="Per-frame steps, in order, run on each frame before the model and before evidence is "
         "saved; each may skip the frame, and one that fails drops it (never used, never stored).",
     )
+    masks: list[MaskConfig] = Field(
+        default_factory=list,
+        description="Cameras: privacy masks, blacked out of every frame before the motion detector, the "
+        "model and any evidence file see it (a frame that cannot be masked is dropped).",
+    )
+    motion: MotionConfig | None = Field(
+        default=None, description="Cameras: run the model only when something moves (off when left out)."
+    )
+    zones: ZonesConfig | None = Field(
+        default=None, description="Cameras, detection models: named zones the detections are placed in."
+    )
     model: ModelConfig = Field(description="The model to run.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Which results are published.")
     evidence: EvidenceConfig = Field(
@@ -153,6 +168,11 @@ class PipelineConfig(_Strict):
         src.check_window(self.window)
         if self.evidence.enabled and src.data_kind != "image":
             raise ValueError(f"evidence frames exist only for camera sources (this source is {src.type})")
+        for key in ("masks", "motion", "zones"):
+            if getattr(self, key) and src.data_kind != "image":
+                raise ValueError(f"{key}: only for camera sources (this source is {src.type}); remove it")
+        if self.masks and coverage([m.polygon for m in self.masks]) > 0.99:
+            raise ValueError("masks cover the whole frame: nothing would be left to see; shrink them")
         for i, step in enumerate(self.steps):
             if src.data_kind not in step.data_kinds:
                 raise ValueError(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
+from edge_agent.frame_settings import build_frame_settings, frame_config
 from edge_agent.model_loader import ModelLoader
 from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
@@ -290,11 +291,15 @@ class Daemon:
                 applied.append(old_pcfg)
                 continue
             pipe.set_publish(pcfg.publish)
+            if frame_config(pcfg) != frame_config(old_pcfg):  # masks, steps, motion, zones
+                pipe.set_frame_steps(*build_frame_settings(pcfg))
             swapped = self._reload_model(pipe, pcfg)
             swaps += [swapped] if swapped is not None else []
             model_cfg = pcfg.model if swapped is not None else old_pcfg.model
-            applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish}))
-        # Applied live: models, publish settings, drain timeout, stall detection. The rest needs a restart.
+            frame = dict(zip(("masks", "steps", "motion", "zones"), frame_config(pcfg), strict=True))
+            applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame}))
+        # Applied live: models, publish settings, frame steps (masks, motion, zones), drain timeout, stall
+        # detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
             update={
                 "pipelines": applied,
@@ -424,7 +429,6 @@ class Daemon:
         self, p: PipelineConfig, stages: ModelStages, source: Source, seq: SeqCounter
     ) -> Pipeline:
         from edge_agent.pipeline import Pipeline
-        from edge_agent.processing.steps import create_steps
 
         evidence = None
         if p.evidence.enabled:
@@ -441,8 +445,8 @@ class Daemon:
             seq=seq,
             publish=p.publish,
             evidence=evidence,
-            steps=create_steps(p.steps),
             boot=self.boot,
+            **build_frame_settings(p)._asdict(),
         )
 
 

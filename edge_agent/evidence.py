@@ -11,11 +11,15 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_agent.config import EvidenceConfig
 from edge_agent.errors import missing_extra
+
+if TYPE_CHECKING:
+    from edge_agent.processing.masks import FrameMask
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,23 @@ class EvidenceStore:
             return False
         return not (self.cfg.min_score is not None and (score is None or score < self.cfg.min_score))
 
-    def save(self, frame_bgr: np.ndarray, seq: int, label: str | None) -> Path | None:
-        """Write the frame; None (and ``last_error``) when encoding or writing failed: evidence is best effort
-        and must never stop the results."""
+    def save(
+        self, frame_bgr: np.ndarray, seq: int, label: str | None, mask: FrameMask | None = None
+    ) -> Path | None:
+        """Write the frame, with the privacy ``mask`` applied right before encoding; None (and
+        ``last_error``) when masking, encoding or writing failed: evidence is best effort and must never stop
+        the results, but a frame that could not be masked is never written (fail closed)."""
         try:
             import cv2
         except ImportError as exc:
             raise missing_extra("opencv-python-headless", "camera", exc) from exc
+        if mask is not None:
+            try:
+                frame_bgr = mask.apply(frame_bgr)
+            except Exception as exc:  # any failure: the frame is not stored
+                self.last_error = f"could not mask frame {seq}, not stored: {exc}"
+                log.warning("evidence: %s", self.last_error)
+                return None
         ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
             self.last_error = f"could not encode frame {seq} as JPEG"

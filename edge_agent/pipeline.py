@@ -32,6 +32,7 @@ import numpy as np
 from edge_agent.config import PublishConfig
 from edge_agent.errors import DataError, EdgeAgentError, StorageFullError
 from edge_agent.model_stages import ModelInfo, ModelStages, PreparedInput, StageResult
+from edge_agent.processing.crop import crop, result_to_frame
 from edge_agent.processing.steps import StepChain, Verdict
 from edge_agent.publish.payloads import result_payload
 from edge_agent.sources.base import Frame, RateLimitedWarning, Source
@@ -39,6 +40,8 @@ from edge_agent.stats import PipelineStats
 
 if TYPE_CHECKING:
     from edge_agent.evidence import EvidenceStore
+    from edge_agent.processing.masks import FrameMask
+    from edge_agent.processing.zones import ZoneAssigner
 
 __all__ = ["ModelInfo", "ModelStages", "Pipeline", "PreparedInput", "PublishPolicy", "StageResult"]
 
@@ -128,6 +131,8 @@ class Pipeline:
         evidence: EvidenceStore | None = None,
         steps: StepChain | None = None,
         boot: int | None = None,
+        zones: ZoneAssigner | None = None,
+        mask: FrameMask | None = None,
     ) -> None:
         self.data_kind = source.data_kind
         self.boot = boot
@@ -144,6 +149,8 @@ class Pipeline:
         self.stats = stats or PipelineStats()
         self.evidence = evidence
         self.steps = steps if steps is not None else StepChain()
+        self.zones = zones
+        self.mask = mask  # the privacy mask, applied again by the evidence store before it writes a JPEG
         self.state: PipelineState = "starting"
         self.error: EdgeAgentError | None = None
         self.last_error: str | None = None
@@ -185,6 +192,14 @@ class Pipeline:
         if cfg != self.policy.cfg:
             self.policy, self.qos = PublishPolicy(cfg), cfg.qos
 
+    def set_frame_steps(self, steps: StepChain, zones: ZoneAssigner | None, mask: FrameMask | None) -> None:
+        """New steps, zones and masks (reload). The mask is swapped first, so no evidence is written with
+        the old one once the new steps run; a frame the old steps already passed is run through the new ones
+        (``_stepped`` checks which chain judged it). The old steps hold nothing and are simply dropped."""
+        self.mask = mask
+        self.zones = zones
+        self.steps = steps
+
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
         """The shape of the last window of samples (None before the first, or for images): a new model must
@@ -205,6 +220,7 @@ class Pipeline:
             state=self.state,
             last_error=self.last_error,
             steps=self.steps.stats(),
+            reports=self.steps.reports(),
         )
 
     # -- the inference thread --------------------------------------------------------------------------------
@@ -254,12 +270,17 @@ class Pipeline:
     def process(self, frame: Frame) -> bool:
         """Run one frame through the steps and the model, and publish its result if the policy says so.
         True if published. Raises DataError when a step failed (the frame is dropped: fail closed)."""
-        data, prepared = self._stepped(frame)
+        data, prepared, verdict = self._stepped(frame)
         if data is None:
             return False  # a step skipped it (counted by the chain)
         if frame.kind == "samples":
             self._sample_shape = tuple(np.shape(data))
-        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(data, prepared)
+        model_data, region = crop(data, verdict.region) if verdict.region else (data, None)
+        result, pre_ms, t_pre, t_inv, t_post = self.stages.run(model_data, prepared)
+        if region is not None:  # the model saw a crop (crop_to_motion): boxes back to the full frame
+            result = result_to_frame(result, region)
+        if self.zones is not None:
+            result = self.zones.apply(result)
         latency = {
             # waiting for the model (in the source's slot), whether or not it was preprocessed meanwhile
             "capture_age": max(0.0, (t_pre - frame.captured_mono) * 1000.0 - pre_ms),
@@ -285,7 +306,7 @@ class Pipeline:
                 seq=seq,
                 model_name=info.name,
                 model_sha256=info.sha256,
-                fields=result.to_fields(),
+                fields={**result.to_fields(), **(verdict.fields or {})},
                 latency_ms=latency,
                 frame_index=frame.index,
                 boot=self.boot,
@@ -293,7 +314,8 @@ class Pipeline:
             self.publisher.publish_result(self.topic, payload, self.qos)
             self.last_seq = seq
             if self.evidence is not None and frame.kind == "image" and self.evidence.wants(label, score):
-                self.evidence.save(data, seq, label)  # what the steps returned (masked), not frame.data
+                # what the steps returned (masked), not frame.data; the store masks it once more
+                self.evidence.save(data, seq, label, mask=self.mask)
         self.stats.frame_done(latency, result=True, published=publish)
         return publish
 
@@ -305,9 +327,10 @@ class Pipeline:
             return None
         return (pre.width, pre.height)
 
-    def _stepped(self, frame: Frame) -> tuple[np.ndarray | None, PreparedInput | None]:
-        """(data to infer, its prepared input or None) after the steps; (None, None) when they skipped it.
-        Uses the verdict the source's thread recorded, or runs the steps here (inference thread)."""
+    def _stepped(self, frame: Frame) -> tuple[np.ndarray | None, PreparedInput | None, Verdict]:
+        """(data to infer, its prepared input or None, the steps' verdict: fields they add to the result, the
+        region the model is to see) after the steps; data None when they skipped it. Uses the verdict the
+        source's thread recorded, or runs the steps here (inference thread)."""
         made = frame.prepared
         if isinstance(made, SteppedFrame) and made.chain is self.steps:
             verdict, prepared = made.verdict, made.input
@@ -315,7 +338,7 @@ class Pipeline:
             verdict, prepared = self.steps.run(frame.data), None
         if verdict.error is not None:
             raise DataError(f"step {verdict.step} failed, frame dropped (fail closed): {verdict.error}")
-        return verdict.data, prepared
+        return verdict.data, prepared, verdict
 
     def _prepare(self, image: np.ndarray) -> SteppedFrame:
         """Runs on the source's thread: the steps, then (if they kept the frame) preprocessing of what they
@@ -327,7 +350,8 @@ class Pipeline:
         prepared = None
         if verdict.data is not None and stages.image_pre is not None:
             try:
-                prepared = stages.prepare(verdict.data)
+                data = crop(verdict.data, verdict.region)[0] if verdict.region else verdict.data
+                prepared = stages.prepare(data)
             except Exception as exc:
                 self.stats.count(prepare_errors=1)
                 self._warn_prepare(

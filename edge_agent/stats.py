@@ -163,13 +163,15 @@ class PipelineStats:
         state: str | None = None,
         last_error: str | None = None,
         steps: dict[str, dict[str, int]] | None = None,
+        reports: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The ``pipelines[name]`` object of the stats payload.
 
         ``source``: the source's stats (connected, reconnects, last_error are kept); ``model``: {name, sha256,
         backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one;
         ``state``/``last_error``: the pipeline's own (a failed reload shows here while the old model runs on);
-        ``steps``: per step, the frames it skipped and the ones it failed on (dropped).
+        ``steps``: per step, the frames it skipped and the ones it failed on (dropped); ``reports``: steps'
+        own entries by key (``motion``: the gate's state and counters).
         Source counters beyond the common ones (a sensor's ``samples``, a camera's ``bad_frames``) are
         passed through as the source names them; ``frames`` and ``skipped`` are the pipeline's own here.
         """
@@ -196,5 +198,6 @@ class PipelineStats:
                 "last_error": source.get("last_error"),
             },
             "steps": {name: dict(c) for name, c in (steps or {}).items()},
+            **(reports or {}),
             "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
         }

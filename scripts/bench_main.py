@@ -9,6 +9,8 @@ One run, one machine, same model and thread count, every measurement in its own 
   sensor     bench_pipeline.py: a small dense model on windows of a CSV file source, QoS 1 via the outbox
   pipelines  bench_multi.py (--pipelines 1,2,4): N camera pipelines + 1 sensor pipeline in one daemon, next
              to N separate limit processes and N bare loops at once (alone unless --models is given too)
+  motion     bench_motion.py (--motion, on its own): the motion gate on rendered videos: CPU per hour of a
+             still scene gated vs ungated, event recall and latency, a light change, the gate's own cost
 Limit and pipeline runs alternate, so that other load on the machine hits both alike; each number is the
 median over --runs. Models are made once into --work (no download). Output: a table, and --json FILE.
 """
@@ -188,7 +190,13 @@ def sensor_run(
     "pipeline, next to N limit processes at once; each part --seconds long (default 8). Runs only this "
     "part unless --models is given too. E.g. --pipelines 1,2,4 --runs 3: about 6 minutes.",
 )
+@click.option(
+    "--motion",
+    is_flag=True,
+    help="Only the motion-gating part (bench_motion.py, MobileNetV2-int8, ~15 min with --runs 3).",
+)
 def main(
+    motion: bool,
     quick: bool,
     json_path: Path | None,
     work: Path,
@@ -229,6 +237,9 @@ def main(
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     load_before = os.getloadavg()  # other work on the machine makes every number here noisier
+    if motion:
+        motion_part(work, threads, runs, json_path, load_before)
+        return
     which = (
         (["mobilenet", "camera"] if counts or any(k.startswith("mobilenet") for k in keys) else [])
         + (["digits"] if "digits_int8" in keys else [])
@@ -343,6 +354,38 @@ def main(
         shutil.rmtree(scratch, ignore_errors=True)
     else:
         say(f"logs kept in {scratch}")
+
+
+def motion_part(work: Path, threads: int, runs: int, json_path: Path | None, load_before: tuple) -> None:
+    from bench_motion import run_motion, table
+
+    made = make_models(work, ["mobilenet"], 10)
+    scratch = Path(tempfile.mkdtemp(prefix="edge-agent-bench-motion-"))
+    broker = Broker(scratch).start()
+    try:
+        part = run_motion(work, broker, made["mobilenet_v2_int8"]["tflite"], threads, runs, say)
+    finally:
+        broker.stop()
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **machine(),
+        "threads": threads,
+        "runs": runs,
+        "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
+        "versions": versions(),
+        "motion": part,
+    }
+    click.echo("\n" + table(part))
+    click.echo(
+        f"\nmedians over {runs} run(s); load average at start {load_before[0]:.1f}, end "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        say(f"\nJSON: {json_path}")
+    if part["errors"]:
+        say(f"logs kept in {work}: {part['errors']}")
 
 
 def run_sensor(

@@ -76,6 +76,11 @@ def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
             continue
         try:
             m = model.manifest
+            if p.zones is not None and m.task != "detection":
+                problems.append(
+                    f"pipelines[{i}].zones: zones place detections, but model {m.name} is a {m.task} model; "
+                    "remove zones or use a detection model"
+                )
             delegate = model.delegate or "cpu"
             fallback = f" (delegate fell back: {model.delegate_error})" if model.delegate_error else ""
             lines.append(

@@ -42,14 +42,19 @@ class Detection:
     class_id: int
     score: float
     box: tuple[float, float, float, float]  # normalized xmin, ymin, xmax, ymax in the frame
+    zones: tuple[str, ...] | None = None  # the zones its anchor lies in (None: the pipeline has no zones)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "class_id": self.class_id, "score": self.score, "box": list(self.box)}
+        out = {"label": self.label, "class_id": self.class_id, "score": self.score, "box": list(self.box)}
+        if self.zones is not None:
+            out["zones"] = list(self.zones)
+        return out
 
 
 @dataclass(frozen=True)
 class DetectionResult:
     detections: tuple[Detection, ...]
+    zone_counts: dict[str, dict[str, int]] | None = None  # zone -> label -> detections (zones configured)
 
     @property
     def label(self) -> str | None:
@@ -60,7 +65,10 @@ class DetectionResult:
         return self.detections[0].score if self.detections else None
 
     def to_fields(self) -> dict[str, Any]:
-        return {"detections": [d.to_dict() for d in self.detections]}
+        fields: dict[str, Any] = {"detections": [d.to_dict() for d in self.detections]}
+        if self.zone_counts is not None:
+            fields["zone_counts"] = self.zone_counts
+        return fields
 
 
 class DetectionPostprocessor(BasePostprocessor):

@@ -11,7 +11,7 @@ per step on the stats topic; failures are also frame errors of the pipeline (log
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,22 @@ class FrameStep(ABC):
     @abstractmethod
     def apply(self, data: np.ndarray) -> np.ndarray | None:
         """The data to go on with (``data`` itself, or a changed copy), or None to skip this frame."""
+
+    def fields(self) -> dict[str, Any] | None:
+        """Fields this step adds to the result of the frame it just kept (read right after ``apply``, under
+        the chain's lock), e.g. the motion gate's ``motion``; None for none."""
+        return None
+
+    def region(self) -> tuple[float, float, float, float] | None:
+        """The part of the frame (normalized xmin, ymin, xmax, ymax) the model is to see for the frame just
+        kept (the motion gate's ``crop_to_motion``), or None for all of it. The data passed on stays whole:
+        evidence keeps the full frame, and the pipeline maps the model's boxes back."""
+        return None
+
+    def report(self) -> tuple[str, dict[str, Any]] | None:
+        """(key, object) for this step's own entry in the pipeline's stats (e.g. the motion state), or None.
+        Called from the daemon's thread: guard what ``apply`` changes."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional for steps that hold nothing
         """Release what the step holds (none of the built-in ones holds anything)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +23,14 @@ from edge_agent.processing.steps.base import FrameStep, StepConfigBase
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What the steps made of one frame: ``data`` to go on with, or None (``step`` skipped it, or failed
-    with ``error``: then the frame must not be used at all)."""
+    with ``error``: then the frame must not be used at all); ``fields`` the steps add to its result, and
+    the ``region`` of the frame the model is to see (None: all of it)."""
 
     data: np.ndarray | None
     step: str | None = None
     error: str | None = None
+    fields: Mapping[str, Any] | None = None
+    region: tuple[float, float, float, float] | None = None
 
     @property
     def keep(self) -> bool:
@@ -59,12 +63,22 @@ class StepChain:
                     self._skipped[name] += 1
                     return Verdict(None, name)
                 data = out
-        return Verdict(data)
+            fields: dict[str, Any] = {}
+            region = None
+            for _, step in self.steps:
+                fields.update(step.fields() or {})
+                region = step.region() or region
+        return Verdict(data, fields=fields or None, region=region)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """``{step name: {"skipped": n, "failed": n}}`` for the stats payload."""
         with self._lock:
             return {name: {"skipped": n, "failed": self._failed[name]} for name, n in self._skipped.items()}
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """The steps' own stats entries by key (``{"motion": {...}}``), for the pipeline's stats."""
+        found = (step.report() for _, step in self.steps)
+        return dict(r for r in found if r is not None)
 
     def close(self) -> None:
         for _, step in self.steps:
@@ -88,3 +102,19 @@ def create_steps(configs: Sequence[StepConfigBase]) -> StepChain:
         used[base] = used.get(base, 0) + 1
         steps.append((base if used[base] == 1 else f"{base}#{used[base]}", cls(cfg)))
     return StepChain(steps)
+
+
+def create_pipeline_steps(
+    masks: Sequence[Any], steps: Sequence[StepConfigBase], motion: StepConfigBase | None
+) -> StepChain:
+    """A camera pipeline's chain: its privacy ``masks`` first (nothing sees an unmasked frame), then its
+    ``steps``, then the ``motion`` gate (when enabled), which so sees the frames as masked and thinned."""
+    from edge_agent.processing.masks import MasksStepConfig
+
+    configs: list[StepConfigBase] = []
+    if masks:
+        configs.append(MasksStepConfig(polygons=[m.polygon for m in masks]))
+    configs += steps
+    if motion is not None and getattr(motion, "enabled", True):
+        configs.append(motion)
+    return create_steps(configs)
