@@ -5,12 +5,14 @@ says about that preprocessing is decided in ``converter.calibration``."""
 from __future__ import annotations
 
 import json
+import logging
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import click
 
+from converter import quiet
 from edge_agent.errors import ConfigError
 
 # Layers --fallback auto may keep in float unless --max-float-layers says otherwise: the outlier digits
@@ -106,3 +108,20 @@ def build_preprocess(
         mean=means,
         std=stds,
     )
+
+
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        quiet.set_verbose(True)
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+verbose_option = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_verbose_callback,
+    help="Show TensorFlow's own output (same as edge-convert --verbose).",
+)
