@@ -95,6 +95,7 @@ def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
 OPT_IN_MODULES = (
     "edge_agent.fleet.agent",  # the deploy agent: only with trusted keys or a deployment stored
     "edge_agent.fleet.fetch",
+    "edge_agent.fleet.messages",  # its signed-message models (pydantic)
     "edge_agent.homeassistant.discovery",  # homeassistant.discovery: true
     "edge_agent.homeassistant.entities",
     "prometheus_client",  # metrics:

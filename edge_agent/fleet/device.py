@@ -195,8 +195,7 @@ def deployed_models(agent: DeployAgent | None) -> dict[str, Path]:
 
 def start_agent(agent: DeployAgent | None, cfg: FleetConfig) -> None:
     """Say once whether remote deployment is on (and why not), then start the agent (a no-op when off)."""
-    from edge_agent.fleet.signing import load_trusted_keys
-    from edge_agent.fleet.verify import remote_deploy_status
+    from edge_agent.fleet.signing import load_trusted_keys, remote_deploy_status
 
     keys = agent.trusted_keys if agent is not None else load_trusted_keys(cfg.trusted_keys_dir)
     on, why = remote_deploy_status(cfg.enabled, keys, cfg.trusted_keys_dir)
