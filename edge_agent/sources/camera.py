@@ -157,7 +157,7 @@ class CameraSource(Interruptible, Source):
         self._halt = threading.Event()  # set by close()
         self._thread: threading.Thread | None = None
         self._preopened: tuple[Any, Any, ScaledJpeg] | None = None  # a file checked at start: capture,
-        # its first image and its decoder
+        # its first image (or JPEG packet) and its decoder
         self._attempt: _Attempt | None = None
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
@@ -243,13 +243,13 @@ class CameraSource(Interruptible, Source):
         ok, image = (False, None)
         if cap is not None and cap.isOpened():
             ok, image = cap.read()
-            if ok and jpeg.raw:
-                image = jpeg.decode(image)
-                if image is None:  # skipped, as when reading; enough of them and FFmpeg decodes instead
-                    with self._cond:
-                        self._bad_frames += 1
-                    if self._ffmpeg_decodes_first_frame():
-                        return cap, None, jpeg
+            # raw mode: the first frame stays a packet, decoded when delivered (at the scale known by then)
+            if ok and jpeg.raw and not jpeg.readable(image):
+                image = None  # skipped, as when reading; enough of them and FFmpeg decodes instead
+                with self._cond:
+                    self._bad_frames += 1
+                if self._ffmpeg_decodes_first_frame():
+                    return cap, None, jpeg
         if not ok or image is None:
             if cap is not None:
                 cap.release()
@@ -393,16 +393,16 @@ class CameraSource(Interruptible, Source):
         while not (self._stopping() or attempt.abandoned.is_set()):
             if self.kind == "file" and period and not self._pace(next_due, attempt):
                 break
-            if pending is not None:
+            if pending is not None:  # the start's first frame (a packet, in raw mode)
                 ok, image, pending = True, pending, None
             else:
                 ok, image = cap.read()
-                if ok and jpeg.raw:
-                    image = jpeg.decode(image)
-                    if image is None:
-                        if self._undecodable_packet(jpeg, attempt):
-                            return cap  # reopened by the supervisor, FFmpeg decoding from then on
-                        continue
+            if ok and jpeg.raw:
+                image = jpeg.decode(image)
+                if image is None:
+                    if self._undecodable_packet(jpeg, attempt):
+                        return cap  # reopened by the supervisor, FFmpeg decoding from then on
+                    continue
             now = time.monotonic()
             if attempt.abandoned.is_set():
                 break

@@ -45,9 +45,9 @@ class ScaledJpeg:
         self._flag = 0
 
     def begin(self, cap: Any) -> None:
-        """Right after opening: an MJPEG capture hands out its packets from the first one on, and libjpeg
-        decodes them full size until the scale is decided, so FFmpeg's decoder never allocates its frames
-        (~3 MB). A first packet libjpeg cannot decode is the caller's to handle (``hopeless`` later on)."""
+        """Right after opening: an MJPEG capture hands out its packets from the first one on, so FFmpeg's
+        decoder never allocates its frames (~3 MB); libjpeg decodes them at the scale chosen from the
+        stream's size as soon as the consumer's min_size is known, full size before that."""
         if not self.undecided:
             return
         cv2 = self.source._cv2
@@ -56,21 +56,30 @@ class ScaledJpeg:
             return
         if cap.set(cv2.CAP_PROP_FORMAT, -1):  # -1: packets as they are (raw mode)
             self.raw, self._flag = True, cv2.IMREAD_COLOR
+            size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            self._full = size if min(size) > 0 else (0, 0)  # unknown: taken from the first full frame
         else:
             self.undecided = False
 
-    def decide(self, image: Any) -> None:
-        """After a full-size frame: decode reduced from now on if it pays; undecided until min_size is
-        known (without a reduced scale, libjpeg goes on decoding full size)."""
+    def decide(self, image: Any = None) -> None:
+        """Decode reduced from now on if it pays (the full size: the stream's, else ``image``'s, a full-size
+        frame); undecided until min_size is known (without a reduced scale, libjpeg decodes full size)."""
         src = self.source
         if src.min_size is None or src.preparer is None:
             return  # not known yet (the pipeline starts after the source), or full frames are needed
         self.undecided = False
-        height, width = image.shape[:2]
+        width, height = self._full if self._full != (0, 0) else image.shape[1::-1]
         if jpeg_scale(width, height, src.min_size) == 1:
             return
         self._full = (width, height)
         self._rescale()
+
+    def readable(self, packet: Any) -> bool:
+        """Whether libjpeg decodes ``packet`` (at 1/8 size: the start's check, no full-size image made)."""
+        if self.source._cv2.imdecode(packet, self.source._cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            self.failures += 1
+            return False
+        return True
 
     def _rescale(self) -> None:
         src = self.source
@@ -87,7 +96,9 @@ class ScaledJpeg:
 
     def decode(self, packet: Any) -> Any:
         """A BGR image, or None for a packet that is not a decodable JPEG."""
-        if self._for is not None and self.source.min_size != self._for:  # scale decided, then a reload
+        if self.undecided and self._full != (0, 0):
+            self.decide()
+        elif self._for is not None and self.source.min_size != self._for:  # scale decided, then a reload
             self._rescale()
         image = self.source._cv2.imdecode(packet, self._flag)
         if image is None:
