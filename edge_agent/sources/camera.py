@@ -162,6 +162,7 @@ class CameraSource(Interruptible, Source):
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
         self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
+        self._consumer_seen = False  # read() was called: a replay's first packets wait for that
         self._prepare_errors = 0  # frames the consumer's preparer raised on (offered unprepared)
         self._warn = RateLimitedWarning(log)
 
@@ -186,6 +187,9 @@ class CameraSource(Interruptible, Source):
     def read(self, timeout: float) -> Frame | None:
         deadline = time.monotonic() + timeout
         with self._cond:
+            if not self._consumer_seen:
+                self._consumer_seen = True
+                self._cond.notify_all()  # a replay's reader may wait for us (_await_consumer)
             while self._latest is None:
                 remaining = deadline - time.monotonic()
                 if self._eof or self._halt.is_set() or remaining <= 0:
@@ -398,6 +402,8 @@ class CameraSource(Interruptible, Source):
             else:
                 ok, image = cap.read()
             if ok and jpeg.raw:
+                if jpeg.undecided and self._deliver_all:
+                    self._await_consumer(attempt)
                 image = jpeg.decode(image)
                 if image is None:
                     if self._undecodable_packet(jpeg, attempt):
@@ -439,6 +445,16 @@ class CameraSource(Interruptible, Source):
             if self._offer(image, attempt, (time.time(), now)):
                 attempt.delivered += 1
         return cap
+
+    def _await_consumer(self, attempt: _Attempt) -> None:
+        """A replay's packet waits for its consumer to show up (it takes no frame earlier anyway), so it is
+        decoded at the scale the consumer needs, not full size (two full frames: ~1.5 MB at the start)."""
+        with self._cond:
+            while self.preparer is None and not self._consumer_seen:
+                if self._stopping() or attempt.abandoned.is_set():
+                    return
+                self._cond.wait(_POLL_S)
+                attempt.progress = time.monotonic()
 
     def _undecodable_packet(self, jpeg: ScaledJpeg, attempt: _Attempt) -> bool:
         """Count a packet libjpeg could not decode (skipped); True when libjpeg has decoded none of the
