@@ -56,7 +56,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
-        self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); idle without keys
+        self.fleet: DeployAgent | None = None  # remote deployments (edge_agent/fleet/); None while off
+        self._fleet_off = False  # started with remote deployment off and nothing deployed: no agent
         self.discovery: Discovery | None = None  # Home Assistant (edge_agent/homeassistant/), opt-in
         self.cpu_plan: CpuPlan | None = None
         self.metrics: MetricsServer | None = None  # /metrics, when configured (edge_agent/metrics.py)
@@ -117,7 +118,6 @@ class Daemon:
 
     def start(self) -> None:
         from edge_agent.fleet.device import deployed_models, make_agent, start_agent
-        from edge_agent.homeassistant.discovery import start_discovery
         from edge_agent.metrics import serve_metrics
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
@@ -143,6 +143,7 @@ class Daemon:
         # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.
         pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
         self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        self._fleet_off = self.fleet is None
         self._model_stages = stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
 
         for p in cfg.pipelines:
@@ -161,7 +162,10 @@ class Daemon:
             self._threads.append(t)
             t.start()
         start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
-        self.discovery = start_discovery(cfg, self.publisher, lambda: self.pipelines)  # after them too
+        if cfg.homeassistant.discovery:  # its modules only when asked for
+            from edge_agent.homeassistant.discovery import start_discovery
+
+            self.discovery = start_discovery(cfg, self.publisher, lambda: self.pipelines)  # after them too
         names = ", ".join(f"{p.name} ({p.model_info.name} on {p.model_info.backend})" for p in self.pipelines)
         log.info(
             "running %d pipeline(s): %s; broker %s:%d",
@@ -391,8 +395,18 @@ class Daemon:
             mqtt=self.publisher.stats(),
             outbox=self.outbox.stats(),
             boot=self.boot,
-            fleet=self.fleet.stats() if self.fleet is not None else None,
+            fleet=self.fleet_stats(),
         )
+
+    def fleet_stats(self) -> dict[str, Any] | None:
+        """The stats' ``fleet`` object (all 0 while remote deployment is off); None before the start."""
+        if self.fleet is not None:
+            return self.fleet.stats()
+        if self._fleet_off:
+            from edge_agent.fleet.device import idle_stats
+
+            return idle_stats()
+        return None
 
     def _stalled_s(self, p: Pipeline) -> float | None:
         """Seconds without progress of a running pipeline past ``watchdog.stall_after_s``; else None."""

@@ -159,8 +159,9 @@ class DaemonCollector:
             yield from _mqtt_metrics(publisher.stats())
         if outbox is not None:
             yield from _outbox_metrics(outbox.stats())
-        if d.fleet is not None:
-            yield from _fleet_metrics(d.fleet.stats())
+        fleet = d.fleet_stats()
+        if fleet is not None:
+            yield from _fleet_metrics(fleet)
 
 
 def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> Iterator[Any]:

@@ -14,8 +14,13 @@ from hypothesis import strategies as st
 from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
 from edge_agent.fleet.errors import DeployRefused
 from edge_agent.fleet.messages import SCHEMA_DIR, json_schemas
-from edge_agent.fleet.signing import generate_keypair, load_private_key, load_trusted_keys
-from edge_agent.fleet.verify import DeviceIdentity, remote_deploy_status, verify_command, verify_deployment
+from edge_agent.fleet.signing import (
+    generate_keypair,
+    load_private_key,
+    load_trusted_keys,
+    remote_deploy_status,
+)
+from edge_agent.fleet.verify import DeviceIdentity, verify_command, verify_deployment
 from tests.fleet_support import make_model
 
 ME = DeviceIdentity("cam-01", frozenset({"lobby"}), frozenset({"cam"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edge_agent.runtime import load_model
 from edge_agent.runtime.config import ModelConfig
@@ -87,3 +89,57 @@ def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
     probe = code.replace("want = ", "print('numpy.ma' in sys.modules)\nwant = ")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+# What a config without fleet keys, homeassistant: and metrics: must never load (each costs resident memory).
+OPT_IN_MODULES = (
+    "edge_agent.fleet.agent",  # the deploy agent: only with trusted keys or a deployment stored
+    "edge_agent.fleet.fetch",
+    "edge_agent.fleet.messages",  # its signed-message models (pydantic)
+    "edge_agent.homeassistant.discovery",  # homeassistant.discovery: true
+    "edge_agent.homeassistant.entities",
+    "prometheus_client",  # metrics:
+)
+
+
+def test_daemon_without_fleet_homeassistant_metrics_does_not_load_their_modules(
+    tmp_path: Path, mosquitto, digits_int8: Path, digits_video
+) -> None:
+    broker = mosquitto()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device_id": "mem",
+                "mqtt": {"host": "127.0.0.1", "port": broker.port},
+                "state_dir": str(tmp_path / "state"),
+                "fleet": {"trusted_keys_dir": str(tmp_path / "no-keys")},
+                "pipelines": [
+                    {
+                        "name": "cam",
+                        "source": {"type": "camera", "url": str(digits_video.path)},
+                        "model": {"path": str(digits_int8)},
+                    }
+                ],
+            }
+        )
+    )
+    code = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from edge_agent.config import load_config\n"
+        "from edge_agent.daemon import Daemon\n"
+        f"daemon = Daemon(load_config(Path({str(config)!r})))\n"
+        "daemon.start()\n"
+        "time.sleep(0.5)\n"
+        "stats = json.loads(daemon.stats_payload())\n"
+        "daemon.shutdown(drain=False)\n"
+        f"print(json.dumps({{'loaded': [m for m in {OPT_IN_MODULES!r} if m in sys.modules],\n"
+        "                   'fleet': stats['fleet']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["fleet"]["enabled"] is False  # still reported, every counter 0
+    assert not any(report["fleet"].values())

@@ -303,6 +303,19 @@ def test_mjpeg_file_is_decoded_reduced_for_a_small_model_input(
         assert np.abs(f.data.astype(int) - expected).mean() < 4.0
 
 
+def test_mjpeg_replay_comes_reduced_from_its_first_frame(open_source, tmp_path: Path) -> None:
+    """The consumer shows up after the source started (as in the daemon): a replay's first frames wait for
+    it, so none is decoded full size (each would cost its full-size memory at the start)."""
+    video = render_test_video(tmp_path / "big.avi", frames=10, size=256)
+    source = open_source(str(video))
+    time.sleep(0.3)  # the reader runs ahead of the consumer
+    source.set_preparer(lambda image: image.shape, min_size=(64, 64))
+    frames = _frames_until_end(source)
+    assert [decode_frame_number(f.data) for f in frames] == list(range(10))
+    assert [f.data.shape for f in frames] == [(64, 64, 3)] * 10
+    assert all(f.prepared == (64, 64, 3) for f in frames)
+
+
 def test_full_frames_when_the_consumer_needs_them(open_source, tmp_path: Path) -> None:
     """No min_size (evidence frames are saved) or no preparer at all: full-size frames."""
     video = render_test_video(tmp_path / "big.avi", frames=10, size=256)

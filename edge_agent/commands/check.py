@@ -50,8 +50,7 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 def fleet_summary(cfg: AgentConfig) -> str:
     """Whether remote deployment is on, as the daemon will log it (a bad key file raises ConfigError)."""
-    from edge_agent.fleet.signing import load_trusted_keys
-    from edge_agent.fleet.verify import remote_deploy_status
+    from edge_agent.fleet.signing import load_trusted_keys, remote_deploy_status
 
     fleet = cfg.fleet
     keys = load_trusted_keys(fleet.trusted_keys_dir) if fleet.enabled else {}

@@ -28,7 +28,7 @@ from typing import Any
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.config import FleetConfig
-from edge_agent.fleet.errors import DeployRefused
+from edge_agent.fleet.errors import STATS_COUNTERS, DeployRefused
 from edge_agent.fleet.fetch import fetch_model
 from edge_agent.fleet.messages import Deployment, Running, split_manifest
 from edge_agent.fleet.signing import load_trusted_keys
@@ -41,8 +41,6 @@ from edge_agent.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
-STATS_COUNTERS = ("received", "refused", "swapped", "active", "rolled_back", "duplicates_ignored",
-                  "dropped_queue_full", "internal_errors")  # fmt: skip
 _QUEUE_MAX = 16  # inbound messages waiting for the worker; more are dropped (and counted)
 
 

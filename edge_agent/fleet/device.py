@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.fleet import golden as golden_mod
+from edge_agent.fleet.errors import STATS_COUNTERS
 from edge_agent.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -134,8 +135,15 @@ def make_agent(
     loader: ModelLoader,
     pipelines: Callable[[], Mapping[str, Pipeline]],
     connection: MqttConnection,
-) -> DeployAgent:
-    """The daemon's ``DeployAgent`` (its trusted keys read now: a bad key file is a config error)."""
+) -> DeployAgent | None:
+    """The daemon's ``DeployAgent`` (its trusted keys read now: a bad key file is a config error), or None
+    when remote deployment is off and no deployment was ever stored here: then the agent would have nothing
+    to recover, run or serve, and its modules (the deploy worker, HTTP fetching) stay unloaded (~2 MB)."""
+    from edge_agent.fleet.signing import load_trusted_keys
+
+    keys = load_trusted_keys(cfg.fleet.trusted_keys_dir)
+    if not (cfg.fleet.enabled and keys) and not _has_deployments(state_dir):
+        return None
     from edge_agent.fleet.agent import DeployAgent
 
     pcfgs = {p.name: p for p in cfg.pipelines}
@@ -153,22 +161,44 @@ def make_agent(
         pipeline_health=hooks.pipeline_health,
         topic_prefix=cfg.mqtt.topic_prefix,
         poll_s=0.5,
+        trusted_keys=keys,
     )
 
 
-def deployed_models(agent: DeployAgent) -> dict[str, Path]:
+def _has_deployments(state_dir: Path) -> bool:
+    """Anything ``ModelStore`` keeps here: its record (or an interrupted write of it), a file in deployed/."""
+    from edge_agent.fleet.store import TMP_MARK
+
+    deployed = state_dir / "deployed"
+    return (
+        (state_dir / "fleet.json").exists()
+        or (state_dir / f"{TMP_MARK}fleet.json").exists()
+        or (deployed.is_dir() and any(deployed.iterdir()))
+    )
+
+
+def idle_stats() -> dict[str, Any]:
+    """The stats payload's ``fleet`` object without an agent (remote deployment off): all counters 0."""
+    return {"enabled": False, **dict.fromkeys(STATS_COUNTERS, 0)}
+
+
+def deployed_models(agent: DeployAgent | None) -> dict[str, Path]:
     """``agent.recover()`` (before the pipelines are built), logged: pipeline -> the deployed model file to
     load instead of the config's."""
+    if agent is None:
+        return {}
     overrides = agent.recover()
     for name, path in overrides.items():
         log.info("pipeline %s runs the deployed model %s", name, path)
     return overrides
 
 
-def start_agent(agent: DeployAgent, cfg: FleetConfig) -> None:
+def start_agent(agent: DeployAgent | None, cfg: FleetConfig) -> None:
     """Say once whether remote deployment is on (and why not), then start the agent (a no-op when off)."""
-    from edge_agent.fleet.verify import remote_deploy_status
+    from edge_agent.fleet.signing import load_trusted_keys, remote_deploy_status
 
-    on, why = remote_deploy_status(cfg.enabled, agent.trusted_keys, cfg.trusted_keys_dir)
+    keys = agent.trusted_keys if agent is not None else load_trusted_keys(cfg.trusted_keys_dir)
+    on, why = remote_deploy_status(cfg.enabled, keys, cfg.trusted_keys_dir)
     log.log(logging.INFO if on else logging.WARNING, "%s", why)
-    agent.start()
+    if agent is not None:
+        agent.start()

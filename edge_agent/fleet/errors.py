@@ -25,3 +25,6 @@ REASONS = (
     "unknown_pipeline", "sha256_mismatch", "truncated", "too_large", "fetch_failed", "incompatible",
     "golden_mismatch", "no_previous", "disabled", "interrupted",
 )  # fmt: skip
+
+STATS_COUNTERS = ("received", "refused", "swapped", "active", "rolled_back", "duplicates_ignored",
+                  "dropped_queue_full", "internal_errors")  # fmt: skip

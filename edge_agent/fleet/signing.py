@@ -166,3 +166,18 @@ def load_trusted_keys(directory: Path) -> dict[str, Any]:
             ) from None
         keys[key_id(key)] = key
     return keys
+
+
+def remote_deploy_status(enabled: bool, trusted_keys: dict[str, Any], keys_dir: Path) -> tuple[bool, str]:
+    """(on, why) for the daemon to log once at start."""
+    if not enabled:
+        return False, "remote deployment is off (fleet.enabled: false)"
+    if not trusted_keys:
+        return False, (
+            f"remote deployment is off: no trusted keys in {keys_dir} "
+            "(copy an operator's fleet.pub there to turn it on)"
+        )
+    return (
+        True,
+        f"remote deployment is on: {len(trusted_keys)} trusted key(s) ({', '.join(sorted(trusted_keys))})",
+    )

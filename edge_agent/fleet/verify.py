@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge_agent.fleet.errors import DeployRefused
@@ -25,21 +24,6 @@ class DeviceIdentity:
     device_id: str
     groups: frozenset[str]
     pipelines: frozenset[str]
-
-
-def remote_deploy_status(enabled: bool, trusted_keys: dict[str, Any], keys_dir: Path) -> tuple[bool, str]:
-    """(on, why) for the daemon to log once at start."""
-    if not enabled:
-        return False, "remote deployment is off (fleet.enabled: false)"
-    if not trusted_keys:
-        return False, (
-            f"remote deployment is off: no trusted keys in {keys_dir} "
-            "(copy an operator's fleet.pub there to turn it on)"
-        )
-    return (
-        True,
-        f"remote deployment is on: {len(trusted_keys)} trusted key(s) ({', '.join(sorted(trusted_keys))})",
-    )
 
 
 def _reject_constant(name: str) -> Any:

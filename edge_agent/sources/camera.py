@@ -156,11 +156,13 @@ class CameraSource(Interruptible, Source):
         self._stop = threading.Event()
         self._halt = threading.Event()  # set by close()
         self._thread: threading.Thread | None = None
-        self._preopened: tuple[Any, Any] | None = None  # (capture, first image) of a file checked at start
+        self._preopened: tuple[Any, Any, ScaledJpeg] | None = None  # a file checked at start: capture,
+        # its first image (or JPEG packet) and its decoder
         self._attempt: _Attempt | None = None
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
         self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
+        self._consumer_seen = False  # read() was called: a replay's first packets wait for that
         self._prepare_errors = 0  # frames the consumer's preparer raised on (offered unprepared)
         self._warn = RateLimitedWarning(log)
 
@@ -185,6 +187,9 @@ class CameraSource(Interruptible, Source):
     def read(self, timeout: float) -> Frame | None:
         deadline = time.monotonic() + timeout
         with self._cond:
+            if not self._consumer_seen:
+                self._consumer_seen = True
+                self._cond.notify_all()  # a replay's reader may wait for us (_await_consumer)
             while self._latest is None:
                 remaining = deadline - time.monotonic()
                 if self._eof or self._halt.is_set() or remaining <= 0:
@@ -238,10 +243,17 @@ class CameraSource(Interruptible, Source):
                 f"camera url: video file {path} {what}: fix the path in the config "
                 "(or use /dev/videoN for a camera, rtsp:// or http:// for a stream)"
             )
-        cap = self._open()
+        cap, jpeg = self._open_decoding()
         ok, image = (False, None)
         if cap is not None and cap.isOpened():
             ok, image = cap.read()
+            # raw mode: the first frame stays a packet, decoded when delivered (at the scale known by then)
+            if ok and jpeg.raw and not jpeg.readable(image):
+                image = None  # skipped, as when reading; enough of them and FFmpeg decodes instead
+                with self._cond:
+                    self._bad_frames += 1
+                if self._ffmpeg_decodes_first_frame():
+                    return cap, None, jpeg
         if not ok or image is None:
             if cap is not None:
                 cap.release()
@@ -249,7 +261,23 @@ class CameraSource(Interruptible, Source):
                 f"camera url: cannot decode video file {path}: check that it plays (ffprobe {path}) "
                 "or re-encode it, e.g. ffmpeg -i in.mov -c:v libx264 out.mp4"
             )
-        return cap, image
+        return cap, image, jpeg
+
+    def _ffmpeg_decodes_first_frame(self) -> bool:
+        """The start's check for a file whose first packet libjpeg did not decode, on a capture of its own."""
+        probe = self._open()
+        try:
+            return bool(probe is not None and probe.isOpened() and probe.read()[0])
+        finally:
+            if probe is not None:
+                probe.release()
+
+    def _open_decoding(self) -> tuple[Any, ScaledJpeg]:
+        """A capture and its decoder (MJPEG: libjpeg on the packets from the first one on, see ScaledJpeg)."""
+        cap, jpeg = self._open(), ScaledJpeg(self)
+        if cap is not None and cap.isOpened():
+            jpeg.begin(cap)
+        return cap, jpeg
 
     def _open(self) -> Any:
         cv2 = self._cv2
@@ -333,13 +361,13 @@ class CameraSource(Interruptible, Source):
                 )
                 return
 
-    def _read_attempt(self, attempt: _Attempt, preopened: tuple[Any, Any] | None) -> None:
+    def _read_attempt(self, attempt: _Attempt, preopened: tuple[Any, Any, ScaledJpeg] | None) -> None:
         cap = None
         try:
             if preopened is not None:
-                cap, first_image = preopened
+                cap, first_image, jpeg = preopened
             else:
-                cap, first_image = self._open(), None
+                (cap, jpeg), first_image = self._open_decoding(), None
                 if attempt.abandoned.is_set():
                     return
                 if not cap.isOpened():
@@ -352,7 +380,7 @@ class CameraSource(Interruptible, Source):
                     return
                 self._connected = True
             log.info("camera %s: opened", self._label)
-            cap = self._read_frames(cap, first_image, attempt)
+            cap = self._read_frames(cap, jpeg, first_image, attempt)
         except Exception as exc:  # an OpenCV error must not kill the supervisor; it retries
             attempt.outcome, attempt.error = "error", f"{type(exc).__name__}: {exc}"
         finally:
@@ -360,26 +388,27 @@ class CameraSource(Interruptible, Source):
                 cap.release()
             attempt.done.set()
 
-    def _read_frames(self, cap: Any, first_image: Any, attempt: _Attempt) -> Any:
+    def _read_frames(self, cap: Any, jpeg: ScaledJpeg, first_image: Any, attempt: _Attempt) -> Any:
         """Read until the end, an error, or abandonment; returns the capture in use (files reopen to loop)."""
         period = 1.0 / self.cfg.fps if self.cfg.fps else 0.0
         next_due = time.monotonic()
         pass_frames = 0  # frames in this pass over a file: a looping file that yields none is an error
         pending = first_image
-        jpeg = ScaledJpeg(self)  # per capture: a reopened file starts decoding in FFmpeg again
         while not (self._stopping() or attempt.abandoned.is_set()):
             if self.kind == "file" and period and not self._pace(next_due, attempt):
                 break
-            if pending is not None:
+            if pending is not None:  # the start's first frame (a packet, in raw mode)
                 ok, image, pending = True, pending, None
             else:
                 ok, image = cap.read()
-                if ok and jpeg.raw:
-                    image = jpeg.decode(image)
-                    if image is None:
-                        if self._undecodable_packet(jpeg, attempt):
-                            return cap  # reopened by the supervisor, FFmpeg decoding from then on
-                        continue
+            if ok and jpeg.raw:
+                if jpeg.undecided and self._deliver_all:
+                    self._await_consumer(attempt)
+                image = jpeg.decode(image)
+                if image is None:
+                    if self._undecodable_packet(jpeg, attempt):
+                        return cap  # reopened by the supervisor, FFmpeg decoding from then on
+                    continue
             now = time.monotonic()
             if attempt.abandoned.is_set():
                 break
@@ -397,7 +426,7 @@ class CameraSource(Interruptible, Source):
                     )
                     return cap
                 cap.release()
-                cap, pass_frames, jpeg = self._open(), 0, ScaledJpeg(self)
+                (cap, jpeg), pass_frames = self._open_decoding(), 0  # a decoder per capture
                 if not cap.isOpened():
                     attempt.outcome, attempt.error = (
                         "error",
@@ -408,7 +437,7 @@ class CameraSource(Interruptible, Source):
             attempt.progress = now
             pass_frames += 1
             if jpeg.undecided:
-                jpeg.decide(cap, image)
+                jpeg.decide(image)
             if period:
                 if self.kind != "file" and now < next_due:
                     continue  # live source over its fps cap: not offered, not counted as skipped
@@ -416,6 +445,16 @@ class CameraSource(Interruptible, Source):
             if self._offer(image, attempt, (time.time(), now)):
                 attempt.delivered += 1
         return cap
+
+    def _await_consumer(self, attempt: _Attempt) -> None:
+        """A replay's packet waits for its consumer to show up (it takes no frame earlier anyway), so it is
+        decoded at the scale the consumer needs, not full size (two full frames: ~1.5 MB at the start)."""
+        with self._cond:
+            while self.preparer is None and not self._consumer_seen:
+                if self._stopping() or attempt.abandoned.is_set():
+                    return
+                self._cond.wait(_POLL_S)
+                attempt.progress = time.monotonic()
 
     def _undecodable_packet(self, jpeg: ScaledJpeg, attempt: _Attempt) -> bool:
         """Count a packet libjpeg could not decode (skipped); True when libjpeg has decoded none of the
