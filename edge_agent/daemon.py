@@ -24,6 +24,7 @@ from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.frame_settings import build_frame_settings, frame_config
 from edge_agent.model_loader import ModelLoader
+from edge_agent.reload_changes import restart_only_changes
 from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
@@ -338,24 +339,7 @@ class Daemon:
         return self.fleet.store.current_model(pipeline) if self.fleet is not None else None
 
     def _warn_restart_only_changes(self, new: AgentConfig) -> None:
-        old = self.cfg
-        changed = [
-            k
-            for k in ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics")
-            if getattr(old, k) != getattr(new, k)
-        ]
-        old_p = {p.name: p for p in old.pipelines}
-        new_p = {p.name: p for p in new.pipelines}
-        changed += [f"pipeline {n} added" for n in new_p.keys() - old_p.keys()]
-        changed += [f"pipeline {n} removed" for n in old_p.keys() - new_p.keys()]
-        changed += [f"homeassistant.{k}" for k in ("discovery", "prefix")
-                    if getattr(old.homeassistant, k) != getattr(new.homeassistant, k)]  # fmt: skip
-        changed += [
-            f"pipelines.{n}.{part}"
-            for n in new_p.keys() & old_p.keys()
-            for part in ("source", "window", "evidence")
-            if getattr(new_p[n], part) != getattr(old_p[n], part)
-        ]
+        changed = restart_only_changes(self.cfg, new)
         if changed:
             log.warning(
                 "reload: these changes need a restart (systemctl restart edge-agent) and are not applied: %s",
