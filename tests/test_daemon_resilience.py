@@ -75,7 +75,11 @@ def test_broker_down_10s_every_seq_arrives(
     published = final["pipelines"]["cam"]["published"]
     copies = seq_copies(sub.snapshot())
     missing = set(range(1, published + 1)) - copies.keys()
-    assert not missing, f"{len(missing)} of {published} seqs never arrived: {sorted(missing)[:20]}"
+    assert not missing, (
+        f"{len(missing)} of {published} seqs never arrived: {sorted(missing)[:20]}; {before} came before the "
+        f"outage, {depth} were queued; broker log:\n{broker.log_tail(60)}\nagent log (end):\n"
+        + "\n".join(agent.log().splitlines()[-40:])
+    )
     assert max(copies) == published
     assert all(len(c) == 1 for c in copies.values()), "a duplicate differs from the original"
     assert final["outbox"]["depth"] == 0 or outbox_seqs(tmp_path / "state") == set()
