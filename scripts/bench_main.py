@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 from bench_broker import Broker
@@ -140,6 +141,17 @@ def sensor_run(
         work, broker, "sensor", source, Path(model), threads, window={"size": window, "hop": hop}
     )
     return run_daemon(work, broker, "sensor", cfg, expect=expect, timeout=600)
+
+
+def report_header(threads: int, runs: int, load_before: tuple) -> dict[str, Any]:
+    """What every report starts with: when, on what machine, with which settings, under what load."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **machine(),
+        "threads": threads,
+        "runs": runs,
+        "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
+    }
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -309,11 +321,7 @@ def main(
         broker.stop()
 
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **machine(),
-        "threads": threads,
-        "runs": runs,
-        "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
+        **report_header(threads, runs, load_before),
         "quick": quick,
         "loop_seconds": seconds,
         "versions": versions(),
@@ -367,11 +375,7 @@ def motion_part(work: Path, threads: int, runs: int, json_path: Path | None, loa
     finally:
         broker.stop()
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **machine(),
-        "threads": threads,
-        "runs": runs,
-        "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
+        **report_header(threads, runs, load_before),
         "versions": versions(),
         "motion": part,
     }
