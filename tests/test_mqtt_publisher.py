@@ -305,6 +305,44 @@ def test_broker_down_at_start_is_not_fatal(mosquitto, subscriber, outbox, publis
     assert pub.connected and pub.last_error is None
 
 
+class _HeldOutbox(Outbox):
+    """A real outbox whose writes wait for ``release``: the moment a result is in the sender's hands, taken
+    from the queue of handed-in results and not yet in SQLite, stays open as long as the test wants."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def append_many(self, items):  # type: ignore[no-untyped-def]
+        self.writing.set()
+        assert self.release.wait(30), "the test never released the outbox"
+        return super().append_many(items)
+
+
+def test_a_result_being_written_is_neither_stored_nor_flushed_yet(mosquitto, tmp_path: Path) -> None:
+    # The daemon's clean stop once ended its drain with a result in the sender's hands (CI, seq 2005 left in
+    # the outbox after a "drained" stop); wait_stored could likewise say "durable" before the write.
+    broker = mosquitto()
+    held = _HeldOutbox(tmp_path / "outbox.db")
+    pub = MqttPublisher(broker.mqtt_config(), DEVICE, held)
+    pub.start()
+    try:
+        pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
+        assert held.writing.wait(10)
+        assert pub.sender.has_incoming
+        assert not pub.wait_stored(0.3), "said stored while the result was still being written"
+        assert not pub.flush(0.3), "said flushed while the result was still being written"
+        held.release.set()
+        assert pub.wait_stored(10)
+        assert pub.flush(10), pub.stats()
+        assert held.depth() == 0 and pub.acked == 1
+    finally:
+        held.release.set()
+        pub.stop(5)
+        held.close()
+
+
 def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publisher) -> None:
     n = 20_000
     broker = mosquitto()

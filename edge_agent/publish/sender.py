@@ -53,6 +53,9 @@ class OutboxSender:
         self._first_ack_at = 0.0  # when the oldest of _acked_rows came
         self._flushing = 0  # threads in flush(): delete acked rows at once
         self._incoming: list[tuple[str, bytes, int]] = []  # QoS >= 1 results not yet in the outbox
+        # Taken from _incoming and being written: in neither _incoming nor the outbox yet, so everyone who
+        # waits for "stored" or "empty" counts these too (else a flush can end with a result in hand).
+        self._storing = 0
         self._cursor = 0  # highest row id handed to paho on this connection
         self._gen = 0  # the connection's generation; a send from an older one is stale
         self._more = True  # the outbox may hold rows past the cursor
@@ -86,13 +89,19 @@ class OutboxSender:
 
     @property
     def has_incoming(self) -> bool:
-        return bool(self._incoming)
+        """Results handed in and not yet in the outbox (waiting, or being written right now)."""
+        with self._cond:
+            return self._not_stored()
+
+    def _not_stored(self) -> bool:
+        """(holding _cond)"""
+        return bool(self._incoming) or self._storing > 0
 
     def wait_stored(self, timeout: float) -> bool:
         """Wait until every result handed in so far is in the outbox (durable); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._incoming:
+            while self._not_stored():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.alive():
                     return False
@@ -106,7 +115,7 @@ class OutboxSender:
             self._flushing += 1
             self._cond.notify_all()
             try:
-                while self._incoming or self.outbox.depth() > 0 or self._acked_rows:
+                while self._not_stored() or self.outbox.depth() > 0 or self._acked_rows:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
@@ -131,6 +140,7 @@ class OutboxSender:
         or ``stop`` once the sender has ended). False when the outbox refused them (kept for a retry)."""
         with self._cond:
             items, self._incoming = self._incoming, []
+            self._storing += len(items)
         if not items:
             return True
         try:
@@ -138,9 +148,11 @@ class OutboxSender:
         except Exception as exc:  # disk full, read-only, closed: keep them in memory and say so
             with self._cond:
                 self._incoming[:0] = items
+                self._storing -= len(items)
             self.connection.report_error(f"cannot write results to the outbox {self.outbox.path}: {exc}")
             return False
         with self._cond:
+            self._storing -= len(items)
             self._appends += 1
             self._more = True
             self._cond.notify_all()
