@@ -229,7 +229,7 @@ class Pipeline:
         ``stop`` is set is still processed and published (finish in-flight results)."""
         self.state = "running"
         consecutive_errors = 0
-        self.source.set_preparer(self._prepare, self._min_frame_size())
+        self.source.set_preparer(self._prepare, self._min_frame_size(), self._skip_unseen)
         try:
             while not stop.is_set():
                 self._tick()
@@ -340,6 +340,10 @@ class Pipeline:
             raise DataError(f"step {verdict.step} failed, frame dropped (fail closed): {verdict.error}")
         return verdict.data, prepared, verdict
 
+    def _skip_unseen(self) -> bool:
+        """The source asks before it decodes a frame: the steps (a still scene's motion gate) skip it."""
+        return self.steps.skip_unseen()
+
     def _prepare(self, image: np.ndarray) -> SteppedFrame:
         """Runs on the source's thread: the steps, then (if they kept the frame) preprocessing of what they
         returned for the model in use now (a frame prepared for a model that was swapped out meanwhile is
@@ -374,7 +378,8 @@ class Pipeline:
         if swap is None:
             return
         old, self.stages = self.stages, swap.stages
-        self.source.set_preparer(self._prepare, self._min_frame_size())  # the new input may be larger
+        # the new input may be larger
+        self.source.set_preparer(self._prepare, self._min_frame_size(), self._skip_unseen)
         log.info(
             "pipeline %s: now running model %s, was %s",
             self.name,

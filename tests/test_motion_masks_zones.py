@@ -103,6 +103,47 @@ def test_max_idle_s_runs_the_model_on_a_still_scene_now_and_then() -> None:
     assert gate.report()[1]["idle_runs"] == 4 and gate.report()[1]["gated"] == 57
 
 
+def looking_run(gate: MotionGate, frames: list[np.ndarray], clock: list[float]) -> tuple[list, list]:
+    """As a camera runs the gate: it asks ``skips_unseen`` before it decodes a frame, and shows the gate only
+    the frames it did not skip. (kept, looked at) frame indices."""
+    kept, looked = [], []
+    for i, f in enumerate(frames):
+        clock[0] = i / FPS
+        if gate.skips_unseen():
+            continue
+        looked.append(i)
+        if gate.apply(f) is not None:
+            kept.append(i)
+    return kept, looked
+
+
+@pytest.mark.parametrize("idle_fps", [5.0, 2.5, None])
+def test_a_still_scene_is_looked_at_idle_fps_times_a_second_and_motion_at_every_frame(idle_fps) -> None:
+    clock = [0.0]
+    gate = MotionGate(MotionConfig(cooldown_s=0.5, max_idle_s=6.0, idle_fps=idle_fps), clock=lambda: clock[0])
+    crossing = {i: (10 + (i - 40) * 12, 50) for i in range(40, 50)}  # frames 40-49
+    kept, looked = looking_run(gate, frames_with(100, box_at=crossing), clock)
+    stride = round(FPS / idle_fps) if idle_fps else 1
+    # still: one frame in `stride` looked at, from the first on; the crossing found within 1/idle_fps s
+    assert [i for i in looked if i < 40] == list(range(0, 40, stride))
+    assert kept[1] - 40 < stride and set(range(kept[1], 50)) <= set(looked) & set(kept)
+    # after the cooldown the gate is idle again and looks at one frame in `stride` again
+    after = [i for i in looked if i > max(kept)]
+    assert after == list(range(max(kept) + 1, 100, stride))
+    counts = gate.report()[1]
+    assert counts["frames"] == 100 and counts["unseen"] == 100 - len(looked)
+    assert counts["gated"] == 100 - len(kept) and counts["unseen"] <= counts["gated"]
+    assert kept[0] == 0 and max(kept) < 60  # frame 0, the crossing and its cooldown; no max_idle_s run (6 s)
+
+
+def test_a_due_max_idle_s_run_is_never_skipped_unseen() -> None:
+    clock = [0.0]
+    gate = MotionGate(MotionConfig(max_idle_s=2.0, idle_fps=1.0), clock=lambda: clock[0])
+    kept, looked = looking_run(gate, frames_with(61), clock)
+    assert kept == [0, 20, 40, 60]  # every 2 s, although idle_fps alone would look at 0, 10, 20, ...
+    assert set(kept) <= set(looked) and len(looked) < 61
+
+
 def chain(masks: list[list[list[float]]], **motion):
     return create_pipeline_steps(
         [MaskConfig(polygon=p) for p in masks], [], MotionConfig(max_idle_s=1000, **motion)
@@ -134,7 +175,7 @@ def test_motion_in_a_masked_region_never_wakes_the_model(tmp_path: Path, color_i
         else:
             assert [(r["frame"], r["motion"]) for r in got] == [(0, False)]
             assert snap["motion"] == {"state": "idle", "frames": 25, "motion_frames": 0, "gated": 24,
-                                      "idle_runs": 1, "light_changes": 0}  # fmt: skip
+                                      "unseen": 0, "idle_runs": 1, "light_changes": 0}  # fmt: skip
             assert snap["steps"]["motion"] == {"skipped": 24, "failed": 0}
 
 
@@ -262,7 +303,7 @@ def test_zones_in_published_results(tmp_path: Path, yolo_float32) -> None:
 
 
 def write_still_video(path: Path, frames: int = 40) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), FPS, (160, 120))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (160, 120))
     for f in frames_with(frames):
         writer.write(f)
     writer.release()
@@ -293,6 +334,11 @@ def test_a_gated_pipeline_keeps_the_watchdog_fed_and_stats_flowing_while_idle(
     assert [e["motion"]["state"] for e in entries[-2:]] == ["idle", "idle"]
     gated = [e["motion"]["gated"] for e in entries]
     assert gated == sorted(gated) and gated[-1] - gated[0] >= 15  # 10 fps, >= 3 stats intervals of 1 s
+    # idle_fps 5 (the default) at 10 fps: about every second frame is skipped before it is decoded, so it
+    # never reaches the pipeline either
+    last = entries[-1]
+    assert last["motion"]["unseen"] * 3 >= last["motion"]["gated"]
+    assert last["frames"] <= last["motion"]["frames"] - last["motion"]["unseen"] + 1
     assert "stuck" not in agent.log() and "no progress" not in agent.log()
     got = results(messages)
     assert [r["motion"] for r in got] == [False]  # the first frame only (max_idle_s 1000)

@@ -87,15 +87,23 @@ class Source(ABC):
     data_kind: ClassVar[DataKind]  # what ``Frame.kind`` its frames have
     preparer: Preparer | None = None
     min_size: tuple[int, int] | None = None
+    unseen_skipper: Callable[[], bool] | None = None
 
-    def set_preparer(self, preparer: Preparer | None, min_size: tuple[int, int] | None = None) -> None:
+    def set_preparer(
+        self,
+        preparer: Preparer | None,
+        min_size: tuple[int, int] | None = None,
+        unseen_skipper: Callable[[], bool] | None = None,
+    ) -> None:
         """Have the source's producing thread turn each image into the model's input before offering it
         (``Frame.prepared``), so preprocessing overlaps with inference instead of adding to it. Sources
         without a thread of their own ignore it; the pipeline preprocesses whatever comes unprepared.
         ``min_size`` (width, height): the smallest image the consumer can use, so a camera may decode
-        smaller frames than it captures; None: full-size frames are needed (evidence frames)."""
+        smaller frames than it captures; None: full-size frames are needed (evidence frames).
+        ``unseen_skipper``: asked before a frame is decoded; True skips it undecoded (it counted the skip)."""
         self.preparer = preparer
         self.min_size = min_size
+        self.unseen_skipper = unseen_skipper
 
     @abstractmethod
     def start(self, stop: threading.Event) -> None: ...

@@ -401,14 +401,8 @@ class CameraSource(Interruptible, Source):
                 ok, image, pending = True, pending, None
             else:
                 ok, image = cap.read()
-            if ok and jpeg.raw:
-                if jpeg.undecided and self._deliver_all:
-                    self._await_consumer(attempt)
-                image = jpeg.decode(image)
-                if image is None:
-                    if self._undecodable_packet(jpeg, attempt):
-                        return cap  # reopened by the supervisor, FFmpeg decoding from then on
-                    continue
+            if ok and jpeg.raw and jpeg.undecided and self._deliver_all:
+                self._await_consumer(attempt)
             now = time.monotonic()
             if attempt.abandoned.is_set():
                 break
@@ -435,16 +429,30 @@ class CameraSource(Interruptible, Source):
                     return cap
                 continue
             attempt.progress = now
+            if period:
+                if self.kind != "file" and now < next_due:
+                    continue  # live source over its fps cap: not offered, not counted as skipped, not decoded
+                next_due = max(next_due + period, now)
+            if not self._deliver_all and self._skips_unseen():
+                pass_frames += 1
+                continue  # an MJPEG packet is then never decoded (FFmpeg decodes other codecs as it reads)
+            if jpeg.raw:
+                image = jpeg.decode(image)
+                if image is None:
+                    if self._undecodable_packet(jpeg, attempt):
+                        return cap  # reopened by the supervisor, FFmpeg decoding from then on
+                    continue
             pass_frames += 1
             if jpeg.undecided:
                 jpeg.decide(image)
-            if period:
-                if self.kind != "file" and now < next_due:
-                    continue  # live source over its fps cap: not offered, not counted as skipped
-                next_due = max(next_due + period, now)
             if self._offer(image, attempt, (time.time(), now)):
                 attempt.delivered += 1
         return cap
+
+    def _skips_unseen(self) -> bool:
+        """The consumer's steps skip the next frame without seeing it (a motion gate while all is still)."""
+        skipper = self.unseen_skipper
+        return skipper is not None and skipper()
 
     def _await_consumer(self, attempt: _Attempt) -> None:
         """A replay's packet waits for its consumer to show up (it takes no frame earlier anyway), so it is

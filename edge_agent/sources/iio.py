@@ -32,6 +32,7 @@ class IioSourceConfig(SourceConfigBase):
 
     def sample_channels(self) -> int | None:
         return len(self.channels)
+
     sysfs_root: str = Field(
         default="/sys/bus/iio/devices", description="Where IIO devices live (tests point elsewhere)."
     )

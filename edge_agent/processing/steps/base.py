@@ -47,6 +47,12 @@ class FrameStep(ABC):
     def apply(self, data: np.ndarray) -> np.ndarray | None:
         """The data to go on with (``data`` itself, or a changed copy), or None to skip this frame."""
 
+    def skips_unseen(self) -> bool:
+        """Whether the next frame may be skipped before it is even decoded (the motion gate while the scene
+        is still, between the frames it looks at); the step counts such a skip itself. Asked on the
+        source's thread, under the chain's lock, by sources that can skip a frame undecoded (MJPEG)."""
+        return False
+
     def fields(self) -> dict[str, Any] | None:
         """Fields this step adds to the result of the frame it just kept (read right after ``apply``, under
         the chain's lock), e.g. the motion gate's ``motion``; None for none."""

@@ -70,6 +70,18 @@ class StepChain:
                 region = step.region() or region
         return Verdict(data, fields=fields or None, region=region)
 
+    def skip_unseen(self) -> bool:
+        """True when a step skips the next frame without seeing it (counted as that step's skip): the
+        source then need not decode it."""
+        if not self.steps:
+            return False
+        with self._lock:
+            for name, step in self.steps:
+                if step.skips_unseen():
+                    self._skipped[name] += 1
+                    return True
+        return False
+
     def stats(self) -> dict[str, dict[str, int]]:
         """``{step name: {"skipped": n, "failed": n}}`` for the stats payload."""
         with self._lock:

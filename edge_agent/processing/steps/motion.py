@@ -1,6 +1,7 @@
 """The motion gate: the model runs only while something moves (and ``cooldown_s`` after), plus once every
 ``max_idle_s`` so a steady state still gets confirmed. A still scene then costs a frame decode and this step,
-not an invoke.
+not an invoke; and while nothing moves, only ``idle_fps`` frames a second are looked at: a camera skips the
+others before decoding them (decoding is most of what a gated frame costs).
 
 The detector works on a small grey copy (``width`` pixels wide; ~0.4 ms per 640x480 frame on this project's
 loaded 2-core machine, about 1/17 of one MobileNetV2-int8 invoke there; README "Motion, zones and masks"):
@@ -70,6 +71,13 @@ class MotionConfig(StepConfigBase):
     background_alpha: float = Field(
         default=0.05, gt=0.0, le=1.0, description="How fast the background learns the scene, per frame."
     )
+    idle_fps: float | None = Field(
+        default=5.0,
+        gt=0,
+        description="While nothing moves, look at most this many frames a second; the others are skipped "
+        "before they are decoded (MJPEG), the CPU a still scene costs. Motion is then seen within "
+        "1/idle_fps s of its start. null: look at every frame.",
+    )
     width: int = Field(default=160, ge=32, le=640, description="Width of the grey copy the detector uses.")
     crop_to_motion: bool = Field(
         default=False,
@@ -95,12 +103,15 @@ class MotionGate(FrameStep):
         self._background: np.ndarray | None = None
         self._last_motion = -math.inf
         self._last_run = -math.inf
+        self._last_look = -math.inf
         self._motion_field = False
         self._moved_at: tuple[float, float, float, float] | None = None  # last moving region (normalized)
         self._crop: tuple[float, float, float, float] | None = None
         self._lock = threading.Lock()  # stats() is read on the daemon's thread
         self.state: MotionState = "idle"
-        self.counts = {"frames": 0, "motion_frames": 0, "gated": 0, "idle_runs": 0, "light_changes": 0}
+        # frames: all it was asked about; gated: the model did not run; unseen: gated without a look
+        keys = ("frames", "motion_frames", "gated", "unseen", "idle_runs", "light_changes")
+        self.counts = dict.fromkeys(keys, 0)
 
     # -- the detector ----------------------------------------------------------------------------------------
     def moving(self, image: np.ndarray) -> bool:
@@ -151,8 +162,26 @@ class MotionGate(FrameStep):
         return True
 
     # -- the gate --------------------------------------------------------------------------------------------
+    def skips_unseen(self) -> bool:
+        """While idle, frames between two looks (``idle_fps``) are skipped unseen, unless a ``max_idle_s``
+        run is due: the camera then does not decode them. Counted as gated (and ``unseen``)."""
+        if self.cfg.idle_fps is None:
+            return False
+        now = self._clock()
+        if (
+            self.state != "idle"
+            or now - self._last_look >= 0.9 / self.cfg.idle_fps  # a frame's jitter must not skip one more
+            or now - self._last_run >= self.cfg.max_idle_s
+        ):
+            return False
+        with self._lock:
+            for key in ("frames", "gated", "unseen"):
+                self.counts[key] += 1
+        return True
+
     def apply(self, data: np.ndarray) -> np.ndarray | None:
         now = self._clock()
+        self._last_look = now
         moving = self.moving(data)
         if moving:
             self._last_motion = now
