@@ -303,6 +303,22 @@ def test_mjpeg_file_is_decoded_reduced_for_a_small_model_input(
         assert np.abs(f.data.astype(int) - expected).mean() < 4.0
 
 
+def test_frames_skipped_unseen_are_not_decoded_and_keep_their_index(open_source, tmp_path: Path) -> None:
+    """A consumer whose steps skip every second frame unseen (a motion gate while all is still): those are
+    never decoded nor offered, yet they take their frame index, so every frame offered carries the number of
+    its place in the video (the motion benchmark maps results to video frames by it)."""
+    video = render_test_video(tmp_path / "big.avi", frames=30, size=256)
+    asked = itertools.count()
+    source = open_source(str(video), fps=20)  # paced: a live source (a replay is never skipped)
+    source.set_preparer(lambda image: image.shape, (64, 64), lambda: next(asked) % 2 == 1)
+    frames = _frames_until_end(source)
+    frames = [f for f in frames if f.prepared is not None]  # read before the preparer was set: not asked
+    assert len(frames) >= 8, source.stats
+    assert all(f.index == decode_frame_number(f.data) for f in frames)
+    assert len({f.index % 2 for f in frames[1:]}) == 1  # one in two, the others never offered
+    assert source.stats["frames"] == 30
+
+
 def test_mjpeg_replay_comes_reduced_from_its_first_frame(open_source, tmp_path: Path) -> None:
     """The consumer shows up after the source started (as in the daemon): a replay's first frames wait for
     it, so none is decoded full size (each would cost its full-size memory at the start)."""

@@ -450,9 +450,15 @@ class CameraSource(Interruptible, Source):
         return cap
 
     def _skips_unseen(self) -> bool:
-        """The consumer's steps skip the next frame without seeing it (a motion gate while all is still)."""
+        """The consumer's steps skip the next frame without seeing it (a motion gate while all is still).
+        It still takes a frame index, as a frame the steps skip after a look does: results' ``frame``
+        numbers then stay those of the camera's frames."""
         skipper = self.unseen_skipper
-        return skipper is not None and skipper()
+        if skipper is None or not skipper():
+            return False
+        with self._cond:
+            self._produced += 1
+        return True
 
     def _await_consumer(self, attempt: _Attempt) -> None:
         """A replay's packet waits for its consumer to show up (it takes no frame earlier anyway), so it is
