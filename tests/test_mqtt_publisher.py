@@ -343,6 +343,26 @@ def test_a_result_being_written_is_neither_stored_nor_flushed_yet(mosquitto, tmp
         held.close()
 
 
+def test_a_flow_of_results_is_stored_in_few_transactions_and_all_arrive(
+    mosquitto, subscriber, outbox, publisher
+) -> None:
+    """50 results 2 ms apart (a fast model): stored together, at most once per linger (10 ms), not one SQLite
+    transaction (and one wake-up of the sender) per result; none is lost or reordered by it."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    pub = publisher(broker.mqtt_config())
+    assert pub.flush(10)
+    before = pub.sender._appends
+    for s in range(1, 51):
+        pub.publish_result(RESULT_TOPIC, payload(s), qos=1)
+        time.sleep(0.002)  # the pace of the flow (the scenario), not a wait for an outcome
+    assert pub.flush(10), pub.stats()
+    stores = pub.sender._appends - before
+    assert stores <= 25, f"{stores} transactions for 50 results"
+    sub.wait_for(has_all(set(range(1, 51))), timeout=10)
+    assert list(dict.fromkeys(seqs(sub))) == list(range(1, 51))
+
+
 def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publisher) -> None:
     n = 20_000
     broker = mosquitto()

@@ -14,6 +14,7 @@ Mids belong to a connection generation: a mid handed out on a connection that ha
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -35,6 +36,11 @@ _ACK_DELAY_S = 0.05
 _SEND_BATCH = 200
 # Results handed in but not yet in the outbox; past this the pipeline waits (only a stalled disk gets here).
 _INCOMING_MAX = 10_000
+# While results flow faster than this, they are stored (and sent) together, at most once per linger: one
+# wake-up of the sender and one SQLite transaction for several results, instead of one per result (each
+# wake-up takes the GIL from an inference thread). A result that comes after a quiet spell is stored at once.
+_STORE_LINGER_S = 0.01
+_STORE_BATCH = 64  # ... or as soon as this many are waiting
 
 
 class OutboxSender:
@@ -53,6 +59,8 @@ class OutboxSender:
         self._first_ack_at = 0.0  # when the oldest of _acked_rows came
         self._flushing = 0  # threads in flush(): delete acked rows at once
         self._incoming: list[tuple[str, bytes, int]] = []  # QoS >= 1 results not yet in the outbox
+        self._store_after = 0.0  # the next store of a result flow waits until then (_STORE_LINGER_S)
+        self._wakes_at = math.inf  # when the waiting sender wakes by itself (inf: only when notified)
         # Taken from _incoming and being written: in neither _incoming nor the outbox yet, so everyone who
         # waits for "stored" or "empty" counts these too (else a flush can end with a result in hand).
         self._storing = 0
@@ -132,8 +140,9 @@ class OutboxSender:
             while len(self._incoming) >= _INCOMING_MAX and not self._exit and self.alive():
                 self._cond.wait(0.5)  # the outbox cannot keep up (a very slow disk): slow the pipeline down
             self._incoming.append((topic, payload, qos))
-            if len(self._incoming) == 1:
-                self._cond.notify_all()
+            waiting = len(self._incoming)
+            if (waiting == 1 and self._wakes_at > self._store_after) or waiting == _STORE_BATCH:
+                self._cond.notify_all()  # else the sender wakes in time by itself: it stores them together
 
     def store_incoming(self) -> bool:
         """Write the results handed in so far to the outbox, in order, in one transaction (sender thread,
@@ -141,6 +150,8 @@ class OutboxSender:
         with self._cond:
             items, self._incoming = self._incoming, []
             self._storing += len(items)
+            if items:
+                self._store_after = time.monotonic() + _STORE_LINGER_S
         if not items:
             return True
         try:
@@ -252,6 +263,22 @@ class OutboxSender:
         return self._first_ack_at + _ACK_DELAY_S - time.monotonic()
 
     # -- sender thread -------------------------------------------------------------------------------------
+    def _incoming_due(self) -> bool:
+        """(holding _cond) Store the results handed in now: the linger is over, enough are waiting, or
+        someone waits for them (flush, stop)."""
+        return bool(self._incoming) and (
+            time.monotonic() >= self._store_after
+            or len(self._incoming) >= _STORE_BATCH
+            or self._flushing > 0
+            or self._exit
+        )
+
+    def _wake_at(self, now: float, acks_due: float | None) -> float:
+        """(holding _cond) When the idle sender wakes by itself: when acks are due, and, in a result flow (a
+        store less than a linger ago), when the linger ends: results that come meanwhile need no wake-up."""
+        wake = math.inf if acks_due is None else now + acks_due
+        return min(wake, self._store_after) if self._store_after > now else wake
+
     def _run(self) -> None:
         """Delete acked rows in batches, and hand pending rows to paho in id order within the window."""
         while True:
@@ -260,12 +287,15 @@ class OutboxSender:
                     due = self._acks_due_in()
                     if (
                         (due is not None and due <= 0)
-                        or self._incoming
+                        or self._incoming_due()
                         or self._exit
                         or (self._connected and self._more and self._inflight_rows < self._window)
                     ):
                         break
-                    self._cond.wait(due)
+                    now = time.monotonic()
+                    self._wakes_at = self._wake_at(now, due)
+                    self._cond.wait(None if self._wakes_at == math.inf else max(0.0, self._wakes_at - now))
+                    self._wakes_at = math.inf
                 acks: list[int] = []
                 if due is not None and due <= 0:
                     acks = self._acked_rows[:_ACK_BATCH]
