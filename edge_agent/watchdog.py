@@ -23,6 +23,10 @@ class Watchdog:
     def due(self, now: float) -> bool:
         return self.interval_s is not None and now - self._last_ping >= self.interval_s
 
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until the next ping is due (0 when it is), None when there are no pings."""
+        return None if self.interval_s is None else max(0.0, self._last_ping + self.interval_s - now)
+
     def lagging(self, pipelines: list[Pipeline]) -> list[str]:
         """Names of running pipelines that made no progress since the last ping (empty = healthy)."""
         return [
