@@ -229,7 +229,7 @@ class Pipeline:
         ``stop`` is set is still processed and published (finish in-flight results)."""
         self.state = "running"
         consecutive_errors = 0
-        self.source.set_preparer(self._prepare, self._min_frame_size(), self._skip_unseen)
+        self.source.set_preparer(self._prepare, self._min_frame_size(), self)
         try:
             while not stop.is_set():
                 self._tick()
@@ -340,9 +340,15 @@ class Pipeline:
             raise DataError(f"step {verdict.step} failed, frame dropped (fail closed): {verdict.error}")
         return verdict.data, prepared, verdict
 
-    def _skip_unseen(self) -> bool:
-        """The source asks before it decodes a frame: the steps (a still scene's motion gate) skip it."""
+    # -- the source's FrameGate: asked before it decodes a frame (a still scene's motion gate) ---------------
+    def skip_unseen(self) -> bool:
         return self.steps.skip_unseen()
+
+    def glance_width(self) -> int | None:
+        return self.steps.glance_width()
+
+    def glance(self, small: np.ndarray) -> bool:
+        return self.steps.glance(small)
 
     def _prepare(self, image: np.ndarray) -> SteppedFrame:
         """Runs on the source's thread: the steps, then (if they kept the frame) preprocessing of what they
@@ -379,7 +385,7 @@ class Pipeline:
             return
         old, self.stages = self.stages, swap.stages
         # the new input may be larger
-        self.source.set_preparer(self._prepare, self._min_frame_size(), self._skip_unseen)
+        self.source.set_preparer(self._prepare, self._min_frame_size(), self)
         log.info(
             "pipeline %s: now running model %s, was %s",
             self.name,

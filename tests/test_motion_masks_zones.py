@@ -103,26 +103,41 @@ def test_max_idle_s_runs_the_model_on_a_still_scene_now_and_then() -> None:
     assert gate.report()[1]["idle_runs"] == 4 and gate.report()[1]["gated"] == 57
 
 
-def looking_run(gate: MotionGate, frames: list[np.ndarray], clock: list[float]) -> tuple[list, list]:
+def grey_copy(frame: np.ndarray, width: int) -> np.ndarray:
+    """What a camera's glance decodes straight from the JPEG: a grey copy ``width`` pixels wide."""
+    h, w = frame.shape[:2]
+    return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (width, round(h * width / w)))
+
+
+def looking_run(
+    gate: MotionGate, frames: list[np.ndarray], clock: list[float], glance: bool = False
+) -> tuple[list, list]:
     """As a camera runs the gate: it asks ``skips_unseen`` before it decodes a frame, and shows the gate only
-    the frames it did not skip. (kept, looked at) frame indices."""
+    the frames it did not skip; with ``glance``, a small grey copy first whenever the gate asks for one, and
+    the full frame only when the gate kept it. (kept, looked at) frame indices."""
     kept, looked = [], []
     for i, f in enumerate(frames):
         clock[0] = i / FPS
         if gate.skips_unseen():
             continue
         looked.append(i)
+        width = gate.glance_width() if glance else None
+        if width is not None and gate.glance(grey_copy(f, width)) is None:
+            continue
         if gate.apply(f) is not None:
             kept.append(i)
     return kept, looked
 
 
+@pytest.mark.parametrize("glance", [False, True], ids=["full-frames", "at-a-glance"])
 @pytest.mark.parametrize("idle_fps", [5.0, 2.5, None])
-def test_a_still_scene_is_looked_at_idle_fps_times_a_second_and_motion_at_every_frame(idle_fps) -> None:
+def test_a_still_scene_is_looked_at_idle_fps_times_a_second_and_motion_at_every_frame(
+    idle_fps, glance
+) -> None:
     clock = [0.0]
     gate = MotionGate(MotionConfig(cooldown_s=0.5, max_idle_s=6.0, idle_fps=idle_fps), clock=lambda: clock[0])
     crossing = {i: (10 + (i - 40) * 12, 50) for i in range(40, 50)}  # frames 40-49
-    kept, looked = looking_run(gate, frames_with(100, box_at=crossing), clock)
+    kept, looked = looking_run(gate, frames_with(100, box_at=crossing), clock, glance)
     stride = round(FPS / idle_fps) if idle_fps else 1
     # still: one frame in `stride` looked at, from the first on; the crossing found within 1/idle_fps s
     assert [i for i in looked if i < 40] == list(range(0, 40, stride))
@@ -133,6 +148,7 @@ def test_a_still_scene_is_looked_at_idle_fps_times_a_second_and_motion_at_every_
     counts = gate.report()[1]
     assert counts["frames"] == 100 and counts["unseen"] == 100 - len(looked)
     assert counts["gated"] == 100 - len(kept) and counts["unseen"] <= counts["gated"]
+    assert (counts["glanced"] > 0) == glance
     assert kept[0] == 0 and max(kept) < 60  # frame 0, the crossing and its cooldown; no max_idle_s run (6 s)
 
 
@@ -175,8 +191,33 @@ def test_motion_in_a_masked_region_never_wakes_the_model(tmp_path: Path, color_i
         else:
             assert [(r["frame"], r["motion"]) for r in got] == [(0, False)]
             assert snap["motion"] == {"state": "idle", "frames": 25, "motion_frames": 0, "gated": 24,
-                                      "unseen": 0, "idle_runs": 1, "light_changes": 0}  # fmt: skip
+                                      "unseen": 0, "glanced": 0, "idle_runs": 1,
+                                      "light_changes": 0}  # fmt: skip
             assert snap["steps"]["motion"] == {"skipped": 24, "failed": 0}
+
+
+def test_a_camera_glancing_at_small_grey_copies_never_wakes_the_model_for_motion_in_a_mask() -> None:
+    """The chain as a camera runs it while all is still: a small grey copy goes through the masks and the
+    gate, and only a frame the gate keeps is decoded in full and run through the chain. Motion inside the
+    mask: nothing but the first frame is kept; the same motion outside it is, and found as soon."""
+    left_half = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]
+    inside = {i: (5 + (i - 5) * 3, 50) for i in range(5, 20)}
+    outside = {i: (90 + (i - 5) * 3, 50) for i in range(5, 20)}
+    for moves, woken in ((inside, False), (outside, True)):
+        steps = chain([left_half], idle_fps=None)
+        kept, full_runs = [], 0
+        for i, frame in enumerate(frames_with(25, box_at=moves)):
+            width = steps.glance_width()
+            if width is not None and not steps.glance(grey_copy(frame, width)):
+                continue
+            full_runs += 1
+            if steps.run(frame).keep:
+                kept.append(i)
+        if woken:
+            assert kept[:2] == [0, 5] and full_runs == len(kept)  # idle frames were decided at a glance
+        else:
+            assert kept == [0] and full_runs == 1
+        assert steps.stats()["motion"]["skipped"] == 25 - len(kept)
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -338,7 +379,10 @@ def test_a_gated_pipeline_keeps_the_watchdog_fed_and_stats_flowing_while_idle(
     # never reaches the pipeline either
     last = entries[-1]
     assert last["motion"]["unseen"] * 3 >= last["motion"]["gated"]
-    assert last["frames"] <= last["motion"]["frames"] - last["motion"]["unseen"] + 1
+    # ... and the frames it looked at were decided from a small grey copy (a glance), never decoded in full:
+    # all but the first ones, read before the pipeline had started
+    looked = last["motion"]["frames"] - last["motion"]["unseen"]
+    assert last["motion"]["glanced"] >= looked - 3, last
     assert "stuck" not in agent.log() and "no progress" not in agent.log()
     got = results(messages)
     assert [r["motion"] for r in got] == [False]  # the first frame only (max_idle_s 1000)

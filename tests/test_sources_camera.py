@@ -308,14 +308,52 @@ def test_frames_skipped_unseen_are_not_decoded_and_keep_their_index(open_source,
     never decoded nor offered, yet they take their frame index, so every frame offered carries the number of
     its place in the video (the motion benchmark maps results to video frames by it)."""
     video = render_test_video(tmp_path / "big.avi", frames=30, size=256)
-    asked = itertools.count()
     source = open_source(str(video), fps=20)  # paced: a live source (a replay is never skipped)
-    source.set_preparer(lambda image: image.shape, (64, 64), lambda: next(asked) % 2 == 1)
+    source.set_preparer(lambda image: image.shape, (64, 64), _Gate(skip=lambda n: n % 2 == 1))
     frames = _frames_until_end(source)
     frames = [f for f in frames if f.prepared is not None]  # read before the preparer was set: not asked
     assert len(frames) >= 8, source.stats
     assert all(f.index == decode_frame_number(f.data) for f in frames)
     assert len({f.index % 2 for f in frames[1:]}) == 1  # one in two, the others never offered
+    assert source.stats["frames"] == 30
+
+
+class _Gate:
+    """A FrameGate as a pipeline's motion gate is to its camera: ``skip(n)`` skips the n-th frame asked
+    about unseen; with a ``glance_width``, ``keep(n)`` decides the n-th glance."""
+
+    def __init__(self, skip=lambda n: False, glance_width=None, keep=lambda n: True) -> None:
+        self._skip, self._width, self._keep = skip, glance_width, keep
+        self.asked = itertools.count()
+        self.glanced: list[tuple[int, ...]] = []
+
+    def skip_unseen(self) -> bool:
+        return self._skip(next(self.asked))
+
+    def glance_width(self) -> int | None:
+        return self._width
+
+    def glance(self, small) -> bool:
+        self.glanced.append(small.shape)
+        return self._keep(len(self.glanced) - 1)
+
+
+def test_frames_decided_at_a_glance_are_decoded_small_and_grey_and_only_kept_ones_in_full(
+    open_source, tmp_path: Path
+) -> None:
+    """A gate that decides from a glance (a motion gate while all is still) gets a grey copy decoded at the
+    smallest DCT scale at least as wide as it asked for; a frame it skips is never offered but takes its
+    frame index; one it keeps is decoded in colour at the model's scale and offered as usual."""
+    video = render_test_video(tmp_path / "big.avi", frames=30, size=256)
+    gate = _Gate(glance_width=40, keep=lambda n: n % 3 == 0)
+    source = open_source(str(video), fps=20)
+    source.set_preparer(lambda image: image.shape, (64, 64), gate)
+    frames = [f for f in _frames_until_end(source) if f.prepared is not None]
+    assert len(gate.glanced) >= 20 and set(gate.glanced) == {(64, 64)}  # 256 / 4, grey; 1/8 is under 40
+    # kept: one glance in 3, plus at most the frame read as the preparer was being set (not glanced at)
+    assert 0 < len(frames) <= (len(gate.glanced) + 2) // 3 + 1, (len(frames), len(gate.glanced))
+    assert all(f.data.shape == (64, 64, 3) for f in frames)  # 1/4 size for min_size 64x64, in colour
+    assert all(f.index == decode_frame_number(f.data) for f in frames)
     assert source.stats["frames"] == 30
 
 

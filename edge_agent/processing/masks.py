@@ -78,7 +78,9 @@ class FrameMask:
 
 
 class MasksStep(FrameStep):
-    """Keeps every frame, as a masked copy."""
+    """Keeps every frame, as a masked copy (a glance's small grey copy too: polygons fit any size)."""
+
+    passes_glance = True
 
     def __init__(self, cfg: MasksStepConfig) -> None:
         super().__init__(cfg)

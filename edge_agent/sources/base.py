@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -79,6 +79,21 @@ class Frame:
 Preparer = Callable[[np.ndarray], Any]
 
 
+class FrameGate(Protocol):
+    """What a source that reads compressed frames (a camera's MJPEG) asks before it decodes one: whether
+    the consumer's steps skip it unseen, or decide it from a small grey copy (the pipeline's motion gate
+    while the scene is still; processing/steps/chain.py)."""
+
+    def skip_unseen(self) -> bool:
+        """True: skip the next frame undecoded (the gate counted the skip)."""
+
+    def glance_width(self) -> int | None:
+        """The width of the small grey copy ``glance`` decides from; None: decode the frame in full."""
+
+    def glance(self, small: np.ndarray) -> bool:
+        """False: skip the frame (counted); True: decode it in full and offer it as usual."""
+
+
 class Source(ABC):
     """A camera or sensor. ``start`` raises ``SourceError`` only for problems a retry cannot fix (a missing
     file); everything transient (a stream down, a port gone) is retried in the background and reported in
@@ -87,23 +102,23 @@ class Source(ABC):
     data_kind: ClassVar[DataKind]  # what ``Frame.kind`` its frames have
     preparer: Preparer | None = None
     min_size: tuple[int, int] | None = None
-    unseen_skipper: Callable[[], bool] | None = None
+    gate: FrameGate | None = None
 
     def set_preparer(
         self,
         preparer: Preparer | None,
         min_size: tuple[int, int] | None = None,
-        unseen_skipper: Callable[[], bool] | None = None,
+        gate: FrameGate | None = None,
     ) -> None:
         """Have the source's producing thread turn each image into the model's input before offering it
         (``Frame.prepared``), so preprocessing overlaps with inference instead of adding to it. Sources
         without a thread of their own ignore it; the pipeline preprocesses whatever comes unprepared.
         ``min_size`` (width, height): the smallest image the consumer can use, so a camera may decode
         smaller frames than it captures; None: full-size frames are needed (evidence frames).
-        ``unseen_skipper``: asked before a frame is decoded; True skips it undecoded (it counted the skip)."""
+        ``gate``: asked before a frame is decoded (``FrameGate``)."""
         self.preparer = preparer
         self.min_size = min_size
-        self.unseen_skipper = unseen_skipper
+        self.gate = gate
 
     @abstractmethod
     def start(self, stop: threading.Event) -> None: ...

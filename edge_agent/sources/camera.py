@@ -98,6 +98,10 @@ _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # How much longer than OpenCV's own timeout the watchdog waits before abandoning an attempt.
 _WATCHDOG_GRACE_S = 1.0
 _POLL_S = 0.1
+# The supervisor checks a running attempt for a stall this often. Every wake of an idle thread costs ~0.1 ms
+# of CPU on this project's machine (README "Motion, zones and masks"), so it wakes rarely: an attempt that
+# ends, and a close, wake it at once (``_Attempt.wake``); only a stall is seen up to this much later.
+_WATCH_S = 0.5
 _RELEASE_WAIT_S = 2.0
 
 
@@ -124,6 +128,7 @@ class _Attempt:
     def __init__(self) -> None:
         self.abandoned = threading.Event()
         self.done = threading.Event()
+        self.wake = threading.Event()  # the supervisor looks now: the attempt is done, or the source closes
         self.opened = False
         self.progress = time.monotonic()  # last sign of life: opened, frame read, or waiting for the consumer
         self.delivered = 0
@@ -203,6 +208,8 @@ class CameraSource(Interruptible, Source):
         self._halt.set()
         with self._cond:
             self._cond.notify_all()
+        if self._attempt is not None:
+            self._attempt.wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._attempt is not None:
@@ -343,7 +350,10 @@ class CameraSource(Interruptible, Source):
 
     def _watch(self, attempt: _Attempt) -> None:
         """Wait for the attempt to end; abandon it when it stalls past its timeout or when stopping."""
-        while not attempt.done.wait(_POLL_S):
+        while not attempt.done.is_set():
+            attempt.wake.wait(_WATCH_S)
+            if attempt.done.is_set():
+                return
             if self._stopping():
                 attempt.abandoned.set()
                 attempt.outcome = "stopped"
@@ -387,6 +397,7 @@ class CameraSource(Interruptible, Source):
             if cap is not None:
                 cap.release()
             attempt.done.set()
+            attempt.wake.set()
 
     def _read_frames(self, cap: Any, jpeg: ScaledJpeg, first_image: Any, attempt: _Attempt) -> Any:
         """Read until the end, an error, or abandonment; returns the capture in use (files reopen to loop)."""
@@ -433,9 +444,11 @@ class CameraSource(Interruptible, Source):
                 if self.kind != "file" and now < next_due:
                     continue  # live source over its fps cap: not offered, not counted as skipped, not decoded
                 next_due = max(next_due + period, now)
-            if not self._deliver_all and self._skips_unseen():
+            if not self._deliver_all and (
+                self._skips_unseen() or (jpeg.raw and self._glanced_away(jpeg, image))
+            ):
                 pass_frames += 1
-                continue  # an MJPEG packet is then never decoded (FFmpeg decodes other codecs as it reads)
+                continue  # an MJPEG packet is then never decoded in full (FFmpeg decodes other codecs)
             if jpeg.raw:
                 image = jpeg.decode(image)
                 if image is None:
@@ -453,9 +466,23 @@ class CameraSource(Interruptible, Source):
         """The consumer's steps skip the next frame without seeing it (a motion gate while all is still).
         It still takes a frame index, as a frame the steps skip after a look does: results' ``frame``
         numbers then stay those of the camera's frames."""
-        skipper = self.unseen_skipper
-        if skipper is None or not skipper():
+        gate = self.gate
+        if gate is None or not gate.skip_unseen():
             return False
+        with self._cond:
+            self._produced += 1
+        return True
+
+    def _glanced_away(self, jpeg: ScaledJpeg, packet: Any) -> bool:
+        """The consumer's steps skip the next frame after a glance at a small grey copy decoded straight
+        from its JPEG packet (the motion gate while all is still); it takes a frame index, as above."""
+        gate = self.gate
+        width = gate.glance_width() if gate is not None else None
+        if width is None:
+            return False
+        small = jpeg.decode_grey(packet, width)
+        if small is None or gate.glance(small):  # type: ignore[union-attr]  # width is None without a gate
+            return False  # decoded in full and offered as usual
         with self._cond:
             self._produced += 1
         return True

@@ -107,6 +107,16 @@ class ScaledJpeg:
             self.failures, self._decoded = 0, self._decoded + 1
         return image
 
+    def decode_grey(self, packet: Any, width: int) -> Any:
+        """A grey copy at least ``width`` pixels wide (a motion gate's glance) at the smallest DCT scale that
+        gives it: only the luma is transformed, at a fraction of its size. None while the stream's size is
+        not known, or for a packet that does not decode (the full decode then counts it)."""
+        if self._full == (0, 0):
+            return None
+        cv2 = self.source._cv2
+        scale = jpeg_scale(*self._full, (width, 1))
+        return cv2.imdecode(packet, getattr(cv2, f"IMREAD_REDUCED_GRAYSCALE_{scale}", cv2.IMREAD_GRAYSCALE))
+
     @property
     def hopeless(self) -> bool:
         """libjpeg has decoded none of the first packets: a variant only FFmpeg reads; give up on it."""

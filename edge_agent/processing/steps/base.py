@@ -53,6 +53,21 @@ class FrameStep(ABC):
         source's thread, under the chain's lock, by sources that can skip a frame undecoded (MJPEG)."""
         return False
 
+    # A step that does to a small grey copy what it does to the frame (a privacy mask) lets a glance through.
+    passes_glance: ClassVar[bool] = False
+
+    def glance_width(self) -> int | None:
+        """The width of a small grey copy from which this step can decide on the next frame before it is
+        decoded in full (the motion gate while the scene is still), or None. A camera then decodes that
+        copy straight from the JPEG (a fraction of a full decode) and hands it to ``glance``."""
+        return None
+
+    def glance(self, small: np.ndarray) -> np.ndarray | None:
+        """Decide on the next frame from ``small`` (grey, at least ``glance_width`` wide): None skips it
+        (counted by the chain), anything else keeps it, and the frame is then decoded in full and goes
+        through every step as usual. A step with ``passes_glance`` returns its output for ``small``."""
+        return self.apply(small)
+
     def fields(self) -> dict[str, Any] | None:
         """Fields this step adds to the result of the frame it just kept (read right after ``apply``, under
         the chain's lock), e.g. the motion gate's ``motion``; None for none."""

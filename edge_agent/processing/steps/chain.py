@@ -82,6 +82,39 @@ class StepChain:
                     return True
         return False
 
+    def glance_width(self) -> int | None:
+        """The width of the small grey copy a step decides the next frame from (see ``FrameStep.glance``),
+        when every step before it lets a glance through; None: the frame must be decoded in full."""
+        with self._lock:
+            for _, step in self.steps:
+                width = step.glance_width()
+                if width is not None:
+                    return width
+                if not step.passes_glance:
+                    return None
+        return None
+
+    def glance(self, small: np.ndarray) -> bool:
+        """Run the steps on a small grey copy of the next frame up to the one that decides from it. False:
+        that step skipped the frame (counted); True: decode it in full and ``run`` the chain on it. A step
+        that raises here leaves the decision to the full frame, where failing closed drops it."""
+        with self._lock:
+            for name, step in self.steps:
+                decides = step.glance_width() is not None
+                if not (decides or step.passes_glance):
+                    return True
+                try:
+                    out = step.glance(small)
+                except Exception:  # the full frame's run reports it and drops the frame (fail closed)
+                    return True
+                if out is None:
+                    self._skipped[name] += 1
+                    return False
+                if decides:
+                    return True
+                small = out
+        return True
+
     def stats(self) -> dict[str, dict[str, int]]:
         """``{step name: {"skipped": n, "failed": n}}`` for the stats payload."""
         with self._lock:

@@ -107,10 +107,12 @@ class MotionGate(FrameStep):
         self._motion_field = False
         self._moved_at: tuple[float, float, float, float] | None = None  # last moving region (normalized)
         self._crop: tuple[float, float, float, float] | None = None
+        self._kept_at_a_glance = False  # the next full frame is kept without a second look
         self._lock = threading.Lock()  # stats() is read on the daemon's thread
         self.state: MotionState = "idle"
-        # frames: all it was asked about; gated: the model did not run; unseen: gated without a look
-        keys = ("frames", "motion_frames", "gated", "unseen", "idle_runs", "light_changes")
+        # frames: all it was asked about; gated: the model did not run; unseen: gated without a look;
+        # glanced: decided from a glance (a small grey copy a camera decoded straight from the JPEG)
+        keys = ("frames", "motion_frames", "gated", "unseen", "glanced", "idle_runs", "light_changes")
         self.counts = dict.fromkeys(keys, 0)
 
     # -- the detector ----------------------------------------------------------------------------------------
@@ -121,7 +123,11 @@ class MotionGate(FrameStep):
         h, w = image.shape[:2]
         small_h = max(8, round(h * cfg.width / w))
         # INTER_LINEAR, not INTER_AREA: 0.1 ms against 0.65 ms at 640x480 here; the blur below does the rest
-        small = cv2.resize(image, (cfg.width, small_h), interpolation=cv2.INTER_LINEAR)
+        small = (
+            image
+            if (w, h) == (cfg.width, small_h)  # a glance's copy, decoded at this size
+            else cv2.resize(image, (cfg.width, small_h), interpolation=cv2.INTER_LINEAR)
+        )
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         grey = cv2.GaussianBlur(grey, (5, 5), 0)
         bg = self._background
@@ -179,7 +185,25 @@ class MotionGate(FrameStep):
                 self.counts[key] += 1
         return True
 
+    def glance_width(self) -> int | None:
+        """While idle (and no ``max_idle_s`` run is due) the gate decides from a small grey copy that a
+        camera decodes straight from the JPEG: 0.75 ms against 0.95 ms for a half-size colour decode and
+        the shrinking, on this project's machine; only a frame it keeps is then decoded in full."""
+        if self.state != "idle" or self._clock() - self._last_run >= self.cfg.max_idle_s:
+            return None
+        return self.cfg.width
+
+    def glance(self, small: np.ndarray) -> np.ndarray | None:
+        with self._lock:
+            self.counts["glanced"] += 1
+        kept = self.apply(small)
+        self._kept_at_a_glance = kept is not None  # decided: the full frame is not looked at again
+        return kept
+
     def apply(self, data: np.ndarray) -> np.ndarray | None:
+        if self._kept_at_a_glance:
+            self._kept_at_a_glance = False
+            return data
         now = self._clock()
         self._last_look = now
         moving = self.moving(data)
