@@ -137,6 +137,7 @@ class Daemon:
     def start(self) -> None:
         from edge_agent.fleet.device import deployed_models, make_agent, start_agent
         from edge_agent.metrics import serve_metrics
+        from edge_agent.publish.config import linger_s
         from edge_agent.publish.mqtt import MqttPublisher
         from edge_agent.publish.outbox import Outbox, SeqCounter
         from edge_agent.sources.factory import create_source
@@ -155,7 +156,11 @@ class Daemon:
         pending = self.outbox.depth()
         if pending:
             log.info("outbox %s holds %d results from before; they are sent first", self.outbox.path, pending)
-        self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox)
+        linger = linger_s(cfg.mqtt, inference_has_own_cpus=self.cpu_plan is not None)
+        if linger:
+            log.info("results that flow faster than one per %.0f ms are stored and sent together "
+                     "(mqtt.linger_ms; the pipelines share the CPUs)", linger * 1000)  # fmt: skip
+        self.publisher = MqttPublisher(cfg.mqtt, cfg.device_id, self.outbox, linger)
         self.publisher.start()
 
         # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.

@@ -31,7 +31,7 @@ from typing import Any
 import click
 from bench_broker import Broker
 from bench_multi import multi_part, multi_targets
-from bench_pipeline import PipelineRun, run_daemon, write_config, write_sensor_csv
+from bench_pipeline import MQTT_SETTINGS, PipelineRun, run_daemon, write_config, write_sensor_csv
 from bench_report import (
     IMAGE_MODELS,
     WHAT_IS_MEASURED,
@@ -150,6 +150,7 @@ def report_header(threads: int, runs: int, load_before: tuple) -> dict[str, Any]
         **machine(),
         "threads": threads,
         "runs": runs,
+        "daemon_mqtt_settings": dict(MQTT_SETTINGS),  # beyond the daemon's defaults (--linger-ms)
         "loadavg_1_5_15_min": {"start": load_before, "end": os.getloadavg()},
     }
 
@@ -203,6 +204,12 @@ def report_header(threads: int, runs: int, load_before: tuple) -> dict[str, Any]
     "part unless --models is given too. E.g. --pipelines 1,2,4 --runs 3: about 6 minutes.",
 )
 @click.option(
+    "--linger-ms",
+    type=click.FloatRange(0, 1000),
+    default=None,
+    help="The daemon's mqtt.linger_ms (default: the daemon's own, 10): 0 measures the lowest latency.",
+)
+@click.option(
     "--motion",
     is_flag=True,
     help="Only the motion-gating part (bench_motion.py, MobileNetV2-int8, ~15 min with --runs 3).",
@@ -222,8 +229,11 @@ def main(
     sensor_windows: int | None,
     tflite_runtime_python: str | None,
     pipeline_counts: str | None,
+    linger_ms: float | None,
 ) -> None:
     """Measure edge-agent end to end next to the bare interpreter loop and Keras in TensorFlow."""
+    if linger_ms is not None:
+        MQTT_SETTINGS["linger_ms"] = linger_ms
     # SIGTERM unwinds like Ctrl-C, so the daemon, the subscriber and the broker are stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = runs or (1 if quick else 3)

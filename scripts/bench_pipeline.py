@@ -72,6 +72,10 @@ def agent_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_agent.cli"]
 
 
+# Settings of the daemon's mqtt: section beyond the broker's address (scripts/bench --linger-ms sets one).
+MQTT_SETTINGS: dict = {}
+
+
 def write_config(
     work: Path, broker: Broker, name: str, source: dict, model: Path, threads: int, window: dict | None = None
 ) -> Path:
@@ -89,7 +93,7 @@ def write_config(
         pipeline["window"] = window
     config = {
         "device_id": DEVICE,
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "stats_interval_s": 1.0},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "stats_interval_s": 1.0, **MQTT_SETTINGS},
         "state_dir": str(state),
         "drain_timeout_s": 60,
         "pipelines": [pipeline],

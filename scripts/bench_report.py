@@ -260,6 +260,9 @@ def table(report: dict) -> str:
         f"{report['threads']} thread(s)  medians of {report['runs']} run(s)  load "
         f"{report['loadavg_1_5_15_min']['start'][0]:.1f} -> {report['loadavg_1_5_15_min']['end'][0]:.1f}"
     )
+    settings = report.get("daemon_mqtt_settings")
+    if settings:
+        head += "  daemon mqtt: " + ", ".join(f"{k} {v:g}" for k, v in settings.items())
     out = [head, *lines]
     s = report.get("sensor")
     if s:

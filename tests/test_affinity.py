@@ -79,6 +79,8 @@ def test_daemon_runs_inference_alone_on_its_cpu(
         log = agent.log()
         assert agent.stop() == 0, agent.log()
     full = _tasks(os.getpid())[os.getpid()][0]  # this test process: every usable CPU
+    # the sender lingers over a flow of results only while inference shares the CPUs (mqtt.linger_ms unset)
+    assert ("are stored and sent together" in log) is (mode == "off"), log
     if mode == "off":
         assert "CPU placement" not in log
         assert {allowed for allowed, _ in tasks.values()} == {full}, tasks

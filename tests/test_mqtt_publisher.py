@@ -350,7 +350,7 @@ def test_a_flow_of_results_is_stored_in_few_transactions_and_all_arrive(
     transaction (and one wake-up of the sender) per result; none is lost or reordered by it."""
     broker = mosquitto()
     sub = subscriber(broker, "edge/#")
-    pub = publisher(broker.mqtt_config())
+    pub = publisher(broker.mqtt_config(linger_ms=10))
     assert pub.flush(10)
     before = pub.sender._appends
     for s in range(1, 51):
@@ -361,6 +361,34 @@ def test_a_flow_of_results_is_stored_in_few_transactions_and_all_arrive(
     assert stores <= 25, f"{stores} transactions for 50 results"
     sub.wait_for(has_all(set(range(1, 51))), timeout=10)
     assert list(dict.fromkeys(seqs(sub))) == list(range(1, 51))
+
+
+@pytest.mark.parametrize("linger_ms", [0.0, 1000.0])
+def test_linger_ms_is_how_long_a_result_in_a_flow_may_wait_to_be_stored(
+    mosquitto, outbox, publisher, linger_ms: float
+) -> None:
+    """A result that follows another within the linger waits for it (stored with whatever else comes); with
+    ``linger_ms: 0`` it is stored as soon as the sender is free. The broker is down meanwhile, so no send and
+    no PUBACK wakes the sender early; a 1 s linger against a 0.3 s look keeps the margin wide."""
+    broker = mosquitto()
+    pub = publisher(broker.mqtt_config(linger_ms=linger_ms))
+    assert pub.flush(10)
+    broker.stop()
+    pub.publish_result(RESULT_TOPIC, payload(1), qos=1)  # after a quiet spell: stored at once, either way
+    assert pub.wait_stored(5)
+    pub.publish_result(RESULT_TOPIC, payload(2), qos=1)
+    assert pub.wait_stored(0.3) is (linger_ms == 0)
+    assert pub.wait_stored(5)  # the linger over: stored
+    assert [json.loads(r.payload)["seq"] for r in outbox.pending(limit=10)] == [1, 2]
+
+
+def test_the_linger_is_off_while_inference_has_cpus_of_its_own_unless_configured() -> None:
+    from edge_agent.publish.config import MqttConfig, linger_s
+
+    assert linger_s(MqttConfig(host="h"), inference_has_own_cpus=True) == 0.0
+    assert linger_s(MqttConfig(host="h"), inference_has_own_cpus=False) == 0.01
+    assert linger_s(MqttConfig(host="h", linger_ms=3), inference_has_own_cpus=True) == 0.003
+    assert linger_s(MqttConfig(host="h", linger_ms=0), inference_has_own_cpus=False) == 0.0
 
 
 def test_large_backlog_replays_within_the_window(mosquitto, subscriber, outbox, publisher) -> None:

@@ -33,7 +33,9 @@ _STATUS_ROOM = 8  # paho's queue holds our window plus this many status/stats me
 class MqttPublisher:
     """One paho client per daemon: status (online/offline, Last Will), durable results, best-effort stats."""
 
-    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox):
+    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, linger_s: float | None = None):
+        """``linger_s``: the sender's linger as the daemon resolved it (``config.linger_s``); None: the
+        configured ``linger_ms``, or none."""
         self.cfg = cfg
         self.device_id = device_id
         self.outbox = outbox
@@ -45,7 +47,12 @@ class MqttPublisher:
             max_queued=cfg.max_inflight + _STATUS_ROOM,
         )
         self.broker = self.connection.broker
-        self.sender = OutboxSender(self.connection, outbox, cfg.max_inflight)
+        self.sender = OutboxSender(
+            self.connection,
+            outbox,
+            cfg.max_inflight,
+            linger_s if linger_s is not None else (cfg.linger_ms or 0) / 1000,
+        )
         self.connection.add_on_connect(self._announce_online)
         self._started = False
         self._stopping = False

@@ -36,18 +36,19 @@ _ACK_DELAY_S = 0.05
 _SEND_BATCH = 200
 # Results handed in but not yet in the outbox; past this the pipeline waits (only a stalled disk gets here).
 _INCOMING_MAX = 10_000
-# While results flow faster than this, they are stored (and sent) together, at most once per linger: one
-# wake-up of the sender and one SQLite transaction for several results, instead of one per result (each
-# wake-up takes the GIL from an inference thread). A result that comes after a quiet spell is stored at once.
-_STORE_LINGER_S = 0.01
+# While results flow faster than one per linger (``mqtt.linger_ms``), they are stored (and sent) together, at
+# most once per linger: one wake-up of the sender and one SQLite transaction for several results, instead of
+# one per result (each wake-up takes the GIL from an inference thread). A result that comes after a quiet
+# spell is stored at once.
 _STORE_BATCH = 64  # ... or as soon as this many are waiting
 
 
 class OutboxSender:
     """The connection's delivery tracker (``MqttConnection.track_deliveries``) and the sender thread."""
 
-    def __init__(self, connection: MqttConnection, outbox: Outbox, max_inflight: int):
+    def __init__(self, connection: MqttConnection, outbox: Outbox, max_inflight: int, linger_s: float = 0.0):
         self.connection = connection
+        self.linger_s = linger_s
         self.outbox = outbox
         self.max_inflight = max_inflight
         self._window = max_inflight
@@ -59,7 +60,7 @@ class OutboxSender:
         self._first_ack_at = 0.0  # when the oldest of _acked_rows came
         self._flushing = 0  # threads in flush(): delete acked rows at once
         self._incoming: list[tuple[str, bytes, int]] = []  # QoS >= 1 results not yet in the outbox
-        self._store_after = 0.0  # the next store of a result flow waits until then (_STORE_LINGER_S)
+        self._store_after = 0.0  # the next store of a result flow waits until then (linger_s)
         self._wakes_at = math.inf  # when the waiting sender wakes by itself (inf: only when notified)
         # Taken from _incoming and being written: in neither _incoming nor the outbox yet, so everyone who
         # waits for "stored" or "empty" counts these too (else a flush can end with a result in hand).
@@ -151,7 +152,7 @@ class OutboxSender:
             items, self._incoming = self._incoming, []
             self._storing += len(items)
             if items:
-                self._store_after = time.monotonic() + _STORE_LINGER_S
+                self._store_after = time.monotonic() + self.linger_s
         if not items:
             return True
         try:

@@ -1,7 +1,8 @@
 """The motion gate: the model runs only while something moves (and ``cooldown_s`` after), plus once every
 ``max_idle_s`` so a steady state still gets confirmed. A still scene then costs a frame decode and this step,
 not an invoke; and while nothing moves, only ``idle_fps`` frames a second are looked at: a camera skips the
-others before decoding them (decoding is most of what a gated frame costs).
+others before decoding them (decoding is most of what a gated frame costs), and decodes the ones looked at
+as a small grey copy straight from the JPEG (``glance``): only a frame the gate keeps is decoded in full.
 
 The detector works on a small grey copy (``width`` pixels wide; ~0.4 ms per 640x480 frame on this project's
 loaded 2-core machine, about 1/17 of one MobileNetV2-int8 invoke there; README "Motion, zones and masks"):
