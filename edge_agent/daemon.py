@@ -8,10 +8,10 @@ progress, publishes stats and keeps systemd's STATUS= current. Stop: STOPPING=1,
 (sources stop, each pipeline finishes the frame in hand), drain the outbox up to ``drain_timeout_s``,
 publish ``offline``, close all.
 
-A little over ~450 lines on purpose: the optional services (fleet deployments, Home Assistant discovery,
-/metrics) join the same start order, reload and reverse-order cleanup, which is the one thing this module
-is about; what each of them does lives in its own package, and the reload's restart-only check in
-``reload_changes.py``.
+About 500 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
+join the same start order, reload and reverse-order cleanup, and the main loop's waking (signals, ended
+pipelines, what is due) serves them all, which is the one thing this module is about; what each of them
+does lives in its own package, and the reload's restart-only check in ``reload_changes.py``.
 """
 
 from __future__ import annotations

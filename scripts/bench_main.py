@@ -207,7 +207,8 @@ def report_header(threads: int, runs: int, load_before: tuple) -> dict[str, Any]
     "--linger-ms",
     type=click.FloatRange(0, 1000),
     default=None,
-    help="The daemon's mqtt.linger_ms (default: the daemon's own, 10): 0 measures the lowest latency.",
+    help="The daemon's mqtt.linger_ms (default: the daemon's own: 0 when inference has CPUs of its own, "
+    "else 10).",
 )
 @click.option(
     "--motion",

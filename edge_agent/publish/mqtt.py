@@ -19,6 +19,7 @@ from typing import Any
 from edge_agent.errors import DataError
 from edge_agent.publish.client import resolve_password
 from edge_agent.publish.config import MqttConfig, TlsConfig
+from edge_agent.publish.config import linger_s as config_linger_s
 from edge_agent.publish.connection import Handler, InboundMessage, Listener, MqttConnection
 from edge_agent.publish.outbox import Outbox
 from edge_agent.publish.sender import OutboxSender
@@ -36,6 +37,8 @@ class MqttPublisher:
     def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox, linger_s: float | None = None):
         """``linger_s``: the sender's linger as the daemon resolved it (``config.linger_s``); None: the
         configured ``linger_ms``, or none."""
+        if linger_s is None:
+            linger_s = config_linger_s(cfg, inference_has_own_cpus=True)
         self.cfg = cfg
         self.device_id = device_id
         self.outbox = outbox
@@ -47,12 +50,7 @@ class MqttPublisher:
             max_queued=cfg.max_inflight + _STATUS_ROOM,
         )
         self.broker = self.connection.broker
-        self.sender = OutboxSender(
-            self.connection,
-            outbox,
-            cfg.max_inflight,
-            linger_s if linger_s is not None else (cfg.linger_ms or 0) / 1000,
-        )
+        self.sender = OutboxSender(self.connection, outbox, cfg.max_inflight, linger_s)
         self.connection.add_on_connect(self._announce_online)
         self._started = False
         self._stopping = False

@@ -14,9 +14,10 @@ RTSP: OpenCV asks for RTP over TCP. For a server that only speaks UDP, set the F
 service's environment: ``Environment=OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;udp`` (process-wide;
 OpenCV offers no per-capture way to pass them).
 
-Longer than ~450 lines on purpose: the supervisor, the read attempts it watches and the delivery slot share
-one lock and one set of counters; split apart, each piece would reach into the others' state. Decoding MJPEG
-reduced is its own module (``mjpeg.py``).
+Longer than ~450 lines on purpose: the supervisor, the read attempts it watches, the delivery slot and the
+frames skipped before decoding (a motion gate's ``FrameGate``) share one lock and one set of counters; split
+apart, each piece would reach into the others' state. Decoding MJPEG reduced (and a glance's grey copy) is
+its own module (``mjpeg.py``).
 """
 
 from __future__ import annotations
@@ -444,9 +445,7 @@ class CameraSource(Interruptible, Source):
                 if self.kind != "file" and now < next_due:
                     continue  # live source over its fps cap: not offered, not counted as skipped, not decoded
                 next_due = max(next_due + period, now)
-            if not self._deliver_all and (
-                self._skips_unseen() or (jpeg.raw and self._glanced_away(jpeg, image))
-            ):
+            if not self._deliver_all and self._skipped_undecoded(jpeg, image):
                 pass_frames += 1
                 continue  # an MJPEG packet is then never decoded in full (FFmpeg decodes other codecs)
             if jpeg.raw:
@@ -462,27 +461,19 @@ class CameraSource(Interruptible, Source):
                 attempt.delivered += 1
         return cap
 
-    def _skips_unseen(self) -> bool:
-        """The consumer's steps skip the next frame without seeing it (a motion gate while all is still).
-        It still takes a frame index, as a frame the steps skip after a look does: results' ``frame``
-        numbers then stay those of the camera's frames."""
+    def _skipped_undecoded(self, jpeg: ScaledJpeg, packet: Any) -> bool:
+        """The consumer's steps (a motion gate while all is still) skip the next frame without seeing it, or
+        after a glance at a small grey copy decoded straight from its MJPEG packet. It still takes a frame
+        index, as a frame the steps skip after a full look does: results' ``frame`` numbers then stay those
+        of the camera's frames."""
         gate = self.gate
-        if gate is None or not gate.skip_unseen():
+        if gate is None:
             return False
-        with self._cond:
-            self._produced += 1
-        return True
-
-    def _glanced_away(self, jpeg: ScaledJpeg, packet: Any) -> bool:
-        """The consumer's steps skip the next frame after a glance at a small grey copy decoded straight
-        from its JPEG packet (the motion gate while all is still); it takes a frame index, as above."""
-        gate = self.gate
-        width = gate.glance_width() if gate is not None else None
-        if width is None:
-            return False
-        small = jpeg.decode_grey(packet, width)
-        if small is None or gate.glance(small):  # type: ignore[union-attr]  # width is None without a gate
-            return False  # decoded in full and offered as usual
+        if not gate.skip_unseen():
+            width = gate.glance_width() if jpeg.raw else None
+            small = jpeg.decode_grey(packet, width) if width is not None else None
+            if small is None or gate.glance(small):
+                return False  # decoded in full and offered as usual
         with self._cond:
             self._produced += 1
         return True
