@@ -123,6 +123,8 @@ def main(n: int, seconds: float, threads: int, work: Path) -> None:
     where = collections.Counter()
     for tid, _, frames, c in gil:
         held[tid] += c
+        if not frames:
+            continue  # a sample taken between Python frames (native code only)
         ours = [f.split(" (")[0] for f in frames if "edge_agent/" in f]
         where[(ours[-1] if ours else "-") + " > " + frames[-1].split(" (")[0]] += c
     ticks = seconds * RATE

@@ -3,41 +3,24 @@ real mosquitto bridge (no relay of ours). The daemon publishes to the site broke
 stopped for 10 s and started again on the same port with its persistence while results keep flowing into
 the site broker; a subscriber on the central broker still gets every seq, without a gap.
 
-The bridge config is read from README.md ("A site broker bridged to a central one"), so the documented file
-is the tested one; only ``address`` (the test's central broker) and ``restart_timeout`` (1-2 s instead of
-2-30 s, to keep the test short) are changed.
+The bridge config is read from README.md (``tests/bridge_config.py``), so the documented file is the tested
+one. The ``in`` direction (deployments and commands from the centre) is tested with real daemons in
+``tests/test_fleet_daemons.py``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
-from tests.daemon_harness import REPO, Agents, results, write_config
+from tests.bridge_config import bridge_to
+from tests.daemon_harness import Agents, results, write_config
 from tests.fixtures.broker import validate_payload
 from tests.privacy import ImageCanary, canary_frame
 
 FPS = 15
 CUT_S = 10
-README_SECTION = "## A site broker bridged to a central one"
-
-
-def readme_bridge_config() -> list[str]:
-    """The ``conf`` block of the README's bridge section, without comments and blank lines."""
-    text = (REPO / "README.md").read_text()
-    section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```conf\n(.*?)```", section, re.S)
-    assert block is not None, "the README's bridge section has no ```conf block"
-    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
-
-
-def bridge_to(central_port: int) -> tuple[str, ...]:
-    lines = readme_bridge_config()
-    replace = {"address": f"address 127.0.0.1:{central_port}", "restart_timeout": "restart_timeout 1 2"}
-    assert {line.split()[0] for line in lines} >= set(replace), lines
-    return tuple(replace.get(line.split()[0], line) for line in lines)
 
 
 def seqs(messages) -> list[int]:

@@ -32,6 +32,7 @@ import pytest
 
 from edge_agent.fleet.deploy import build_deployment, encode, read_model
 from edge_agent.fleet.signing import generate_keypair, load_private_key
+from tests.bridge_config import bridge_to
 from tests.daemon_harness import Agent, Agents, write_config
 from tests.fixtures.tflite_models import TinyModel, _convert
 from tests.privacy import PrivacyWatch, schema_check, topics_from_config
@@ -189,6 +190,7 @@ class Fleet:
         (tmp / "operator.pw").write_text("pw-operator\n")
         self.configs: dict[str, Path] = {}
         self.running: dict[str, Agent] = {}
+        self.operator_broker = broker  # where edge-fleet publishes: a central broker when a bridge is between
 
     def config(self, device: str, **fleet: Any) -> Path:
         folder = self.tmp / device
@@ -209,7 +211,8 @@ class Fleet:
         return agent
 
     def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        common = ["--broker", f"{self.broker.host}:{self.broker.port}", "--username", "operator",
+        at = self.operator_broker
+        common = ["--broker", f"{at.host}:{at.port}", "--username", "operator",
                   "--password-file", str(self.tmp / "operator.pw")]  # fmt: skip
         key = ["--key", str(self.key)] if args[0] in ("deploy", "rollback") else []
         return subprocess.run([EDGE_FLEET, *args, *key, *common], capture_output=True, text=True,
@@ -453,3 +456,48 @@ def test_sigkill_during_fetch_test_and_after_the_swap(
     agent.wait_log("reload: pipeline sensor will run v3", timeout=60)
     assert agent.stop() == 0
     watch.check()
+
+
+def test_deploy_and_rollback_from_a_central_broker_through_a_site_bridge(
+    tmp_path: Path, mosquitto: Any, privacy: Any, fleet_models: FleetModels
+) -> None:
+    """The README's bridge, both directions, with edge-fleet on the central broker and the devices on the
+    site broker (the shipped ACL): the deployment, its model and the rollback command come in through the
+    bridge, the deploy states and results go out; a device that connects to the site broker after the
+    deployment gets it from what the bridge left retained there."""
+    m = fleet_models
+    central = mosquitto(persistent=True)
+    users = {u: "pw-" + u for u in ("operator", *DEVICES)}
+    site = mosquitto(users=users, persistent=True, extra_config=(
+        f"acl_file {ACL}", "message_size_limit 262144", *bridge_to(central.port)))  # fmt: skip
+    with Agents(tmp_path) as agents:
+        fleet = Fleet(tmp_path, site, agents, m.v1, install_plugin(tmp_path / "plugin"))
+        fleet.operator_broker = central
+        configs = [fleet.config(d) for d in ("cam-01", "cam-02")]
+        watch = privacy(central, configs[0], extra_topics=fleet_topics(configs))  # what the centre sees
+        v1, v2 = m.sha(m.v1), m.sha(m.v2)
+        early = fleet.start("cam-01")
+        early.wait_log("remote deployment is on: 1 trusted key(s)", timeout=60)
+        wait_state(watch, early, "cam-01", lambda s: running_sha(s) == v1)  # out through the bridge
+        wait_results_of(watch, early, "cam-01", v1, 3)
+
+        res = fleet.deploy(m.v2, "--group", "lobby")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"{'cam-01':<20} active (confirmed)" in res.stdout, res.stdout
+        wait_results_of(watch, early, "cam-01", v2, 5)
+
+        late = fleet.start("cam-02")  # the deployment reached the site broker before this device did
+        wait_state(
+            watch, late, "cam-02", lambda s: s["state"] == "active" and s["confirmed"] and s["sha256"] == v2
+        )
+        wait_results_of(watch, late, "cam-02", v2, 3)
+
+        res = fleet.cli("rollback", "--pipeline", PIPELINE, "--device", "cam-01")
+        assert res.returncode == 0, res.stdout + res.stderr
+        s = wait_state(watch, early, "cam-01", lambda s: s["state"] == "rolled_back")
+        assert running_sha(s) == v1
+        so_far = sum(r["model"]["sha256"] == v1[:12] for r in results(watch, "cam-01"))
+        wait_results_of(watch, early, "cam-01", v1, count=so_far + 3)
+        assert results(watch, "cam-02")[-1]["model"]["sha256"] == v2[:12], "only cam-01 was rolled back"
+        assert site.log_tail(10_000).count("Connecting bridge (step 2) central") >= 1, site.log_tail()
+        watch.check()
