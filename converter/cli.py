@@ -148,7 +148,18 @@ def cli(verbose: bool) -> None:
     help="Quality gate: fail (exit 8, files kept, manifest marked) when accuracy drops more. "
     "Default with --eval on a classifier: 1.",
 )
-@click.option("--no-gate", is_flag=True, help="Evaluate with --eval but never fail on the accuracy drop.")
+@click.option(
+    "--max-error-increase",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="PERCENT",
+    help="Quality gate of a regression model: fail (exit 8, files kept, manifest marked) when its mean "
+    "absolute error on --eval rises more than this above the float model's (never less than one int8 output "
+    "step). Default with --eval on a regression model: 10.",
+)
+@click.option(
+    "--no-gate", is_flag=True, help="Evaluate with --eval but never fail on the accuracy drop or error rise."
+)
 @click.option(
     "--fallback",
     type=click.Choice(["auto"]),
@@ -192,6 +203,7 @@ def quantize(
     postprocess_items: tuple[str, ...],
     eval_path: Path | None,
     max_accuracy_drop: float | None,
+    max_error_increase: float | None,
     no_gate: bool,
     fallback: str | None,
     max_float_layers: int | None,
@@ -206,13 +218,14 @@ def quantize(
           --calib train.npz --eval test.npz --labels labels.txt
 
     With --eval on a classifier the quality gate is on: more than 1 point of accuracy lost fails the
-    conversion (exit 8, files kept, manifest marked failed). --max-accuracy-drop sets the points,
-    --no-gate turns it off. With --fallback auto a failing int8 model keeps its worst layers in float
+    conversion (exit 8, files kept, manifest marked failed); on a regression model, a mean absolute error
+    more than 10% above the float model's. --max-accuracy-drop and --max-error-increase set them,
+    --no-gate turns the gate off. With --fallback auto a failing int8 model keeps its worst layers in float
     until the gate passes (at most --max-float-layers); the manifest records which.
     """
     from converter import calibration as cal
     from converter.diagnosis import check_fallback, fallback_failure
-    from converter.evaluate import gate_threshold, next_step
+    from converter.evaluate import gate_failure, next_step, quality_gate
     from converter.manifest import input_kind as default_input_kind
     from converter.output import check_writable
     from converter.quantize import resolve_io_type
@@ -225,8 +238,8 @@ def quantize(
     check_writable(out)
     io_type = resolve_io_type(mode, io_type)
     cal.require_calibration(mode, calib)
-    max_accuracy_drop = gate_threshold(max_accuracy_drop, no_gate, eval_path is not None, task)
-    check_fallback(fallback, max_float_layers, mode, io_type, max_accuracy_drop)
+    gate = quality_gate(max_accuracy_drop, max_error_increase, no_gate, eval_path is not None, task)
+    check_fallback(fallback, max_float_layers, mode, io_type, gate)
     labels = read_labels(labels_file)
     postprocess = parse_postprocess(postprocess_items)
 
@@ -259,7 +272,7 @@ def quantize(
     result = run_quantize(
         fm=fm, out=out, mode=mode, io_type=io_type, samples=samples, held_out=held_out, labels=labels,
         task=task, name=name or out.stem, kind=kind, pre=pre, output_roles=output_roles,
-        postprocess=postprocess, max_accuracy_drop=max_accuracy_drop, threads=threads,
+        postprocess=postprocess, gate=gate, threads=threads,
         fallback=fallback, max_float_layers=max_float_layers or DEFAULT_MAX_FLOAT_LAYERS,
     )  # fmt: skip
     click.echo(result.summary)
@@ -268,13 +281,17 @@ def quantize(
     if not result.gate_passed and result.fallback is not None:
         raise QualityGateError(fallback_failure(result.gate, result.fallback, out))
     if not result.gate_passed:
-        gate = result.gate
+        assert result.gate is not None
+        accept = (
+            "--max-accuracy-drop POINTS"
+            if gate and gate.metric == "accuracy"
+            else "--max-error-increase PERCENT"
+        )
         raise QualityGateError(
-            f"quality gate failed: accuracy dropped {gate['accuracy_drop_points']:.2f} points "
-            f"(allowed {gate['max_accuracy_drop_points']:g}); "
+            f"quality gate failed: {gate_failure(result.gate)}; "
             f"{out} and its manifest were written and marked failed. "
-            f"Next: {next_step(mode)}; or quantization-aware training; "
-            "--max-accuracy-drop POINTS or --no-gate accepts the loss"
+            f"Next: {next_step(mode, task)}; or quantization-aware training; "
+            f"{accept} or --no-gate accepts the loss"
         )
 
 

@@ -225,7 +225,7 @@ def diagnose(
 
 
 def check_fallback(
-    fallback: str | None, max_float_layers: int | None, mode: str, io_type: str, gate: float | None
+    fallback: str | None, max_float_layers: int | None, mode: str, io_type: str, gate: Any
 ) -> None:
     """ConfigError, before anything slow, for --fallback settings that cannot work."""
     if fallback is None:
@@ -243,14 +243,20 @@ def check_fallback(
             "--fallback auto needs the quality gate to know when to stop: --eval with labelled held-out data "
             "of a classifier, without --no-gate"
         )
+    if gate.metric != "accuracy":
+        raise ConfigError(
+            "--fallback auto searches by a classifier's accuracy; for a regression model, edge-convert "
+            "explain (without --eval) shows which layers lose precision, and --mode int16x8 keeps more of it"
+        )
 
 
 def fallback_failure(gate: dict[str, Any] | None, record: dict[str, Any], out: Any) -> str:
     """The error when --fallback auto ran and the gate still fails: all-float or the budget spent."""
+    from converter.evaluate import gate_failure
+
     assert gate is not None
     layers = record["float_layers"]
-    allowed = gate["max_accuracy_drop_points"]
-    drop = f"accuracy dropped {gate['accuracy_drop_points']:.2f} points (allowed {allowed:g})"
+    drop = gate_failure(gate)
     kept = f"{out} and its manifest were written (the last mix) and marked failed"
     if record["all_float"]:
         return (

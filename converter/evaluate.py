@@ -1,11 +1,12 @@
 """Float model vs converted model on held-out data: accuracy, top-1 agreement, output error, latency,
-and the quality gate that turns an accuracy drop into a failed conversion."""
+and the quality gate that turns a loss (a classifier's accuracy, a regression's error) into a failed
+conversion."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +27,7 @@ class Evaluation:
     mae_float: float | None = None  # regression: mean absolute error against the targets
     mae_quantized: float | None = None
     output_mean_abs_diff: float = 0.0  # quantized (dequantized) vs float outputs
+    output_step: float | None = None  # regression: the first output's quantization step (0 when float)
     output_max_abs_diff: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # median per single-sample call
     gate: dict[str, Any] | None = None
@@ -124,10 +126,11 @@ def evaluate(
         result.accuracy_quantized = round(float(np.mean(quant_top == y)), 6)
         result.accuracy_drop_points = round((result.accuracy_float - result.accuracy_quantized) * 100, 4)
         result.top1_agreement = round(float(np.mean(float_top == quant_top)), 6)
-    elif task == "regression" and data.y.size == f0.size:
+    elif task == "regression" and data.y.size == f0.size and data.y.dtype.kind in "iufb":
         y = np.asarray(data.y, dtype=np.float32).reshape(f0.shape)
         result.mae_float = round(float(np.mean(np.abs(f0 - y))), 6)
         result.mae_quantized = round(float(np.mean(np.abs(q0 - y))), 6)
+        result.output_step = float(lite.outputs[pairs[0]].scale or 0.0)
     if latency:
         sample = data.x[0]
         result.latency_ms["float_model"] = round(_median_ms(model.predict_one(), sample[None]), 4)
@@ -160,6 +163,7 @@ def anomaly_threshold(lite: LiteModel, x: np.ndarray, role: str) -> float:
 
 
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points: the gate with --eval on a classifier, unless --no-gate
+DEFAULT_MAX_ERROR_INCREASE_PCT = 10.0  # percent: the gate with --eval on a regression model, unless --no-gate
 # Below these the quantized model no longer answers like the float one (measured on the digits CNN: a
 # healthy int8 conversion keeps 100% agreement and drops 0 points; a collapsed one fell to 8% agreement).
 COLLAPSE_AGREEMENT = 0.8
@@ -176,47 +180,117 @@ OTHER_MODES = {
 }
 
 
-def next_step(mode: str) -> str:
+def next_step(mode: str, task: str = "classification") -> str:
     """What to do when ``mode`` lost too much: check the data first, then find and keep the bad layers in
-    float (int8), then another mode."""
-    layers = (
-        ", see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
-        if mode == "int8"
-        else ""
-    )
+    float (an int8 classifier: --fallback auto searches by accuracy), then another mode."""
+    layers = ""
+    if mode == "int8" and task == "classification":
+        layers = (
+            ", see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
+        )
+    elif mode == "int8":
+        layers = ", see which layers lose it with edge-convert explain (without --eval)"
     return (
         "check that --calib holds typical inputs preprocessed exactly as in training (the input "
         f"normalization, --scale/--mean/--std){layers}, then try {OTHER_MODES.get(mode, '--mode float16')}"
     )
 
 
-def gate_threshold(max_accuracy_drop: float | None, no_gate: bool, has_eval: bool, task: str) -> float | None:
-    """The accuracy drop (points) the gate allows, None for no gate: with --eval on a classifier the gate
-    is on at DEFAULT_MAX_ACCURACY_DROP; --max-accuracy-drop changes it, --no-gate turns it off."""
-    if no_gate and max_accuracy_drop is not None:
-        raise ConfigError("--no-gate and --max-accuracy-drop contradict each other; give one of them")
-    if max_accuracy_drop is not None and not has_eval:
-        raise ConfigError("--max-accuracy-drop needs --eval with labelled held-out data")
+@dataclass(frozen=True)
+class Gate:
+    """The quality gate: how much worse than the float model the converted one may do on --eval. A
+    classifier loses accuracy (``limit``: points); a regression model gains error (``limit``: percent its
+    mean absolute error may grow, and never less than one step of its int8 output: rounding to that
+    resolution alone costs up to half a step per value, so a smaller rise says nothing)."""
+
+    metric: Literal["accuracy", "mae"]
+    limit: float
+
+
+def quality_gate(
+    max_accuracy_drop: float | None,
+    max_error_increase: float | None,
+    no_gate: bool,
+    has_eval: bool,
+    task: str,
+) -> Gate | None:
+    """The gate a conversion runs, None for none: with --eval it is on for a classifier (accuracy drop at
+    most DEFAULT_MAX_ACCURACY_DROP points) and a regression model (mean absolute error at most
+    DEFAULT_MAX_ERROR_INCREASE_PCT percent higher); the --max-* options change it, --no-gate turns it off."""
+    given = "--max-accuracy-drop" if max_accuracy_drop is not None else None
+    if max_error_increase is not None:
+        given = "--max-error-increase"
+    if max_accuracy_drop is not None and max_error_increase is not None:
+        raise ConfigError(
+            "--max-accuracy-drop is a classifier's gate, --max-error-increase a regression's; give one"
+        )
+    if no_gate and given:
+        raise ConfigError(f"--no-gate and {given} contradict each other; give one of them")
+    if given and not has_eval:
+        raise ConfigError(f"{given} needs --eval with labelled held-out data")
     if max_accuracy_drop is not None and task != "classification":
-        raise ConfigError("--max-accuracy-drop applies to classification models")
-    if no_gate or not has_eval or task != "classification":
+        raise ConfigError(
+            "--max-accuracy-drop applies to classification models (--max-error-increase to regression)"
+        )
+    if max_error_increase is not None and task != "regression":
+        raise ConfigError(
+            "--max-error-increase applies to regression models (--max-accuracy-drop to classification)"
+        )
+    if no_gate or not has_eval or task not in ("classification", "regression"):
         return None
-    return DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+    if task == "classification":
+        return Gate("accuracy", DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop)
+    return Gate("mae", DEFAULT_MAX_ERROR_INCREASE_PCT if max_error_increase is None else max_error_increase)
 
 
-def apply_gate(evaluation: Evaluation, max_accuracy_drop: float | None) -> bool:
+def apply_gate(evaluation: Evaluation, gate: Gate | None) -> bool:
     """Record the quality gate in ``evaluation``; True when it passed (or none was set)."""
-    if max_accuracy_drop is None:
+    if gate is None:
         return True
+    if gate.metric == "mae":
+        return _apply_error_gate(evaluation, gate.limit)
     if evaluation.accuracy_drop_points is None:
         raise DataError("--max-accuracy-drop needs a classification model and labelled --eval data")
-    passed = evaluation.accuracy_drop_points <= max_accuracy_drop
+    passed = evaluation.accuracy_drop_points <= gate.limit
     evaluation.gate = {
-        "max_accuracy_drop_points": max_accuracy_drop,
+        "max_accuracy_drop_points": gate.limit,
         "accuracy_drop_points": evaluation.accuracy_drop_points,
         "passed": passed,
     }
     return passed
+
+
+def _apply_error_gate(evaluation: Evaluation, max_increase_pct: float) -> bool:
+    mae_float, mae_quantized = evaluation.mae_float, evaluation.mae_quantized
+    if mae_float is None or mae_quantized is None:
+        raise DataError(
+            f"evaluation data {evaluation.data}: the regression quality gate needs y to hold the targets, "
+            "one number per model output value for each sample; fix y, or --no-gate to convert without it"
+        )
+    increase = mae_quantized - mae_float
+    allowed = max(mae_float * max_increase_pct / 100, evaluation.output_step or 0.0)
+    passed = increase <= allowed + 1e-9  # the MAEs are rounded to 6 places; exactly the limit passes
+    evaluation.gate = {
+        "max_error_increase_pct": max_increase_pct,
+        "error_increase": round(increase, 6),
+        "error_increase_pct": round(increase / mae_float * 100, 4) if mae_float > 0 else None,
+        "allowed_increase": round(allowed, 6),
+        "passed": passed,
+    }
+    return passed
+
+
+def gate_failure(gate: dict[str, Any]) -> str:
+    """What failed, in one clause: ``accuracy dropped 4.67 points (allowed 1)``."""
+    if "max_error_increase_pct" in gate:
+        pct = gate["error_increase_pct"]
+        rise = f" ({pct:.1f}%)" if pct is not None else ""
+        return (
+            f"mean absolute error rose by {gate['error_increase']:.4g}{rise} (allowed "
+            f"{gate['allowed_increase']:.4g}: +{gate['max_error_increase_pct']:g}%, at least one output step)"
+        )
+    drop, allowed = gate["accuracy_drop_points"], gate["max_accuracy_drop_points"]
+    return f"accuracy dropped {drop:.2f} points (allowed {allowed:g})"
 
 
 def collapse(evaluation: Evaluation, mode: str) -> str | None:

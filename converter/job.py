@@ -57,7 +57,7 @@ def run_quantize(
     pre: Any,
     output_roles: tuple[str, ...],
     postprocess: dict[str, Any],
-    max_accuracy_drop: float | None,
+    gate: Any,
     threads: int,
     fallback: str | None = None,
     max_float_layers: int = 5,
@@ -107,12 +107,12 @@ def run_quantize(
     fallen_back = None
     if held_out is not None:
         ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
-        apply_gate(ev, max_accuracy_drop)
+        apply_gate(ev, gate)
         if fallback == "auto" and ev.gate is not None and not ev.gate["passed"]:
-            assert max_accuracy_drop is not None and x_calib is not None
+            assert gate is not None and x_calib is not None
             model_bytes, lite, ev, fallen_back = _fall_back(
                 fm, x_calib, held_out, task, labels, reference, len(reference_bytes), len(model_bytes), ev,
-                max_accuracy_drop, max_float_layers, io_type, threads,
+                gate, max_float_layers, io_type, threads,
             )  # fmt: skip
             evaluation["size_bytes"]["tflite"] = len(model_bytes)
             evaluation["size_ratio"] = round(len(model_bytes) / len(reference_bytes), 4)
@@ -157,7 +157,7 @@ def _fall_back(
     float32_size: int,
     int8_size: int,
     int8_ev: Any,
-    max_accuracy_drop: float,
+    gate: Any,
     max_float_layers: int,
     io_type: str,
     threads: int,
@@ -173,16 +173,14 @@ def _fall_back(
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
-    found = fall_back(
-        fm, x_calib, held_out, max_accuracy_drop, max_float_layers, io_type != "float32", progress
-    )
+    found = fall_back(fm, x_calib, held_out, gate.limit, max_float_layers, io_type != "float32", progress)
     lite = LiteModel(found.model, threads)
     try:
         lite.run_raw_zeros()
     except Exception as exc:
         raise ModelError(f"the mixed int8/float model does not run on ai-edge-litert ({exc})") from None
     ev = evaluate(fm, lite, held_out, task, reference=reference, labels=labels)
-    apply_gate(ev, max_accuracy_drop)
+    apply_gate(ev, gate)
     record = {
         "float_layers": found.float_layers,
         "float_nodes": found.float_nodes,
@@ -278,7 +276,8 @@ def _summary(
             rows.append(["accuracy", report.pct(ev.accuracy_float), report.pct(ev.accuracy_quantized), drop])
             rows.append(["top-1 agreement with float", "", report.pct(ev.top1_agreement), ""])
         if ev.mae_float is not None:
-            rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), ""])
+            rise = f"rise {ev.mae_quantized - ev.mae_float:.4g}" if ev.mae_quantized is not None else ""
+            rows.append(["mean abs error", report.num(ev.mae_float), report.num(ev.mae_quantized), rise])
         diff = f"{ev.output_mean_abs_diff:.4g} / {ev.output_max_abs_diff:.4g}"
         rows.append(["output diff vs float, mean / max", "", diff, ""])
         lat = ev.latency_ms
@@ -292,12 +291,18 @@ def _summary(
             rows.append(["answers vs float", "", "COLLAPSED", "see below"])
         if ev.gate is not None:
             verdict = "PASSED" if ev.gate["passed"] else "FAILED"
-            rows.append(
-                ["quality gate", "", verdict, f"max drop {ev.gate['max_accuracy_drop_points']:g} points"]
-            )
-        elif ev.accuracy_float is not None:
+            rows.append(["quality gate", "", verdict, _gate_limit(ev.gate)])
+        elif ev.accuracy_float is not None or ev.mae_float is not None:
             rows.append(["quality gate", "", "OFF", "--no-gate"])
     lines += ["", report.table(["", "float32", mode, ""], rows)]
     if collapsed is not None:
         lines += ["", f"COLLAPSED: {collapsed}"]
     return "\n".join(lines)
+
+
+def _gate_limit(gate: dict[str, Any]) -> str:
+    if "max_error_increase_pct" in gate:
+        return (
+            f"max error +{gate['max_error_increase_pct']:g}% (rise allowed: {gate['allowed_increase']:.4g})"
+        )
+    return f"max drop {gate['max_accuracy_drop_points']:g} points"

@@ -659,3 +659,71 @@ def test_device_runtime_reads_the_manifest_and_classifies_video(
     assert agreement >= 0.98  # MJPG rounding may flip a borderline digit, no more
     accuracy = np.mean([a == b for a, b in zip(device_labels, digits_video.labels, strict=True)])
     assert accuracy >= 0.93
+
+
+# -------------------------------------------------------------------------------- the regression gate
+
+
+@pytest.fixture(scope="session")
+def sensor_regression(tmp_path_factory) -> dict[str, Path]:
+    """``y = a + b`` from three sensor columns, the third unused: once normalized like the others (0..1),
+    once left in its raw unit (0..1000, e.g. a pressure in Pa). int8 quantizes the input per tensor, so the
+    raw column takes the whole range and a and b round to nothing; held-out targets carry sensor noise."""
+    import keras
+
+    base = tmp_path_factory.mktemp("sensor-regression")
+    rng = np.random.default_rng(3)
+    made = {}
+    for name, third in (("normalized", 1.0), ("raw_unit", 1000.0)):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.layers[0].set_weights([np.array([[1.0], [1.0], [0.0]], np.float32), np.zeros(1, np.float32)])
+        model.save(base / f"{name}.keras")
+        x = rng.random((400, 3)).astype(np.float32) * np.array([1.0, 1.0, third], np.float32)
+        y = x[:, :1] + x[:, 1:2] + rng.normal(0, 0.02, (400, 1)).astype(np.float32)
+        np.save(base / f"{name}-calib.npy", x[:200])
+        np.savez(base / f"{name}-eval.npz", x=x[200:], y=y[200:])
+        made[name] = base / f"{name}.keras"
+    return made
+
+
+def _regression_args(model: Path, out: Path, *extra: str) -> list:
+    stem = model.with_suffix("")
+    return ["quantize", model, "-o", out, "--task", "regression", "--calib", f"{stem}-calib.npy",
+            "--eval", f"{stem}-eval.npz", *extra]  # fmt: skip
+
+
+def test_the_regression_gate_is_on_by_default_and_fails_a_model_int8_breaks(sensor_regression, tmp_path):
+    """With --eval on a regression model the gate is on: a mean absolute error more than 10% above the
+    float model's fails the conversion (exit 8, files kept, manifest marked); a healthy one passes."""
+    good = tmp_path / "good.tflite"
+    proc = run_edge_convert(*_regression_args(sensor_regression["normalized"], good))
+    assert_clean(proc)
+    gate = validate_manifest(good.with_suffix(".json"))["evaluation"]["gate"]
+    assert gate["passed"] is True and gate["max_error_increase_pct"] == 10.0
+    assert re.search(r"quality gate\s+PASSED\s+max error \+10%", proc.stdout), proc.stdout
+
+    broken = tmp_path / "broken.tflite"
+    proc = run_edge_convert(*_regression_args(sensor_regression["raw_unit"], broken))
+    assert_clean(proc, ok=False)
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert broken.is_file() and broken.with_suffix(".json").is_file()
+    evaluation = validate_manifest(broken.with_suffix(".json"))["evaluation"]
+    assert evaluation["gate"]["passed"] is False
+    assert evaluation["mae_quantized"] > 10 * evaluation["mae_float"], evaluation
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("edge-convert: error:"))
+    assert "quality gate failed: mean absolute error rose by" in error
+    assert "--max-error-increase PERCENT or --no-gate accepts the loss" in error
+    assert "--mode int16x8" in error and "--fallback auto" not in error  # it searches by accuracy
+    assert re.search(r"quality gate\s+FAILED", proc.stdout)
+
+    rescued = run_edge_convert(*_regression_args(sensor_regression["raw_unit"], broken, "--mode", "int16x8"))
+    assert_clean(rescued)  # what the error suggests: 16-bit activations keep a and b
+    assert validate_manifest(broken.with_suffix(".json"))["evaluation"]["gate"]["passed"] is True
+    refused = run_edge_convert(*_regression_args(sensor_regression["raw_unit"], broken, "--fallback", "auto"))
+    assert_clean(refused, ok=False)
+    assert refused.returncode == 2 and "--fallback auto searches by a classifier's accuracy" in refused.stderr
+
+    accepted = run_edge_convert(*_regression_args(sensor_regression["raw_unit"], broken, "--no-gate"))
+    assert_clean(accepted)
+    assert "gate" not in validate_manifest(broken.with_suffix(".json"))["evaluation"]
+    assert re.search(r"quality gate\s+OFF", accepted.stdout), accepted.stdout

@@ -243,37 +243,84 @@ def _evaluation(drop: float | None, agreement: float | None = 0.97):
      (0.2222, 0.0, False), (-0.4, -0.5, False), (-0.4, 0.0, True)],
 )  # fmt: skip
 def test_apply_gate_compares_the_drop_with_the_limit(drop, limit, passed):
-    from converter.evaluate import apply_gate
+    from converter.evaluate import Gate, apply_gate
 
     ev = _evaluation(drop)
-    assert apply_gate(ev, limit) is passed
+    assert apply_gate(ev, Gate("accuracy", limit)) is passed
     assert ev.gate == {"max_accuracy_drop_points": limit, "accuracy_drop_points": drop, "passed": passed}
 
 
 def test_apply_gate_without_a_limit_or_without_accuracy():
-    from converter.evaluate import apply_gate
+    from converter.evaluate import Gate, apply_gate
 
     ev = _evaluation(30.0)
     assert apply_gate(ev, None) is True and ev.gate is None
     with pytest.raises(DataError, match="needs a classification model"):
-        apply_gate(_evaluation(None, None), 1.0)
+        apply_gate(_evaluation(None, None), Gate("accuracy", 1.0))
+
+
+@pytest.mark.parametrize(
+    ("mae_float", "mae_quantized", "step", "passed", "allowed"),
+    [(1.0, 1.09, 0.01, True, 0.1),  # 9% more error, allowed 10%
+     (1.0, 1.11, 0.01, False, 0.1),  # 11%
+     (1.0, 1.10, 0.01, True, 0.1),  # exactly the limit
+     (0.0, 0.004, 0.008, True, 0.008),  # an exact float model: up to one output step is rounding
+     (0.0, 0.009, 0.008, False, 0.008),
+     (0.05, 0.2, 0.0, False, 0.005),  # float output: no step, only the percentage
+     (1.0, 0.9, 0.01, True, 0.1)],  # int8 did better: passes
+)  # fmt: skip
+def test_the_regression_gate_allows_a_percentage_of_the_float_error_and_at_least_one_step(
+    mae_float, mae_quantized, step, passed, allowed
+):
+    from converter.evaluate import Evaluation, Gate, apply_gate, gate_failure
+
+    ev = Evaluation(samples=100, data="rows.csv", mae_float=mae_float, mae_quantized=mae_quantized)
+    ev.output_step = step
+    assert apply_gate(ev, Gate("mae", 10.0)) is passed
+    assert ev.gate is not None and ev.gate["passed"] is passed
+    assert ev.gate["allowed_increase"] == pytest.approx(allowed)
+    assert ev.gate["error_increase"] == pytest.approx(mae_quantized - mae_float)
+    assert "mean absolute error rose by" in gate_failure(ev.gate)
+
+
+def test_the_regression_gate_needs_targets():
+    from converter.evaluate import Evaluation, Gate, apply_gate
+
+    with pytest.raises(
+        DataError, match=r"rows\.csv: the regression quality gate needs y to hold the targets"
+    ):
+        apply_gate(Evaluation(samples=100, data="rows.csv"), Gate("mae", 10.0))
 
 
 def test_gate_is_on_by_default_with_eval_and_off_when_asked():
-    from converter.evaluate import DEFAULT_MAX_ACCURACY_DROP, gate_threshold
+    from converter.evaluate import (
+        DEFAULT_MAX_ACCURACY_DROP,
+        DEFAULT_MAX_ERROR_INCREASE_PCT,
+        Gate,
+        quality_gate,
+    )
 
-    assert DEFAULT_MAX_ACCURACY_DROP == 1.0
-    assert gate_threshold(None, False, True, "classification") == 1.0
-    assert gate_threshold(2.5, False, True, "classification") == 2.5
-    assert gate_threshold(None, True, True, "classification") is None
-    assert gate_threshold(None, False, False, "classification") is None  # nothing to evaluate on
-    assert gate_threshold(None, False, True, "regression") is None  # no accuracy to gate on
+    assert DEFAULT_MAX_ACCURACY_DROP == 1.0 and DEFAULT_MAX_ERROR_INCREASE_PCT == 10.0
+    assert quality_gate(None, None, False, True, "classification") == Gate("accuracy", 1.0)
+    assert quality_gate(2.5, None, False, True, "classification") == Gate("accuracy", 2.5)
+    assert quality_gate(None, None, True, True, "classification") is None
+    assert quality_gate(None, None, False, False, "classification") is None  # nothing to evaluate on
+    assert quality_gate(None, None, False, True, "regression") == Gate("mae", 10.0)
+    assert quality_gate(None, 25.0, False, True, "regression") == Gate("mae", 25.0)
+    assert quality_gate(None, None, True, True, "regression") is None
+    assert quality_gate(None, None, False, True, "anomaly") is None  # no gate for it yet
     with pytest.raises(ConfigError, match="contradict"):
-        gate_threshold(1.0, True, True, "classification")
+        quality_gate(1.0, None, True, True, "classification")
+    with pytest.raises(ConfigError, match="--no-gate and --max-error-increase contradict"):
+        quality_gate(None, 5.0, True, True, "regression")
     with pytest.raises(ConfigError, match="needs --eval"):
-        gate_threshold(1.0, False, False, "classification")
+        quality_gate(1.0, None, False, False, "classification")
     with pytest.raises(ConfigError, match="applies to classification"):
-        gate_threshold(1.0, False, True, "regression")
+        quality_gate(1.0, None, False, True, "regression")
+    with pytest.raises(ConfigError, match="applies to regression"):
+        quality_gate(None, 5.0, False, True, "classification")
+    with pytest.raises(ConfigError, match="give one"):
+        quality_gate(1.0, 5.0, False, True, "regression")
 
 
 def test_collapse_is_named_with_the_next_step():
