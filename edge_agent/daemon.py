@@ -92,7 +92,7 @@ class Daemon:
         self._status_sent = -float("inf")
         self._stall_logged: set[str] = set()
         self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
-        self.loader = ModelLoader(self._inference_cpus)  # start, reload and (soon) deployments use it
+        self.loader = ModelLoader(self._inference_cpus)  # start, reload and fleet deployments use it
 
     # -- signals (handlers set flags and wake the main loop, which acts on them) ---------------------------
     def request_stop(self, *_: Any) -> None:

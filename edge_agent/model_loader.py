@@ -1,5 +1,5 @@
 """Load a pipeline's model and make it ready to run: the one way a model comes in, whether at start, on a
-reload (SIGHUP) or, soon, from a fleet deployment (``loader.load(pcfg, path)`` then ``pipe.swap_model``).
+reload (SIGHUP) or from a fleet deployment (``loader.load(pcfg, path)`` then ``pipe.swap_model``).
 
 Loading verifies what can be verified before the model ever sees a frame: the file's sha256 against its
 manifest, the manifest against the interpreter's tensors (``runtime.load_model``), then the model's input

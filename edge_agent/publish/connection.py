@@ -4,8 +4,8 @@ listeners and bounded subscriptions.
 What happens on every successful CONNACK, in this order (paho's network thread):
   1. the delivery tracker (the outbox sender) starts a new session: generation, window, replay;
   2. every subscription is sent again (clean session: the broker forgot them);
-  3. on-connect listeners run in the order they were added (the ``online`` status is one; Home Assistant
-     discovery and the deployment subscription will be others).
+  3. on-connect listeners run in the order they were added (the ``online`` status, Home Assistant
+     discovery, the fleet's deploy state).
 A listener or message handler that raises is logged and counted; it never reaches paho, whose network
 thread would otherwise die with it (paho re-raises callback exceptions unless ``suppress_exceptions``).
 
