@@ -74,6 +74,56 @@ def test_mmap_threshold_fixed_unless_the_operator_chose() -> None:
     assert fixed.stdout.strip() == str(platform.libc_ver()[0] == "glibc"), fixed.stderr
 
 
+FRAME_FAULTS = """
+import resource, threading
+import numpy as np
+from edge_agent.runtime import memory
+
+memory.limit_malloc_arenas()
+memory.fix_mmap_threshold()  # as the daemon starts
+
+def faults_per_frame(frames=200):
+    # what a camera's reader thread does per frame: a decoded 320x240 BGR image and a 224x224x3 model input,
+    # made, filled and freed (in a thread: its own malloc arena, whose heap is small, like the reader's)
+    got = []
+    def read():
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        for _ in range(frames):
+            image, tensor = np.empty((240, 320, 3), np.uint8), np.empty((224, 224, 3), np.int8)
+            image[...], tensor[...] = 1, 1
+            del image, tensor
+        got.append((resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before) / frames)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    return got[0]
+
+mapped = faults_per_frame()
+fitted = memory.fit_frames(240 * 320 * 3)
+again = memory.fit_frames(1000)  # smaller: the threshold is never lowered
+print(mapped, fitted, again, faults_per_frame(), memory.fit_frames(10**9))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_frames_come_from_the_heap_once_fitted_instead_of_being_mapped_and_faulted_in_each_time() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", FRAME_FAULTS], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    mapped, fitted, again, heap, largest = out.stdout.split()
+    assert float(mapped) > 50, "each frame's buffers were mapped: their pages faulted in every frame"
+    assert (int(fitted), again) == (256 * 1024, "None")  # the next power of two above 230,400 bytes
+    assert float(heap) < 1, f"{heap} page faults per frame after fit_frames: the buffers were not reused"
+    assert int(largest) == 8 * 1024 * 1024  # capped: a larger frame keeps its own mapping
+    operator = subprocess.run(
+        [sys.executable, "-c", "from edge_agent.runtime import memory; print(memory.fit_frames(1 << 20))"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert operator.stdout.strip() == "None", (
+        "without fix_mmap_threshold (an operator's choice) nothing changes"
+    )
+
+
 def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
     code = (
         "import sys, numpy as np\n"

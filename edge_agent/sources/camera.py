@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
+from edge_agent.runtime.memory import fit_frames
 from edge_agent.sources.base import (
     Backoff,
     Frame,
@@ -167,6 +168,7 @@ class CameraSource(Interruptible, Source):
         self._attempt: _Attempt | None = None
         self._decode_scale = 1  # 2, 4, 8: MJPEG packets decoded by libjpeg at that fraction of full size
         self._bad_frames = 0  # packets that did not decode (skipped)
+        self._frame_bytes = 0  # the largest frame-sized buffer made so far (runtime.memory.fit_frames)
         self._scaled_jpeg_ok = True  # False once libjpeg failed on this source's packets: FFmpeg decodes
         self._consumer_seen = False  # read() was called: a replay's first packets wait for that
         self._prepare_errors = 0  # frames the consumer's preparer raised on (offered unprepared)
@@ -538,6 +540,17 @@ class CameraSource(Interruptible, Source):
             return True
 
     def _prepare(self, image: Any) -> Any:
+        prepared = self._run_preparer(image)
+        if prepared is None:
+            return None  # frames before the pipeline starts may be full size: they say nothing about the rest
+        tensor = getattr(prepared, "tensor", None)  # a float model's input can be larger than the frame
+        size = max(image.nbytes, tensor.nbytes if tensor is not None else 0)
+        if size > self._frame_bytes:  # the first frame, or larger ones: from the heap, reused, not mapped
+            self._frame_bytes = size
+            fit_frames(size)
+        return prepared
+
+    def _run_preparer(self, image: Any) -> Any:
         preparer = self.preparer
         if preparer is None:
             return None
