@@ -290,7 +290,7 @@ def quantize(
         raise QualityGateError(
             f"quality gate failed: {gate_failure(result.gate)}; "
             f"{out} and its manifest were written and marked failed. "
-            f"Next: {next_step(mode, task)}; or quantization-aware training; "
+            f"Next: {next_step(mode)}; or quantization-aware training; "
             f"{accept} or --no-gate accepts the loss"
         )
 

@@ -39,7 +39,7 @@ from converter.calibration import Labelled
 from converter.litert import LiteModel
 from converter.loading import FloatModel
 from converter.quiet import captured_fds, import_tensorflow
-from edge_agent.errors import ConfigError, ModelError
+from edge_agent.errors import ConfigError, DataError, ModelError
 
 PROBE_SAMPLES = 100  # calibration samples the per-layer errors and the output errors are measured on
 MEASURE_TOP = 16  # layers (worst by rmse_steps first) whose float fallback is measured: one conversion each
@@ -241,12 +241,7 @@ def check_fallback(
     if gate is None:
         raise ConfigError(
             "--fallback auto needs the quality gate to know when to stop: --eval with labelled held-out data "
-            "of a classifier, without --no-gate"
-        )
-    if gate.metric != "accuracy":
-        raise ConfigError(
-            "--fallback auto searches by a classifier's accuracy; for a regression model, edge-convert "
-            "explain (without --eval) shows which layers lose precision, and --mode int16x8 keeps more of it"
+            "of a classifier or a regression model, without --no-gate"
         )
 
 
@@ -276,9 +271,20 @@ def fallback_failure(gate: dict[str, Any] | None, record: dict[str, Any], out: A
 @dataclass(frozen=True)
 class FallbackStep:
     float_layers: list[str]  # readable names, in the order they were moved to float
-    accuracy: float
-    accuracy_drop_points: float
     passed: bool
+    accuracy: float | None = None  # a classifier's
+    accuracy_drop_points: float | None = None
+    mae: float | None = None  # a regression model's mean absolute error on --eval
+    error_increase: float | None = None  # over the float model's
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``fallback.steps`` entry: the measures this task has."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        if self.accuracy_drop_points is not None:
+            return f"accuracy drop {self.accuracy_drop_points:.2f} points"
+        return f"mean abs error {self.mae:.4g} (rise {self.error_increase:.4g})"
 
 
 @dataclass
@@ -298,33 +304,34 @@ def fall_back(
     model: FloatModel,
     calibration: np.ndarray,
     held_out: Labelled,
-    max_accuracy_drop: float,
+    gate: Any,
     max_float_layers: int,
     int8_io: bool,
     progress: Callable[[str], None] | None = None,
 ) -> Fallback:
     """Keep layers in float one at a time, each step the one whose fallback brings the output on the
     calibration samples closest to float (the diagnosis's ranking, redone on the current mix), until the
-    accuracy drop on ``held_out`` is within ``max_accuracy_drop`` or ``max_float_layers`` are float."""
+    mix passes ``gate`` (converter.evaluate.Gate: a classifier's accuracy drop, a regression model's error
+    rise) on ``held_out``, or ``max_float_layers`` are float."""
     debugger = Debugger(model, calibration, calibration[:PROBE_SAMPLES], int8_io)
     candidates = {layer.node: layer.layer for layer in debugger.layer_errors()}
-    accuracy = _accuracy_fn(model, held_out)
-    assert accuracy is not None
-    accuracy_float = float(np.mean(accuracy.float_top == accuracy.y))
+    judge = (
+        _Accuracy.of(model, held_out, gate.limit)
+        if gate.metric == "accuracy"
+        else _Error.of(model, held_out, gate.limit)
+    )
     chosen: list[str] = []
     current = debugger.model()
     result = Fallback(model=current, float_nodes=[], float_layers=[])
     while True:
-        acc = accuracy(current)
-        drop = round((accuracy_float - acc) * 100, 4)
-        passed = drop <= max_accuracy_drop
         names = [candidates[n] for n in chosen]
-        result.steps.append(FallbackStep(names, acc, drop, passed))
+        step = judge.step(current, names)
+        result.steps.append(step)
         result.model, result.float_nodes, result.float_layers = current, list(chosen), names
         if progress is not None:
             mix = ", ".join(names) if names else "none"
-            progress(f"fallback step {len(chosen)}: float layers {mix}: accuracy drop {drop:.2f} points")
-        if passed or len(chosen) >= max_float_layers:
+            progress(f"fallback step {len(chosen)}: float layers {mix}: {step.describe()}")
+        if step.passed or len(chosen) >= max_float_layers:
             return result
         best: tuple[float, str, bytes] | None = None
         for node in candidates:
@@ -353,10 +360,54 @@ class _Accuracy:
     x: np.ndarray
     y: np.ndarray
     float_top: np.ndarray
+    max_drop: float = 0.0  # points: the gate's
 
     def __call__(self, model: bytes) -> float:
         out = LiteModel(model).predict(self.x)[0]
         return round(float(np.mean(out.reshape(len(self.x), -1).argmax(axis=1) == self.y)), 6)
+
+    @staticmethod
+    def of(model: FloatModel, held_out: Labelled, max_drop: float) -> _Accuracy:
+        found = _accuracy_fn(model, held_out)
+        assert found is not None
+        return _Accuracy(found.x, found.y, found.float_top, max_drop)
+
+    def step(self, model: bytes, names: list[str]) -> FallbackStep:
+        acc = self(model)
+        drop = round((float(np.mean(self.float_top == self.y)) - acc) * 100, 4)
+        return FallbackStep(names, drop <= self.max_drop, accuracy=acc, accuracy_drop_points=drop)
+
+
+@dataclass(frozen=True)
+class _Error:
+    """A regression model's mean absolute error on labelled data against the float model's, judged as the
+    quality gate does (converter.evaluate: a rise of at most ``max_increase_pct`` percent, never less than
+    one step of the output)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    mae_float: float
+    max_increase_pct: float
+
+    @staticmethod
+    def of(model: FloatModel, held_out: Labelled, max_increase_pct: float) -> _Error:
+        float_out = model.predict(held_out.x)[0].reshape(len(held_out.x), -1)
+        if held_out.y.size != float_out.size or held_out.y.dtype.kind not in "iufb":
+            raise DataError(
+                f"evaluation data {held_out.source}: the regression quality gate needs y to hold the "
+                "targets, one number per model output value for each sample"
+            )
+        y = np.asarray(held_out.y, dtype=np.float32).reshape(float_out.shape)
+        return _Error(held_out.x, y, float(np.mean(np.abs(float_out - y))), max_increase_pct)
+
+    def step(self, model: bytes, names: list[str]) -> FallbackStep:
+        lite = LiteModel(model)
+        out = lite.predict(self.x)[0].reshape(self.y.shape)
+        mae = float(np.mean(np.abs(out - self.y)))
+        increase = mae - self.mae_float
+        allowed = max(self.mae_float * self.max_increase_pct / 100, float(lite.outputs[0].scale or 0.0))
+        passed = increase <= allowed + 1e-9
+        return FallbackStep(names, passed, mae=round(mae, 6), error_increase=round(increase, 6))
 
 
 def _accuracy_fn(model: FloatModel, held_out: Labelled | None) -> _Accuracy | None:

@@ -180,16 +180,14 @@ OTHER_MODES = {
 }
 
 
-def next_step(mode: str, task: str = "classification") -> str:
+def next_step(mode: str) -> str:
     """What to do when ``mode`` lost too much: check the data first, then find and keep the bad layers in
-    float (an int8 classifier: --fallback auto searches by accuracy), then another mode."""
-    layers = ""
-    if mode == "int8" and task == "classification":
-        layers = (
-            ", see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
-        )
-    elif mode == "int8":
-        layers = ", see which layers lose it with edge-convert explain (without --eval)"
+    float (int8), then another mode."""
+    layers = (
+        ", see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
+        if mode == "int8"
+        else ""
+    )
     return (
         "check that --calib holds typical inputs preprocessed exactly as in training (the input "
         f"normalization, --scale/--mean/--std){layers}, then try {OTHER_MODES.get(mode, '--mode float16')}"

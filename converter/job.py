@@ -173,7 +173,7 @@ def _fall_back(
     def progress(line: str) -> None:
         print(line, file=sys.stderr)
 
-    found = fall_back(fm, x_calib, held_out, gate.limit, max_float_layers, io_type != "float32", progress)
+    found = fall_back(fm, x_calib, held_out, gate, max_float_layers, io_type != "float32", progress)
     lite = LiteModel(found.model, threads)
     try:
         lite.run_raw_zeros()
@@ -187,11 +187,7 @@ def _fall_back(
         "max_float_layers": max_float_layers,
         "all_float": found.all_float,
         "passed": bool(ev.gate and ev.gate["passed"]),
-        "steps": [
-            {"float_layers": s.float_layers, "accuracy": s.accuracy,
-             "accuracy_drop_points": s.accuracy_drop_points, "passed": s.passed}
-            for s in found.steps
-        ],
+        "steps": [s.record() for s in found.steps],
         "size_bytes": {"float32": float32_size, "int8": int8_size, "mixed": len(found.model)},
         "latency_ms": {
             "float32": ev.latency_ms["float32_tflite"],
@@ -211,12 +207,16 @@ def _fallback_summary(record: dict[str, Any], mode: str, threads: int) -> str:
         f"{', '.join(layers) or 'none'} ({len(layers)} of at most {record['max_float_layers']}); "
         f"the gate {verdict}"
     ]
+    accuracy = "accuracy" in record["steps"][0]
     steps = [
-        [str(i), ", ".join(step["float_layers"]) or "(none)", report.pct(step["accuracy"]),
-         f"{step['accuracy_drop_points']:.2f} points", "PASSED" if step["passed"] else "FAILED"]
+        [str(i), ", ".join(step["float_layers"]) or "(none)",
+         *((report.pct(step["accuracy"]), f"{step['accuracy_drop_points']:.2f} points") if accuracy
+           else (report.num(step["mae"]), f"{step['error_increase']:.4g}")),
+         "PASSED" if step["passed"] else "FAILED"]
         for i, step in enumerate(record["steps"])
     ]  # fmt: skip
-    lines += ["", report.table(["step", "float layers", "accuracy", "drop", "gate"], steps)]
+    measures = ["accuracy", "drop"] if accuracy else ["mean abs error", "rise"]
+    lines += ["", report.table(["step", "float layers", *measures, "gate"], steps)]
     size, lat = record["size_bytes"], record["latency_ms"]
     plural = "s" if threads > 1 else ""
     mix = [

@@ -116,9 +116,16 @@ class GoldenSet(_Strict):
 
 
 class FallbackStep(_Strict):
+    """One step of the search: a classifier's accuracy, or a regression model's error, with these layers
+    in float."""
+
     float_layers: list[str] = Field(description="Layers in float at this step, in the order chosen.")
-    accuracy: float = Field(ge=0, le=1, description="Top-1 accuracy on the --eval data.")
-    accuracy_drop_points: float
+    accuracy: float | None = Field(default=None, ge=0, le=1, description="Top-1 accuracy on the --eval data.")
+    accuracy_drop_points: float | None = None
+    mae: float | None = Field(default=None, ge=0, description="Mean absolute error on the --eval data.")
+    error_increase: float | None = Field(
+        default=None, description="Over the float model's mean absolute error."
+    )
     passed: bool
 
 

@@ -181,3 +181,57 @@ def test_layer_names_come_from_the_keras_scope():
     assert layer_name("m_1/m_1/outliers_1/Relu;m_1/m_1/outliers_1/BiasAdd", "CONV_2D") == "outliers"
     assert layer_name("seq/dense/MatMul", "FULLY_CONNECTED") == "dense"
     assert layer_name("StatefulPartitionedCall_1:0", "SOFTMAX") == "softmax (model output)"
+
+
+# -------------------------------------------------------------------------------- a regression model
+
+
+@pytest.fixture(scope="module")
+def outlier_regression(tmp_path_factory) -> Path:
+    """``y = a + b`` through a hidden layer ("spread") with a third unit carrying ``1000 * c`` that the next
+    layer ("sum") ignores, as the outlier digits CNN's huge channels: int8 quantizes spread's output per
+    tensor, so that unit's range leaves ``a`` and ``b`` no resolution, whatever the calibration. Keeping
+    spread and sum in float gives it back. Targets carry sensor noise."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("outlier-regression")
+    spread = np.zeros((3, 3), np.float32)
+    spread[0, 0], spread[1, 1], spread[2, 2] = 1.0, 1.0, 1000.0
+    total = np.zeros((3, 2), np.float32)
+    total[0, 0], total[1, 0], total[0, 1] = 1.0, 1.0, 1.0
+    layers = [keras.layers.Dense(3, name="spread"), keras.layers.Dense(2, name="sum"), keras.layers.Dense(1)]
+    model = keras.Sequential([keras.Input((3,)), *layers])
+    model.layers[0].set_weights([spread, np.zeros(3, np.float32)])
+    model.layers[1].set_weights([total, np.zeros(2, np.float32)])
+    model.layers[2].set_weights([np.array([[1.0], [0.0]], np.float32), np.zeros(1, np.float32)])
+    model.save(folder / "outliers.keras")
+    rng = np.random.default_rng(5)
+    x = rng.random((400, 3)).astype(np.float32)
+    y = x[:, :2].sum(axis=1, keepdims=True) + rng.normal(0, 0.02, (400, 1)).astype(np.float32)
+    np.save(folder / "calib.npy", x[:200])
+    np.savez(folder / "eval.npz", x=x[200:], y=y[200:])
+    return folder / "outliers.keras"
+
+
+@pytest.mark.slow  # TensorFlow makes the model
+def test_fallback_recovers_a_regression_model_by_its_error(outlier_regression: Path, tmp_path: Path) -> None:
+    """The regression gate (mean absolute error at most 10% above float's) fails the full int8 model; the
+    search keeps layers in float until it passes, and the manifest's steps carry the error, not accuracy."""
+    folder, out = outlier_regression.parent, tmp_path / "m.tflite"
+    args = ["quantize", outlier_regression, "-o", out, "--task", "regression",
+            "--calib", folder / "calib.npy", "--eval", folder / "eval.npz"]  # fmt: skip
+    plain = run_edge_convert(*args)
+    assert_clean(plain, ok=False)
+    assert plain.returncode == 8 and "mean absolute error rose by" in plain.stderr
+    proc = run_edge_convert(*args, "--fallback", "auto")
+    assert_clean(proc)
+    manifest = validate_manifest(out.with_suffix(".json"))
+    fallback, evaluation = manifest["fallback"], manifest["evaluation"]
+    steps = fallback["steps"]
+    assert steps[0]["float_layers"] == [] and not steps[0]["passed"]
+    assert steps[0]["error_increase"] > 10 * evaluation["mae_float"], steps[0]
+    assert steps[-1]["passed"] and all(not s["passed"] for s in steps[:-1])
+    assert all("accuracy" not in s and {"mae", "error_increase"} <= set(s) for s in steps)
+    assert fallback["passed"] and evaluation["gate"]["passed"]
+    assert evaluation["mae_quantized"] <= evaluation["mae_float"] * 1.1 + 0.01
+    assert "step  float layers" in proc.stdout and "mean abs error" in proc.stdout, proc.stdout
