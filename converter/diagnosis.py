@@ -30,7 +30,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,10 @@ from converter.calibration import Labelled
 from converter.litert import LiteModel
 from converter.loading import FloatModel
 from converter.quiet import captured_fds, import_tensorflow
-from edge_agent.errors import ConfigError, DataError, ModelError
+from edge_agent.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from converter.evaluate import Gate
 
 PROBE_SAMPLES = 100  # calibration samples the per-layer errors and the output errors are measured on
 MEASURE_TOP = 16  # layers (worst by rmse_steps first) whose float fallback is measured: one conversion each
@@ -225,7 +228,7 @@ def diagnose(
 
 
 def check_fallback(
-    fallback: str | None, max_float_layers: int | None, mode: str, io_type: str, gate: Any
+    fallback: str | None, max_float_layers: int | None, mode: str, io_type: str, gate: Gate | None
 ) -> None:
     """ConfigError, before anything slow, for --fallback settings that cannot work."""
     if fallback is None:
@@ -304,7 +307,7 @@ def fall_back(
     model: FloatModel,
     calibration: np.ndarray,
     held_out: Labelled,
-    gate: Any,
+    gate: Gate,
     max_float_layers: int,
     int8_io: bool,
     progress: Callable[[str], None] | None = None,
@@ -316,9 +319,7 @@ def fall_back(
     debugger = Debugger(model, calibration, calibration[:PROBE_SAMPLES], int8_io)
     candidates = {layer.node: layer.layer for layer in debugger.layer_errors()}
     judge = (
-        _Accuracy.of(model, held_out, gate.limit)
-        if gate.metric == "accuracy"
-        else _Error.of(model, held_out, gate.limit)
+        _accuracy_fn(model, held_out, gate) if gate.metric == "accuracy" else _Error.of(model, held_out, gate)
     )
     chosen: list[str] = []
     current = debugger.model()
@@ -360,64 +361,54 @@ class _Accuracy:
     x: np.ndarray
     y: np.ndarray
     float_top: np.ndarray
-    max_drop: float = 0.0  # points: the gate's
+    gate: Gate | None = None  # --fallback auto's steps are judged by it
 
     def __call__(self, model: bytes) -> float:
         out = LiteModel(model).predict(self.x)[0]
         return round(float(np.mean(out.reshape(len(self.x), -1).argmax(axis=1) == self.y)), 6)
 
-    @staticmethod
-    def of(model: FloatModel, held_out: Labelled, max_drop: float) -> _Accuracy:
-        found = _accuracy_fn(model, held_out)
-        assert found is not None
-        return _Accuracy(found.x, found.y, found.float_top, max_drop)
-
     def step(self, model: bytes, names: list[str]) -> FallbackStep:
+        assert self.gate is not None, "only --fallback auto's accuracy judges steps"
         acc = self(model)
         drop = round((float(np.mean(self.float_top == self.y)) - acc) * 100, 4)
-        return FallbackStep(names, drop <= self.max_drop, accuracy=acc, accuracy_drop_points=drop)
+        return FallbackStep(names, self.gate.drop_passes(drop), accuracy=acc, accuracy_drop_points=drop)
 
 
 @dataclass(frozen=True)
 class _Error:
-    """A regression model's mean absolute error on labelled data against the float model's, judged as the
-    quality gate does (converter.evaluate: a rise of at most ``max_increase_pct`` percent, never less than
-    one step of the output)."""
+    """A regression model's mean absolute error on labelled data, judged by the quality gate against the
+    float model's (converter.evaluate.Gate.error_rise)."""
 
     x: np.ndarray
     y: np.ndarray
     mae_float: float
-    max_increase_pct: float
+    gate: Gate
 
     @staticmethod
-    def of(model: FloatModel, held_out: Labelled, max_increase_pct: float) -> _Error:
+    def of(model: FloatModel, held_out: Labelled, gate: Gate) -> _Error:
+        from converter.evaluate import missing_targets, regression_targets
+
         float_out = model.predict(held_out.x)[0].reshape(len(held_out.x), -1)
-        if held_out.y.size != float_out.size or held_out.y.dtype.kind not in "iufb":
-            raise DataError(
-                f"evaluation data {held_out.source}: the regression quality gate needs y to hold the "
-                "targets, one number per model output value for each sample"
-            )
-        y = np.asarray(held_out.y, dtype=np.float32).reshape(float_out.shape)
-        return _Error(held_out.x, y, float(np.mean(np.abs(float_out - y))), max_increase_pct)
+        y = regression_targets(held_out, float_out)
+        if y is None:
+            raise missing_targets(held_out.source)
+        return _Error(held_out.x, y, float(np.mean(np.abs(float_out - y))), gate)
 
     def step(self, model: bytes, names: list[str]) -> FallbackStep:
         lite = LiteModel(model)
-        out = lite.predict(self.x)[0].reshape(self.y.shape)
-        mae = float(np.mean(np.abs(out - self.y)))
-        increase = mae - self.mae_float
-        allowed = max(self.mae_float * self.max_increase_pct / 100, float(lite.outputs[0].scale or 0.0))
-        passed = increase <= allowed + 1e-9
+        mae = float(np.mean(np.abs(lite.predict(self.x)[0].reshape(self.y.shape) - self.y)))
+        increase, _, passed = self.gate.error_rise(self.mae_float, mae, float(lite.outputs[0].scale or 0.0))
         return FallbackStep(names, passed, mae=round(mae, 6), error_increase=round(increase, 6))
 
 
-def _accuracy_fn(model: FloatModel, held_out: Labelled | None) -> _Accuracy | None:
+def _accuracy_fn(model: FloatModel, held_out: Labelled | None, gate: Gate | None = None) -> _Accuracy | None:
     if held_out is None:
         return None
     from converter.evaluate import class_targets
 
     float_out = model.predict(held_out.x)[0].reshape(len(held_out.x), -1)
     y = class_targets(held_out.y, float_out.shape[1], held_out.source)
-    return _Accuracy(held_out.x, y, float_out.argmax(axis=1))
+    return _Accuracy(held_out.x, y, float_out.argmax(axis=1), gate)
 
 
 def _dataset(samples: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:

@@ -27,8 +27,8 @@ class Evaluation:
     mae_float: float | None = None  # regression: mean absolute error against the targets
     mae_quantized: float | None = None
     output_mean_abs_diff: float = 0.0  # quantized (dequantized) vs float outputs
-    output_step: float | None = None  # regression: the first output's quantization step (0 when float)
     output_max_abs_diff: float = 0.0
+    output_step: float | None = None  # regression: the first output's quantization step (0 when float)
     latency_ms: dict[str, float] = field(default_factory=dict)  # median per single-sample call
     gate: dict[str, Any] | None = None
 
@@ -126,8 +126,7 @@ def evaluate(
         result.accuracy_quantized = round(float(np.mean(quant_top == y)), 6)
         result.accuracy_drop_points = round((result.accuracy_float - result.accuracy_quantized) * 100, 4)
         result.top1_agreement = round(float(np.mean(float_top == quant_top)), 6)
-    elif task == "regression" and data.y.size == f0.size and data.y.dtype.kind in "iufb":
-        y = np.asarray(data.y, dtype=np.float32).reshape(f0.shape)
+    elif task == "regression" and (y := regression_targets(data, f0)) is not None:
         result.mae_float = round(float(np.mean(np.abs(f0 - y))), 6)
         result.mae_quantized = round(float(np.mean(np.abs(q0 - y))), 6)
         result.output_step = float(lite.outputs[pairs[0]].scale or 0.0)
@@ -204,6 +203,33 @@ class Gate:
     metric: Literal["accuracy", "mae"]
     limit: float
 
+    def drop_passes(self, drop_points: float) -> bool:
+        """A classifier's accuracy drop (points) is within the gate."""
+        return drop_points <= self.limit
+
+    def error_rise(
+        self, mae_float: float, mae_quantized: float, output_step: float
+    ) -> tuple[float, float, bool]:
+        """A regression model's (rise of its mean absolute error, the rise allowed, whether it passes)."""
+        increase = mae_quantized - mae_float
+        allowed = max(mae_float * self.limit / 100, output_step)
+        return increase, allowed, increase <= allowed + 1e-9  # MAEs rounded to 6 places: the limit passes
+
+
+def regression_targets(data: Labelled, outputs: np.ndarray) -> np.ndarray | None:
+    """``data.y`` shaped like the model's first output ``outputs`` (one number per output value for each
+    sample), or None when it does not hold such targets."""
+    if data.y.size != outputs.size or data.y.dtype.kind not in "iufb":
+        return None
+    return np.asarray(data.y, dtype=np.float32).reshape(outputs.shape)
+
+
+def missing_targets(source: str) -> DataError:
+    return DataError(
+        f"evaluation data {source}: the regression quality gate needs y to hold the targets, one number per "
+        "model output value for each sample; fix y, or --no-gate to convert without it"
+    )
+
 
 def quality_gate(
     max_accuracy_drop: float | None,
@@ -246,10 +272,10 @@ def apply_gate(evaluation: Evaluation, gate: Gate | None) -> bool:
     if gate is None:
         return True
     if gate.metric == "mae":
-        return _apply_error_gate(evaluation, gate.limit)
+        return _apply_error_gate(evaluation, gate)
     if evaluation.accuracy_drop_points is None:
         raise DataError("--max-accuracy-drop needs a classification model and labelled --eval data")
-    passed = evaluation.accuracy_drop_points <= gate.limit
+    passed = gate.drop_passes(evaluation.accuracy_drop_points)
     evaluation.gate = {
         "max_accuracy_drop_points": gate.limit,
         "accuracy_drop_points": evaluation.accuracy_drop_points,
@@ -258,18 +284,13 @@ def apply_gate(evaluation: Evaluation, gate: Gate | None) -> bool:
     return passed
 
 
-def _apply_error_gate(evaluation: Evaluation, max_increase_pct: float) -> bool:
+def _apply_error_gate(evaluation: Evaluation, gate: Gate) -> bool:
     mae_float, mae_quantized = evaluation.mae_float, evaluation.mae_quantized
     if mae_float is None or mae_quantized is None:
-        raise DataError(
-            f"evaluation data {evaluation.data}: the regression quality gate needs y to hold the targets, "
-            "one number per model output value for each sample; fix y, or --no-gate to convert without it"
-        )
-    increase = mae_quantized - mae_float
-    allowed = max(mae_float * max_increase_pct / 100, evaluation.output_step or 0.0)
-    passed = increase <= allowed + 1e-9  # the MAEs are rounded to 6 places; exactly the limit passes
+        raise missing_targets(evaluation.data)
+    increase, allowed, passed = gate.error_rise(mae_float, mae_quantized, evaluation.output_step or 0.0)
     evaluation.gate = {
-        "max_error_increase_pct": max_increase_pct,
+        "max_error_increase_pct": gate.limit,
         "error_increase": round(increase, 6),
         "error_increase_pct": round(increase / mae_float * 100, 4) if mae_float > 0 else None,
         "allowed_increase": round(allowed, 6),

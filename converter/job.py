@@ -7,13 +7,16 @@ import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from converter import report
 from edge_agent import __version__
 from edge_agent.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from converter.evaluate import Gate
 
 
 def versions() -> dict[str, str]:
@@ -57,7 +60,7 @@ def run_quantize(
     pre: Any,
     output_roles: tuple[str, ...],
     postprocess: dict[str, Any],
-    gate: Any,
+    gate: Gate | None,
     threads: int,
     fallback: str | None = None,
     max_float_layers: int = 5,
@@ -157,7 +160,7 @@ def _fall_back(
     float32_size: int,
     int8_size: int,
     int8_ev: Any,
-    gate: Any,
+    gate: Gate,
     max_float_layers: int,
     io_type: str,
     threads: int,

@@ -17,7 +17,8 @@ OpenCV offers no per-capture way to pass them).
 Longer than ~450 lines on purpose: the supervisor, the read attempts it watches, the delivery slot and the
 frames skipped before decoding (a motion gate's ``FrameGate``) share one lock and one set of counters; split
 apart, each piece would reach into the others' state. Decoding MJPEG reduced (and a glance's grey copy) is
-its own module (``mjpeg.py``).
+its own module (``mjpeg.py``); where frames' memory comes from, ``runtime.memory.fit_frames`` (the camera
+only tells it their size).
 """
 
 from __future__ import annotations
@@ -540,24 +541,19 @@ class CameraSource(Interruptible, Source):
             return True
 
     def _prepare(self, image: Any) -> Any:
-        prepared = self._run_preparer(image)
-        if prepared is None:
-            return None  # frames before the pipeline starts may be full size: they say nothing about the rest
+        preparer = self.preparer
+        if preparer is None:
+            return None  # frames before the pipeline starts may be full size: they say nothing of the rest
+        try:
+            prepared = preparer(image)
+        except Exception as exc:  # offered unprepared: the consumer does the work on its own thread
+            with self._cond:
+                self._prepare_errors += 1
+            self._warn("camera %s: preparing a frame failed (%r); handed over unprepared", self._label, exc)
+            return None
         tensor = getattr(prepared, "tensor", None)  # a float model's input can be larger than the frame
         size = max(image.nbytes, tensor.nbytes if tensor is not None else 0)
         if size > self._frame_bytes:  # the first frame, or larger ones: from the heap, reused, not mapped
             self._frame_bytes = size
             fit_frames(size)
         return prepared
-
-    def _run_preparer(self, image: Any) -> Any:
-        preparer = self.preparer
-        if preparer is None:
-            return None
-        try:
-            return preparer(image)
-        except Exception as exc:  # offered unprepared: the consumer does the work on its own thread
-            with self._cond:
-                self._prepare_errors += 1
-            self._warn("camera %s: preparing a frame failed (%r); handed over unprepared", self._label, exc)
-            return None
