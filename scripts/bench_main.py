@@ -201,7 +201,7 @@ def report_header(threads: int, runs: int, load_before: tuple) -> dict[str, Any]
     metavar="N[,N...]",
     help="Several pipelines in one daemon: for each N, N MobileNetV2-int8 camera pipelines + 1 sensor "
     "pipeline, next to N limit processes at once; each part --seconds long (default 8). Runs only this "
-    "part unless --models is given too. E.g. --pipelines 1,2,4 --runs 3: about 6 minutes.",
+    "part unless --models is given too. E.g. --pipelines 1,2,4 --runs 3: about 7 minutes.",
 )
 @click.option(
     "--linger-ms",
