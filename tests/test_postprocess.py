@@ -130,6 +130,28 @@ def test_ties_go_to_the_lowest_class_id_on_every_cpu() -> None:
     assert result.class_id == 4
 
 
+@pytest.mark.parametrize(("dtype", "zero_point"), [(np.int8, -128), (np.uint8, 0), (np.int16, 0)])
+def test_ranking_on_the_raw_integers_is_the_stable_sort_of_the_scores(dtype, zero_point: int) -> None:
+    """The k best are found on the quantized values as they are (no overflow at the dtype's ends) and are
+    exactly those a stable sort of all dequantized scores would give."""
+    info = np.iinfo(dtype)
+    m = _manifest(
+        "classification",
+        [{"name": "p", "shape": [1, 40], "dtype": np.dtype(dtype).name, "role": "probabilities",
+          "quantization": {"scale": 1 / 256, "zero_point": zero_point}}],
+    )  # fmt: skip
+    post = create_postprocessor(m, {"top_k": 7})
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        raw = rng.integers(info.min, info.max, (1, 40), endpoint=True).astype(dtype)
+        raw[0, rng.choice(40, 6, replace=False)] = [info.min, info.min, info.max, info.max, 0, 0]
+        scores = (raw.reshape(-1).astype(np.float64) - zero_point) / 256
+        expected = np.argsort(-scores, kind="stable")[:7]
+        result = post({"probabilities": raw}, PostContext())
+        assert [c.class_id for c in result.top_k] == expected.tolist()
+        assert [c.score for c in result.top_k] == pytest.approx(scores[expected].tolist())
+
+
 def test_results_are_immutable() -> None:
     m = _manifest(
         "classification", [{"name": "p", "shape": [1, 2], "dtype": "float32", "role": "probabilities"}]

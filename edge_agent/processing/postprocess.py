@@ -90,13 +90,16 @@ class BasePostprocessor:
                 return spec
         return self.spec(" or ".join(roles))
 
-    def real(self, outputs: Mapping[str, np.ndarray], role: str) -> np.ndarray:
-        """The output with ``role`` as float32 reals (dequantized with its own scale and zero point)."""
+    def raw(self, outputs: Mapping[str, np.ndarray], role: str) -> np.ndarray:
+        """The output with ``role`` as the model gave it (quantized or not)."""
         try:
-            raw = outputs[role]
+            return outputs[role]
         except KeyError:
             raise ModelError(f"model '{self.manifest.name}': no '{role}' output was produced") from None
-        return dequantize(raw, self.spec(role).quantization)
+
+    def real(self, outputs: Mapping[str, np.ndarray], role: str) -> np.ndarray:
+        """The output with ``role`` as float32 reals (dequantized with its own scale and zero point)."""
+        return dequantize(self.raw(outputs, role), self.spec(role).quantization)
 
     def label_for(self, class_id: int) -> str:
         if self.labels is not None and 0 <= class_id < len(self.labels):
