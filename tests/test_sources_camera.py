@@ -20,6 +20,7 @@ from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.sources import read_frames
 from tests.fixtures.streams import decode_frame_number, render_test_video
+from tests.fixtures.v4l2 import FakeV4l2
 from tests.waiting import WAIT_S, wait_until
 
 pytest.importorskip("cv2")
@@ -434,3 +435,98 @@ def test_a_preparer_that_raises_is_counted_and_logged(open_source, tmp_path: Pat
     assert failed >= 8  # the first frames may have been read before the preparer was set
     warnings = [r for r in caplog.records if "preparing a frame failed" in r.getMessage()]
     assert 1 <= len(warnings) < failed and "no room for the input tensor" in warnings[0].getMessage()
+
+
+# -- USB cameras (V4L2): a fake that hands out what OpenCV's V4L2 backend does, over a real MJPEG video ----
+
+
+@pytest.fixture
+def usb_camera(monkeypatch, tmp_path: Path) -> Callable[..., FakeV4l2]:
+    """Factory: plug in a USB camera (index 0) offering ``formats``, showing numbered frames."""
+    import cv2
+
+    def plug(formats: tuple[str, ...] = ("MJPG",), size: int = 256, fps: float = 30.0) -> FakeV4l2:
+        fake = FakeV4l2(render_test_video(tmp_path / "usb.avi", frames=30, size=size), formats, fps)
+        monkeypatch.setattr(cv2, "VideoCapture", fake)
+        return fake
+
+    return plug
+
+
+def test_an_mjpeg_usb_camera_hands_its_jpeg_buffers_to_libjpeg_which_decodes_them_reduced(
+    open_source, usb_camera
+) -> None:
+    """OpenCV's V4L2 backend would decode every MJPEG buffer in full; the camera asks it for the buffers
+    as they are (CONVERT_RGB off) and decodes them at the model's scale, as for an MJPEG file or stream."""
+    camera = usb_camera(("MJPG",))
+    source = open_source(0, **FAST)
+    source.set_preparer(lambda image: image.shape, min_size=(64, 64))
+    frames = read_frames(source, 12)
+    assert camera.opened[0].convert_rgb is False
+    assert {f.data.shape for f in frames[3:]} == {(64, 64, 3)}  # 256 / 4, in colour
+    numbers = [decode_frame_number(f.data) for f in frames[3:]]
+    assert all((b - a) % 30 >= 1 for a, b in itertools.pairwise(numbers)), numbers
+    assert source.stats["decode_scale"] == 4 and source.stats["bad_frames"] == 0
+
+
+def test_a_usb_camera_asked_for_mjpg_switches_to_it_before_its_size_is_set(open_source, usb_camera) -> None:
+    """A camera offering YUYV and MJPG: OpenCV picks YUYV (converted in full by the backend); with
+    pixel_format MJPG the format is asked for first, then the size, and the frames come reduced."""
+    import cv2
+
+    plain = usb_camera(("YUYV", "MJPG"))
+    source = open_source(0, width=256, height=256, **FAST)
+    source.set_preparer(lambda image: image.shape, min_size=(64, 64))
+    frames = read_frames(source, 6)
+    assert plain.opened[0].palette == "YUYV" and plain.opened[0].convert_rgb is True
+    assert {f.data.shape for f in frames} == {(256, 256, 3)} and source.stats["decode_scale"] == 1
+    source.close()
+
+    asked = usb_camera(("YUYV", "MJPG"))
+    source = open_source(0, pixel_format="MJPG", width=256, height=256, **FAST)
+    source.set_preparer(lambda image: image.shape, min_size=(64, 64))
+    frames = read_frames(source, 12)
+    camera = asked.opened[0]
+    assert camera.palette == "MJPG" and camera.convert_rgb is False
+    sets = [prop for op, prop, _ in camera.calls if op == "set"]
+    assert sets.index(cv2.CAP_PROP_FOURCC) < sets.index(cv2.CAP_PROP_FRAME_WIDTH)
+    assert {f.data.shape for f in frames[3:]} == {(64, 64, 3)} and source.stats["decode_scale"] == 4
+
+
+def test_a_pixel_format_the_usb_camera_lacks_is_a_warning_naming_both(
+    open_source, usb_camera, caplog
+) -> None:
+    usb_camera(("YUYV",))
+    with caplog.at_level(logging.WARNING, logger="edge_agent.sources.camera"):
+        source = open_source(0, pixel_format="MJPG", **FAST)
+        frames = read_frames(source, 3)
+    assert {f.data.shape for f in frames} == {(256, 256, 3)}  # it still works, as the camera delivers
+    assert "the device refused pixel_format MJPG and delivers YUYV" in caplog.text, caplog.text
+
+
+def test_usb_camera_frames_decided_at_a_glance_are_never_decoded_in_full(open_source, usb_camera) -> None:
+    """A motion gate's glance at a USB camera's MJPEG buffer: a grey copy at the smallest DCT scale that is
+    wide enough; only the frames it keeps are decoded in colour (at the model's scale)."""
+    usb_camera(("MJPG",), fps=40.0)
+    gate = _Gate(glance_width=40, keep=lambda n: n % 3 == 0)
+    source = open_source(0, **FAST)
+    source.set_preparer(lambda image: image.shape, (64, 64), gate)
+    frames, deadline = [], time.monotonic() + WAIT_S
+    while len(gate.glanced) < 18 and time.monotonic() < deadline:
+        frame = source.read(timeout=0.1)
+        if frame is not None and frame.prepared is not None:  # not one read as the preparer was being set
+            frames.append(frame)
+    assert len(gate.glanced) >= 18, source.stats
+    assert set(gate.glanced) == {(64, 64)}  # 256 / 4, grey
+    assert 0 < len(frames) <= len(gate.glanced) // 3 + 2, (len(frames), len(gate.glanced))
+    assert all(f.data.shape == (64, 64, 3) for f in frames[1:]), [f.data.shape for f in frames]
+
+
+def test_pixel_format_is_for_devices_only() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="pixel_format applies to camera devices"):
+        CameraSourceConfig(url="door.avi", pixel_format="MJPG")
+    with pytest.raises(ValidationError, match="at least 4 characters"):
+        CameraSourceConfig(url="/dev/video0", pixel_format="MJP")
+    assert CameraSourceConfig(url=0, pixel_format="MJPG").pixel_format == "MJPG"

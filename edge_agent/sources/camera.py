@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
 from edge_agent.runtime.memory import fit_frames
@@ -63,11 +63,20 @@ class CameraSourceConfig(SourceConfigBase):
     loop: bool = Field(
         default=False, description="Video files only: start again at the end instead of stopping."
     )
+    pixel_format: str | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description="Devices only: the pixel format to ask the camera for, as its FourCC (MJPG, YUYV, ...; "
+        "v4l2-ctl --list-formats-ext lists a camera's). USB cameras often give their larger sizes and higher "
+        "frame rates only as MJPG, which is then decoded at a reduced size when the model needs no more, "
+        "and glanced at by a motion gate without a full decode. None: OpenCV's choice (uncompressed first).",
+    )
     width: int | None = Field(default=None, gt=0, description="Requested capture width (devices only).")
     height: int | None = Field(default=None, gt=0, description="Requested capture height (devices only).")
     decode_size: Literal["auto", "full"] = Field(
         default="auto",
-        description="auto: MJPEG video files and streams (not V4L2 devices) are decoded at 1/2, 1/4 or 1/8 "
+        description="auto: MJPEG devices, video files and streams are decoded at 1/2, 1/4 or 1/8 "
         "size when that still covers the model's input (libjpeg's DCT scaling: less CPU and memory per "
         "frame; not with evidence frames, which are saved full size); full: always decode full frames.",
     )
@@ -88,6 +97,15 @@ class CameraSourceConfig(SourceConfigBase):
         default=0.5, gt=0, description="First reconnect delay; doubles each failure."
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+
+    @model_validator(mode="after")
+    def _pixel_format_for_devices(self) -> CameraSourceConfig:
+        if self.pixel_format is not None and camera_kind(self.url) != "device":
+            raise ValueError(
+                f"pixel_format applies to camera devices (/dev/video*), not to {self.url}: remove it "
+                "(a file or stream's codec is what it is)"
+            )
+        return self
 
     def resolve_paths(self, base: Path) -> None:
         if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):
@@ -298,6 +316,10 @@ class CameraSource(Interruptible, Source):
             cap = cv2.VideoCapture(
                 index_or_path, cv2.CAP_V4L2 if isinstance(index_or_path, str) else cv2.CAP_ANY
             )
+            if (
+                self.cfg.pixel_format and cap.isOpened()
+            ):  # before the size: a size may exist in one format only
+                self._ask_pixel_format(cap, self.cfg.pixel_format)
             if self.cfg.width:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
             if self.cfg.height:
@@ -311,6 +333,19 @@ class CameraSource(Interruptible, Source):
             params += [cv2.CAP_PROP_N_THREADS, self.cfg.decode_threads]
         path = str(Path(str(url)).expanduser()) if self.kind == "file" else str(url)
         return cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+
+    def _ask_pixel_format(self, cap: Any, wanted: str) -> None:
+        """Ask the device for ``wanted``; one that does not offer it keeps its own, with a warning that
+        names both (the camera still works, at the cost the user meant to avoid)."""
+        if cap.set(self._cv2.CAP_PROP_FOURCC, self._cv2.VideoWriter_fourcc(*wanted)):
+            return
+        code = int(cap.get(self._cv2.CAP_PROP_FOURCC))
+        delivers = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or "unknown"
+        log.warning(
+            "camera %s: the device refused pixel_format %s and delivers %s; v4l2-ctl -d %s "
+            "--list-formats-ext lists what it offers",
+            self._label, wanted, delivers, self._label,
+        )  # fmt: skip
 
     # -- threads ----------------------------------------------------------------------------------
 
@@ -502,8 +537,8 @@ class CameraSource(Interruptible, Source):
             self._scaled_jpeg_ok, self._decode_scale = False, 1
         attempt.outcome = "error"
         attempt.error = (
-            f"{jpeg.failures} MJPEG packets in a row did not decode with libjpeg; reopening with FFmpeg "
-            "decoding them"
+            f"{jpeg.failures} MJPEG packets in a row did not decode with libjpeg; reopening with "
+            f"{'OpenCV' if self.kind == 'device' else 'FFmpeg'} decoding them"
         )
         return True
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.sources.camera")  # its messages are the camera's
 
 _JPEG_GIVE_UP = 10  # packets in a row libjpeg cannot decode, none before, before FFmpeg decodes instead
+_V4L2_JPEG = int.from_bytes(b"JPEG", "little")  # V4L2_PIX_FMT_JPEG: some cameras' name for MJPEG
 _JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
 
 
@@ -26,18 +27,17 @@ def jpeg_scale(width: int, height: int, min_size: tuple[int, int]) -> int:
 
 
 class ScaledJpeg:
-    """Decoding MJPEG at a fraction of its size (``decode_size: auto``): a capture that is MJPEG through
-    FFmpeg hands out the JPEG packets as they are from its opening on, and libjpeg decodes them: full size
-    until the consumer has said how small a frame it can use, then reduced (its DCT scaling skips most of
-    the inverse transform; no full-size image is made). 640x480 for a 224x224 model: 1/2 size, 0.15 ms
-    less CPU and 0.7 MB less memory per frame. A reload to a model with a larger input rescales."""
+    """Decoding MJPEG at a fraction of its size (``decode_size: auto``): a capture that is MJPEG (a file or
+    stream through FFmpeg, a USB camera through OpenCV's V4L2 backend) hands out the JPEG packets as they
+    are from its opening on, and libjpeg decodes them: full size until the consumer has said how small a
+    frame it can use, then reduced (its DCT scaling skips most of the inverse transform; no full-size image
+    is made). 640x480 for a 224x224 model: 1/2 size, 0.15 ms less CPU and 0.7 MB less memory per frame. A
+    reload to a model with a larger input rescales."""
 
     def __init__(self, source: CameraSource) -> None:
         self.source = source
         self.raw = False  # the capture hands out JPEG packets
-        self.undecided = (
-            source.cfg.decode_size == "auto" and source.kind != "device" and source._scaled_jpeg_ok
-        )
+        self.undecided = source.cfg.decode_size == "auto" and source._scaled_jpeg_ok
         self.failures = 0  # packets in a row that did not decode
         self._decoded = 0
         self._full: tuple[int, int] = (0, 0)
@@ -51,10 +51,13 @@ class ScaledJpeg:
         if not self.undecided:
             return
         cv2 = self.source._cv2
-        if int(cap.get(cv2.CAP_PROP_FOURCC)) != cv2.VideoWriter_fourcc(*"MJPG"):
-            self.undecided = False  # FFmpeg decodes, as for every other codec
+        if int(cap.get(cv2.CAP_PROP_FOURCC)) not in (cv2.VideoWriter_fourcc(*"MJPG"), _V4L2_JPEG):
+            self.undecided = False  # FFmpeg (or the V4L2 backend) decodes, as for every other codec
             return
-        if cap.set(cv2.CAP_PROP_FORMAT, -1):  # -1: packets as they are (raw mode)
+        # raw mode: FFmpeg hands out the packets as they are (CAP_PROP_FORMAT -1); OpenCV's V4L2 backend
+        # each buffer's JPEG bytes, 1 x bytesused, without decoding them itself (CAP_PROP_CONVERT_RGB 0)
+        raw = (cv2.CAP_PROP_CONVERT_RGB, 0) if self.source.kind == "device" else (cv2.CAP_PROP_FORMAT, -1)
+        if cap.set(*raw):
             self.raw, self._flag = True, cv2.IMREAD_COLOR
             size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             self._full = size if min(size) > 0 else (0, 0)  # unknown: taken from the first full frame
