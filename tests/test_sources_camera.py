@@ -522,6 +522,22 @@ def test_usb_camera_frames_decided_at_a_glance_are_never_decoded_in_full(open_so
     assert all(f.data.shape == (64, 64, 3) for f in frames[1:]), [f.data.shape for f in frames]
 
 
+def test_frames_over_the_fps_cap_or_skipped_unseen_are_never_converted(open_source, usb_camera) -> None:
+    """A YUYV camera, whose buffers OpenCV's V4L2 backend converts to BGR when they are retrieved: the frames
+    over the fps cap and those a motion gate skips unseen are grabbed and handed back unconverted (as FFmpeg
+    then skips a stream's colour conversion); only the rest are retrieved, and they are offered as usual."""
+    fake = usb_camera(("YUYV",), fps=40.0)
+    gate = _Gate(skip=lambda n: n % 2 == 1)
+    source = open_source(0, fps=20, **FAST)
+    source.set_preparer(lambda image: image.shape, None, gate)
+    frames = [f for f in read_frames(source, 10) if f.prepared is not None]
+    camera = fake.opened[0]
+    grabbed, retrieved = camera.index, camera.retrieved
+    assert grabbed >= 20 and 0 < retrieved <= 0.6 * grabbed, (grabbed, retrieved)  # ~1/4: half by each
+    assert frames and {f.data.shape for f in frames} == {(256, 256, 3)}
+    assert source.stats["frames"] >= len(gate.glanced) + len(frames)
+
+
 def test_pixel_format_is_for_devices_only() -> None:
     from pydantic import ValidationError
 
