@@ -8,10 +8,11 @@ progress, publishes stats and keeps systemd's STATUS= current. Stop: STOPPING=1,
 (sources stop, each pipeline finishes the frame in hand), drain the outbox up to ``drain_timeout_s``,
 publish ``offline``, close all.
 
-About 500 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
-join the same start order, reload and reverse-order cleanup, and the main loop's waking (signals, ended
-pipelines, what is due) serves them all, which is the one thing this module is about; what each of them
-does lives in its own package, and the reload's restart-only check in ``reload_changes.py``.
+About 580 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
+join the same start order, reload and reverse-order cleanup, a reload starts and stops single pipelines in
+that same order, and the main loop's waking (signals, ended pipelines, what is due) serves them all, which
+is the one thing this module is about; what each of them does lives in its own package, and which config
+changes a reload applies how in ``reload_changes.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.frame_settings import build_frame_settings, frame_config
 from edge_agent.model_loader import ModelLoader
-from edge_agent.reload_changes import restart_only_changes
+from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
 from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
@@ -179,11 +180,7 @@ class Daemon:
             self._seqs.append(seq)
             self.pipelines.append(self._make_pipeline(p, st, source, seq))
         for pipe in self.pipelines:
-            t = threading.Thread(
-                target=self._run_pipeline, args=(pipe,), name=f"pipeline-{pipe.name}", daemon=True
-            )
-            self._threads.append(t)
-            t.start()
+            self._start_thread(pipe)
         start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
         if cfg.homeassistant.discovery:  # its modules only when asked for
             from edge_agent.homeassistant.discovery import start_discovery
@@ -213,6 +210,13 @@ class Daemon:
 
     def _inference_cpus(self, pipeline: str) -> frozenset[int] | None:
         return self.cpu_plan.inference.get(pipeline) if self.cpu_plan is not None else None
+
+    def _start_thread(self, pipe: Pipeline) -> None:
+        t = threading.Thread(
+            target=self._run_pipeline, args=(pipe,), name=f"pipeline-{pipe.name}", daemon=True
+        )
+        self._threads.append(t)
+        t.start()
 
     def _run_pipeline(self, pipe: Pipeline) -> None:
         cpus = self._inference_cpus(pipe.name)
@@ -303,8 +307,10 @@ class Daemon:
 
     # -- reload (SIGHUP) -------------------------------------------------------------------------------------
     def reload(self) -> None:
-        """Re-read the config and reload every pipeline's model. A model that fails to load (or does not fit
-        its source) keeps the old one running; the outbox and the broker connection are untouched."""
+        """Re-read the config and apply it: each pipeline's model (one that fails to load, or does not fit its
+        source, keeps the old one running), publish settings and frame steps; a pipeline removed from the
+        file is stopped, one added is started, and one whose source, window or evidence changed is started
+        again. The outbox and the broker connection are untouched: results already taken are delivered."""
         self.notifier.reloading()
         log.info("reloading %s", self.config_path)
         try:
@@ -315,10 +321,16 @@ class Daemon:
             return
         self._warn_restart_only_changes(new_cfg)
         by_name = {p.name: p for p in new_cfg.pipelines}
+        for old_pcfg, pipe in list(zip(self.cfg.pipelines, self.pipelines, strict=True)):
+            pcfg = by_name.get(pipe.name)
+            reasons = pipeline_restart_reasons(old_pcfg, pcfg) if pcfg is not None else []
+            if pcfg is None or reasons:
+                why = "removed from the config" if pcfg is None else f"its {', '.join(reasons)} changed"
+                self._stop_pipeline(pipe, why)
         applied, swaps = [], []
         for old_pcfg, pipe in zip(self.cfg.pipelines, self.pipelines, strict=True):
-            pcfg = by_name.get(pipe.name)
-            if pcfg is None or pipe.state not in ("starting", "running"):
+            pcfg = by_name[pipe.name]
+            if pipe.state not in ("starting", "running"):
                 applied.append(old_pcfg)
                 continue
             pipe.set_publish(pcfg.publish)
@@ -329,8 +341,12 @@ class Daemon:
             model_cfg = pcfg.model if swapped is not None else old_pcfg.model
             frame = dict(zip(("masks", "steps", "motion", "zones"), frame_config(pcfg), strict=True))
             applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame}))
-        # Applied live: models, publish settings, frame steps (masks, motion, zones), drain timeout, stall
-        # detection. The rest needs a restart.
+        running = {pipe.name for pipe in self.pipelines}
+        applied += [
+            pcfg for pcfg in new_cfg.pipelines if pcfg.name not in running and self._add_pipeline(pcfg)
+        ]
+        # Applied live: pipelines (added, removed, restarted), models, publish settings, frame steps (masks,
+        # motion, zones), drain timeout, stall detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
             update={
                 "pipelines": applied,
@@ -341,6 +357,62 @@ class Daemon:
         if self.discovery is not None:
             self.discovery.reload(new_cfg, swaps)
         self.notifier.ready(self._status_line())
+
+    def _stop_pipeline(self, pipe: Pipeline, why: str) -> None:
+        """Stop one pipeline (a reload removed or restarts it) as a stop would: its frame in hand is finished
+        and published, its results stay in the outbox until delivered; then close what was its own."""
+        i = self.pipelines.index(pipe)
+        thread, source, seq = self._threads[i], self._sources[i], self._seqs[i]
+        log.info("reload: stopping pipeline %s (%s)", pipe.name, why)
+        pipe.retire()
+        thread.join(JOIN_TIMEOUT_S)
+        _quietly(source.close, f"closing source {source!r}")
+        _quietly(pipe.steps.close, f"closing the steps of {pipe.name}")
+        if thread.is_alive():
+            log.error("%s did not finish within %.0f s; leaving it behind", thread.name, JOIN_TIMEOUT_S)
+        else:
+            _quietly(pipe.stages.model.close, f"closing the model of {pipe.name}")
+        _quietly(seq.close, "closing a seq counter")
+        for parallel in (self.pipelines, self._threads, self._sources, self._seqs, self._model_stages):
+            del parallel[i]
+        self._stall_logged.discard(pipe.name)
+        self.cfg = self.cfg.model_copy(
+            update={"pipelines": [*self.cfg.pipelines[:i], *self.cfg.pipelines[i + 1 :]]}
+        )
+
+    def _add_pipeline(self, pcfg: PipelineConfig) -> bool:
+        """Start a pipeline a reload added (or restarts), as at start: model, source, seq counter, thread.
+        False when it cannot start: said in the log, nothing of it left open, the others run on."""
+        from edge_agent.publish.outbox import SeqCounter
+        from edge_agent.sources.factory import create_source
+
+        assert self.outbox is not None
+        made: list[Callable[[], Any]] = []  # closers of what was made, for a failure half way
+        try:
+            stages = self.loader.load(pcfg, self._deployed_model(pcfg.name))
+            made.append(stages.model.close)
+            source = create_source(pcfg.source, pcfg.window)
+            made.append(source.close)
+            source.start(self.stop_event)
+            seq = SeqCounter(self.outbox, pcfg.name)
+            made.append(seq.close)
+            pipe = self._make_pipeline(pcfg, stages, source, seq)
+        except Exception as exc:  # a reload never ends the daemon: the others run on
+            log.error("reload: pipeline %s not started: %s", pcfg.name, exc)
+            for close in reversed(made):
+                _quietly(close, f"cleaning up pipeline {pcfg.name}")
+            return False
+        self._model_stages.append(stages)
+        self._sources.append(source)
+        self._seqs.append(seq)
+        self.pipelines.append(pipe)
+        self._start_thread(pipe)
+        cpus = self._inference_cpus(pcfg.name)
+        where = f"inference on CPU {','.join(map(str, sorted(cpus)))}" if cpus else "unpinned"
+        if self.cpu_plan is not None and not cpus:
+            where = "on the CPUs of capture and MQTT until a restart plans CPUs for it"
+        log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
+        return True
 
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> threading.Event | None:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. The swap's done

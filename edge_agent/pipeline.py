@@ -159,6 +159,7 @@ class Pipeline:
         self.last_seq: int | None = None
         self._swap: _Swap | None = None
         self._swap_lock = threading.Lock()
+        self._retired = threading.Event()  # a reload removed this pipeline (or is restarting it)
         self._sample_shape: tuple[int, ...] | None = None  # of the last window (a swap must fit it)
         self._warn = RateLimitedWarning(log)
         self._warn_prepare = RateLimitedWarning(log)
@@ -186,6 +187,11 @@ class Pipeline:
             previous.stages.model.close()
             previous.done.set()
         return done
+
+    def retire(self) -> None:
+        """End this pipeline alone (a reload removed it, or restarts it with another source): its loop
+        finishes the frame in hand, publishes its result and returns, as on a stop; the others run on."""
+        self._retired.set()
 
     def set_publish(self, cfg: PublishConfig) -> None:
         """New publish settings (reload); unchanged ones keep the policy's memory (on_change, interval)."""
@@ -231,7 +237,7 @@ class Pipeline:
         consecutive_errors = 0
         self.source.set_preparer(self._prepare, self._min_frame_size(), self)
         try:
-            while not stop.is_set():
+            while not (stop.is_set() or self._retired.is_set()):
                 self._tick()
                 self._apply_swap()
                 frame = self.source.read(READ_TIMEOUT_S)

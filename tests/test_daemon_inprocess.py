@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import yaml
 
 from edge_agent.config import parse_config
 from edge_agent.daemon import Daemon
-from tests.daemon_harness import results, stats
+from edge_agent.sdnotify import Notifier
+from tests.daemon_harness import NotifySocket, results, stats
 from tests.fixtures.broker import validate_payload
 from tests.waiting import wait_until
 
@@ -105,3 +107,88 @@ def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
     got = results(messages, "s")
     assert [r["frame"] for r in got] == [0, 1, 2, 3]
     assert [r["seq"] for r in got] == list(range(got[0]["seq"], got[0]["seq"] + 4))
+
+
+def test_a_reload_starts_added_pipelines_stops_removed_ones_and_restarts_a_changed_source(
+    tmp_path: Path, mosquitto, subscriber, regression_int8, caplog
+):
+    """Pipelines follow the file on a reload (SIGHUP's path: the main loop reloads), the others untouched: an
+    added one starts, a removed one finishes its frame in hand and stops (every result it took is delivered;
+    it leaves the stats), one whose source changed starts again on the new source with its seq going on, and
+    one that cannot start (a missing model) is logged while the rest run on."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    files = {name: csv_file(tmp_path / f"{name}.csv", SAMPLES[:4]) for name in ("s", "t", "u")}
+    path = tmp_path / "config.yaml"
+
+    def pipeline(name: str, data: Path, model: Path = regression_int8.path) -> dict[str, Any]:
+        source = {"type": "file", "path": str(data), "fields": ["a", "b", "c"], "follow": True}
+        return {
+            "name": name,
+            "source": source,
+            "window": {"size": 2, "hop": 2},
+            "model": {"path": str(model)},
+        }
+
+    def reload_to(*pipelines: dict[str, Any]) -> None:
+        """Write the config and reload as SIGHUP does; wait until the main loop has applied it."""
+        cfg = config(tmp_path, broker, regression_int8.path, {})
+        cfg["mqtt"]["stats_interval_s"] = 1.0
+        path.write_text(yaml.safe_dump({**cfg, "pipelines": list(pipelines)}))
+        seen = len(notify.received)
+        daemon.request_reload()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # systemd's view: RELOADING=1, then READY=1 once applied
+            notify.poll(0.1)
+            lines = [line for _, line in notify.received[seen:]]
+            if "RELOADING=1" in lines and "READY=1" in lines[lines.index("RELOADING=1") :]:
+                return
+        raise AssertionError(f"no READY=1 after RELOADING=1: {lines}")
+
+    def append(name: str, rows: np.ndarray) -> None:
+        with files[name].open("a") as f:
+            f.write("".join(",".join(f"{v:g}" for v in row) + "\n" for row in rows))
+
+    caplog.set_level("INFO", logger="edge_agent.daemon")
+    cfg = config(tmp_path, broker, regression_int8.path, {})
+    notify = NotifySocket(tmp_path / "notify")
+    daemon = Daemon(
+        parse_config({**cfg, "pipelines": [pipeline("s", files["s"])]}),
+        config_path=path,
+        notifier=Notifier({"NOTIFY_SOCKET": str(notify.path)}),
+    )
+    serving = threading.Thread(target=daemon.run, daemon=True)
+    serving.start()
+    try:
+        sub.wait_for(lambda m: len(results(m, "s")) >= 2, timeout=20)
+        reload_to(pipeline("s", files["s"]), pipeline("t", files["t"]))  # t added
+        sub.wait_for(lambda m: len(results(m, "t")) >= 2, timeout=20)
+        assert [p.name for p in daemon.pipelines] == ["s", "t"]
+
+        s_pipe = daemon.pipelines[0]
+        reload_to(pipeline("t", files["t"]), pipeline("x", files["u"], tmp_path / "missing.tflite"))
+        assert [p.name for p in daemon.pipelines] == ["t"] and s_pipe.state == "stopped"
+        assert "reload: stopping pipeline s (removed from the config)" in caplog.text
+        assert "reload: pipeline x not started" in caplog.text and "missing.tflite" in caplog.text
+        append("s", SAMPLES[4:8])  # s reads no more
+        append("t", SAMPLES[4:8])
+        sub.wait_for(lambda m: len(results(m, "t")) >= 4, timeout=20)
+        first_t = results(sub.messages, "t")
+
+        reload_to(pipeline("t", files["u"]))  # t's source changed: started again, on u.csv
+        assert "reload: stopping pipeline t (its source changed)" in caplog.text
+        append("u", SAMPLES[4:6])  # u: 6 rows, 3 windows
+        messages = sub.wait_for(lambda m: len(results(m, "t")) >= 7, timeout=20)
+        after = stats(sub.wait_for(lambda m: "s" not in (stats(m) or [{"pipelines": "s"}])[-1]["pipelines"]))[
+            -1
+        ]
+    finally:
+        daemon.request_stop()
+        serving.join(30)
+        notify.close()
+    assert set(after["pipelines"]) == {"t"}
+    assert [r["frame"] for r in results(messages, "s")] == [0, 1]  # all s took, and no more after it stopped
+    t = results(messages, "t")
+    assert [r["frame"] for r in t] == [0, 1, 2, 3, 0, 1, 2]  # t.csv, then u.csv from its start
+    seqs = [r["seq"] for r in t]
+    assert seqs == sorted(set(seqs)) and t[:4] == first_t[:4]  # seq goes on (a new block), none reused

@@ -88,9 +88,9 @@ class Discovery:
 
     def reload(self, new: AgentConfig, swaps: Iterable[threading.Event]) -> None:
         """A reload's new settings (classes, off delay) and pipelines, then an announcement once its model
-        swaps happened. A pipeline removed from the file loses its entities now, though it runs on until the
-        next restart. A new prefix, or discovery switched off, needs a restart (subscriptions are made at
-        start)."""
+        swaps happened. A pipeline removed from the file loses its entities now (the daemon stops it), an
+        added one gets them. A new prefix, or discovery switched off, needs a restart (subscriptions are
+        made at start)."""
         self.configured = {p.name for p in new.pipelines}
         # discovery and prefix stay as started (the daemon's reload warns when they changed)
         kept = {"discovery": self.cfg.discovery, "prefix": self.cfg.prefix}
