@@ -134,6 +134,16 @@ def test_a_pipeline_that_leaves_the_config_loses_its_entities(
         after = subscriber(broker, f"{PREFIX}/#")
         agent.expect(after, has_all(cam))
         assert set(configs(after.snapshot())) == cam  # only what is configured is still retained
+        agent.wait_log("reload: stopping pipeline vib (removed from the config)")
+
+        # 1b. a reload that brings it back starts it again: its entities are announced, its results flow
+        path.write_text(full_text)
+        before = len(watch.messages())
+        agent.send(signal.SIGHUP)
+        agent.expect(watch.sub, lambda m: vib <= set(configs(m[before:])), timeout=30)
+        vib_results = f"edge/{DEVICE}/vib/result"
+        agent.expect(watch.sub, lambda m: any(t == vib_results for t, _, _ in m[before:]), timeout=30)
+        agent.wait_log("reload: pipeline vib started")
         assert agent.stop() == 0, agent.log()
 
         # 2. at a start with a config that lost a pipeline since the last run: the broker's retained
