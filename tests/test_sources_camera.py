@@ -543,6 +543,6 @@ def test_pixel_format_is_for_devices_only() -> None:
 
     with pytest.raises(ValidationError, match="pixel_format applies to camera devices"):
         CameraSourceConfig(url="door.avi", pixel_format="MJPG")
-    with pytest.raises(ValidationError, match="at least 4 characters"):
-        CameraSourceConfig(url="/dev/video0", pixel_format="MJP")
+    with pytest.raises(ValidationError, match="a FourCC is 4 characters, such as MJPG or YUYV"):
+        CameraSourceConfig(url="/dev/video0", pixel_format="MJPEG")
     assert CameraSourceConfig(url=0, pixel_format="MJPG").pixel_format == "MJPG"

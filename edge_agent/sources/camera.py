@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge_agent.errors import ConfigError, SourceError, missing_extra
 from edge_agent.runtime.memory import fit_frames
@@ -65,8 +65,6 @@ class CameraSourceConfig(SourceConfigBase):
     )
     pixel_format: str | None = Field(
         default=None,
-        min_length=4,
-        max_length=4,
         description="Devices only: the pixel format to ask the camera for, as its FourCC (MJPG, YUYV, ...; "
         "v4l2-ctl --list-formats-ext lists a camera's). USB cameras often give their larger sizes and higher "
         "frame rates only as MJPG, which is then decoded at a reduced size when the model needs no more, "
@@ -97,6 +95,13 @@ class CameraSourceConfig(SourceConfigBase):
         default=0.5, gt=0, description="First reconnect delay; doubles each failure."
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+
+    @field_validator("pixel_format")
+    @classmethod
+    def _fourcc(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 4 or not value.isascii()):
+            raise ValueError("a FourCC is 4 characters, such as MJPG or YUYV")
+        return value
 
     @model_validator(mode="after")
     def _pixel_format_for_devices(self) -> CameraSourceConfig:
