@@ -407,10 +407,11 @@ class Daemon:
         self._seqs.append(seq)
         self.pipelines.append(pipe)
         self._start_thread(pipe)
-        cpus = self._inference_cpus(pcfg.name)
-        where = f"inference on CPU {','.join(map(str, sorted(cpus)))}" if cpus else "unpinned"
-        if self.cpu_plan is not None and not cpus:
-            where = "on the CPUs of capture and MQTT until a restart plans CPUs for it"
+        cpus = self._inference_cpus(pcfg.name)  # a restarted pipeline keeps its planned CPUs
+        if cpus:
+            where = f"inference on CPU {','.join(map(str, sorted(cpus)))}"
+        else:
+            where = "unpinned" if self.cpu_plan is None else "on the CPUs of capture and MQTT until a restart"
         log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
         return True
 

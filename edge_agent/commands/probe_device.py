@@ -182,6 +182,8 @@ def _open_camera(device: str, name: str | None, index: int | None) -> Camera:
             None,
             note="install 'edge-agent[camera]' (OpenCV) to see its format and resolution",
         )
+    from edge_agent.sources.camera import fourcc_text
+
     cap = cv2.VideoCapture(device, cv2.CAP_V4L2)
     try:
         if not cap.isOpened():
@@ -189,8 +191,7 @@ def _open_camera(device: str, name: str | None, index: int | None) -> Camera:
                 device, name, index, False, note="cannot open: busy, no permission, or not a capture node"
             )
         ok, frame = cap.read()
-        code = int(cap.get(cv2.CAP_PROP_FOURCC))
-        fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or None
+        fourcc = fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))
         fps = cap.get(cv2.CAP_PROP_FPS) or None
         if not ok or frame is None:
             return Camera(device, name, index, True, fourcc=fourcc, note="opened but delivered no frame")

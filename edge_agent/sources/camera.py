@@ -16,10 +16,10 @@ OpenCV offers no per-capture way to pass them).
 
 Longer than ~450 lines on purpose: the supervisor, the read attempts it watches, the delivery slot and the
 frames skipped before decoding (a motion gate's ``FrameGate``) share one lock and one set of counters; split
-apart, each piece would reach into the others' state. Decoding MJPEG reduced (and a glance's grey copy) is
-its own module (``mjpeg.py``); where frames' memory comes from, ``runtime.memory.fit_frames`` (the camera
-only tells it their size).
-"""
+apart, each piece would reach into the others' state; its config (with the checks that a device's
+``pixel_format`` needs) and opening a capture belong to the same camera. Decoding MJPEG reduced (and a
+glance's grey copy) is its own module (``mjpeg.py``); where frames' memory comes from,
+``runtime.memory.fit_frames`` (the camera only tells it their size)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from edge_agent.sources.base import (
 )
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
 
-__all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "jpeg_scale"]
+__all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "fourcc_text", "jpeg_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ _POLL_S = 0.1
 # ends, and a close, wake it at once (``_Attempt.wake``); only a stall is seen up to this much later.
 _WATCH_S = 0.5
 _RELEASE_WAIT_S = 2.0
+
+
+def fourcc_text(code: float) -> str | None:
+    """A capture's ``CAP_PROP_FOURCC`` as its four letters (``MJPG``, ``YUYV``), None when it has none."""
+    code = int(code)
+    return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or None
 
 
 def camera_kind(url: str | int) -> CameraKind:
@@ -321,9 +327,8 @@ class CameraSource(Interruptible, Source):
             cap = cv2.VideoCapture(
                 index_or_path, cv2.CAP_V4L2 if isinstance(index_or_path, str) else cv2.CAP_ANY
             )
-            if (
-                self.cfg.pixel_format and cap.isOpened()
-            ):  # before the size: a size may exist in one format only
+            # the format before the size: a size may exist in one format only
+            if self.cfg.pixel_format and cap.isOpened():
                 self._ask_pixel_format(cap, self.cfg.pixel_format)
             if self.cfg.width:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width)
@@ -344,8 +349,7 @@ class CameraSource(Interruptible, Source):
         names both (the camera still works, at the cost the user meant to avoid)."""
         if cap.set(self._cv2.CAP_PROP_FOURCC, self._cv2.VideoWriter_fourcc(*wanted)):
             return
-        code = int(cap.get(self._cv2.CAP_PROP_FOURCC))
-        delivers = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or "unknown"
+        delivers = fourcc_text(cap.get(self._cv2.CAP_PROP_FOURCC)) or "unknown"
         log.warning(
             "camera %s: the device refused pixel_format %s and delivers %s; v4l2-ctl -d %s "
             "--list-formats-ext lists what it offers",
@@ -526,9 +530,11 @@ class CameraSource(Interruptible, Source):
         """The steps skip the frame after a glance at a small grey copy decoded straight from its MJPEG
         packet (a frame index taken, as above); False for other codecs (the steps look at the full frame)."""
         gate = self.gate
-        width = gate.glance_width() if gate is not None and jpeg.raw else None
+        if gate is None or not jpeg.raw:
+            return False
+        width = gate.glance_width()
         small = jpeg.decode_grey(packet, width) if width is not None else None
-        if small is None or gate is None or gate.glance(small):
+        if small is None or gate.glance(small):
             return False  # decoded in full and offered as usual
         with self._cond:
             self._produced += 1

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.sources.camera")  # its messages are the camera's
 
 _JPEG_GIVE_UP = 10  # packets in a row libjpeg cannot decode, none before, before FFmpeg decodes instead
-_V4L2_JPEG = int.from_bytes(b"JPEG", "little")  # V4L2_PIX_FMT_JPEG: some cameras' name for MJPEG
 _JPEG_SCALES = (8, 4, 2)  # the reduced sizes libjpeg decodes to directly (cv2.IMREAD_REDUCED_COLOR_<n>)
 
 
@@ -51,7 +50,8 @@ class ScaledJpeg:
         if not self.undecided:
             return
         cv2 = self.source._cv2
-        if int(cap.get(cv2.CAP_PROP_FOURCC)) not in (cv2.VideoWriter_fourcc(*"MJPG"), _V4L2_JPEG):
+        jpegs = (cv2.VideoWriter_fourcc(*"MJPG"), cv2.VideoWriter_fourcc(*"JPEG"))  # JPEG: V4L2's other name
+        if int(cap.get(cv2.CAP_PROP_FOURCC)) not in jpegs:
             self.undecided = False  # FFmpeg (or the V4L2 backend) decodes, as for every other codec
             return
         # raw mode: FFmpeg hands out the packets as they are (CAP_PROP_FORMAT -1); OpenCV's V4L2 backend
