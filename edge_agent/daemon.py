@@ -8,11 +8,12 @@ progress, publishes stats and keeps systemd's STATUS= current. Stop: STOPPING=1,
 (sources stop, each pipeline finishes the frame in hand), drain the outbox up to ``drain_timeout_s``,
 publish ``offline``, close all.
 
-About 580 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
+About 600 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
 join the same start order, reload and reverse-order cleanup, a reload starts and stops single pipelines in
 that same order, and the main loop's waking (signals, ended pipelines, what is due) serves them all, which
-is the one thing this module is about; what each of them does lives in its own package, and which config
-changes a reload applies how in ``reload_changes.py``.
+is the one thing this module is about; each pipeline's parts are one record (``_Slot``), so a start that
+fails half way and a reload's stop close exactly what was made. What each service does lives in its own
+package, and which config changes a reload applies how in ``reload_changes.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,19 @@ STATUS_EVERY_S = 1.0  # systemd's STATUS= line changes with every frame count: s
 JOIN_TIMEOUT_S = 10.0  # longest a pipeline may take to finish its frame in hand on stop
 
 
+@dataclass
+class _Slot:
+    """One configured pipeline and what is its own, made in start order: a field the start did not reach (a
+    later step failed) stays None, and cleanup closes what is there."""
+
+    cfg: PipelineConfig  # as applied: a reload updates what it applied live
+    stages: ModelStages  # the model loaded at start (the pipeline closes the ones it swaps out)
+    source: Source | None = None
+    seq: SeqCounter | None = None
+    pipe: Pipeline | None = None
+    thread: threading.Thread | None = None
+
+
 class Daemon:
     """Owns every component of one ``edge-agent run``."""
 
@@ -75,11 +90,7 @@ class Daemon:
         self.discovery: Discovery | None = None  # Home Assistant (edge_agent/homeassistant/), opt-in
         self.cpu_plan: CpuPlan | None = None
         self.metrics: MetricsServer | None = None  # /metrics, when configured (edge_agent/metrics.py)
-        self.pipelines: list[Pipeline] = []
-        self._model_stages: list[ModelStages] = []  # one per configured pipeline once every model loaded
-        self._seqs: list[SeqCounter] = []
-        self._sources: list[Source] = []
-        self._threads: list[threading.Thread] = []
+        self._slots: list[_Slot] = []  # one per pipeline, in config order, once every model loaded
         self._stop_requested = False
         self._ended_by_itself = False  # every pipeline finished (finite sources), no stop was asked for
         self.left_in_outbox = 0  # results still undelivered when the daemon stopped
@@ -94,6 +105,11 @@ class Daemon:
         self._stall_logged: set[str] = set()
         self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
         self.loader = ModelLoader(self._inference_cpus)  # start, reload and fleet deployments use it
+
+    @property
+    def pipelines(self) -> list[Pipeline]:
+        """The pipelines made, in config order; a new list, since other threads read it during a reload."""
+        return [s.pipe for s in self._slots if s.pipe is not None]
 
     # -- signals (handlers set flags and wake the main loop, which acts on them) ---------------------------
     def request_stop(self, *_: Any) -> None:
@@ -168,19 +184,16 @@ class Daemon:
         pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
         self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
         self._fleet_off = self.fleet is None
-        self._model_stages = stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
-
-        for p in cfg.pipelines:
-            source = create_source(p.source, p.window)
-            self._sources.append(source)
-            source.start(self.stop_event)
-
-        for p, st, source in zip(cfg.pipelines, stages, self._sources, strict=True):
-            seq = SeqCounter(self.outbox, p.name)
-            self._seqs.append(seq)
-            self.pipelines.append(self._make_pipeline(p, st, source, seq))
-        for pipe in self.pipelines:
-            self._start_thread(pipe)
+        stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
+        self._slots = [_Slot(p, st) for p, st in zip(cfg.pipelines, stages, strict=True)]
+        for slot in self._slots:
+            slot.source = create_source(slot.cfg.source, slot.cfg.window)
+            slot.source.start(self.stop_event)
+        for slot in self._slots:
+            slot.seq = SeqCounter(self.outbox, slot.cfg.name)
+            slot.pipe = self._make_pipeline(slot.cfg, slot.stages, slot.source, slot.seq)
+        for slot in self._slots:
+            self._start_thread(slot)
         start_agent(self.fleet, cfg.fleet)  # after the pipelines: it swaps their models
         if cfg.homeassistant.discovery:  # its modules only when asked for
             from edge_agent.homeassistant.discovery import start_discovery
@@ -211,12 +224,11 @@ class Daemon:
     def _inference_cpus(self, pipeline: str) -> frozenset[int] | None:
         return self.cpu_plan.inference.get(pipeline) if self.cpu_plan is not None else None
 
-    def _start_thread(self, pipe: Pipeline) -> None:
-        t = threading.Thread(
-            target=self._run_pipeline, args=(pipe,), name=f"pipeline-{pipe.name}", daemon=True
-        )
-        self._threads.append(t)
-        t.start()
+    def _start_thread(self, slot: _Slot) -> None:
+        assert slot.pipe is not None
+        name = f"pipeline-{slot.pipe.name}"
+        slot.thread = threading.Thread(target=self._run_pipeline, args=(slot.pipe,), name=name, daemon=True)
+        slot.thread.start()
 
     def _run_pipeline(self, pipe: Pipeline) -> None:
         cpus = self._inference_cpus(pipe.name)
@@ -265,32 +277,26 @@ class Daemon:
         self.stop_event.set()
         if self.fleet is not None:  # started last: stopped first (a deployment in progress resumes at start)
             _quietly(self.fleet.stop, "stopping the deploy agent")
-        for t in self._threads:
-            t.join(JOIN_TIMEOUT_S)
-            if t.is_alive():
-                log.error("%s did not finish within %.0f s; leaving it behind", t.name, JOIN_TIMEOUT_S)
+        for slot in self._slots:
+            _join(slot.thread)
         drain_until = time.monotonic() + self.cfg.drain_timeout_s
         if drain and self.pipelines:
             if self.publisher is not None:  # the last stats then say what the drain left (0 when it worked)
                 _quietly(lambda: self.publisher.flush(self.cfg.drain_timeout_s), "draining the outbox")
             _quietly(self.publish_stats, "publishing the last stats")
-        for source in reversed(self._sources):
-            _quietly(source.close, f"closing source {source!r}")
+        for slot in reversed(self._slots):
+            if slot.source is not None:
+                _quietly(slot.source.close, f"closing source {slot.source!r}")
         for pipe in self.pipelines:  # after the sources: a camera's thread may run the steps until then
             _quietly(pipe.steps.close, f"closing the steps of {pipe.name}")
-        # Each pipeline's current model (it closed the ones it swapped out), none under a stuck thread; then
-        # the models loaded for pipelines that were never made (a later start-up step failed).
-        stuck = {t.name for t in self._threads if t.is_alive()}
-        for pipe in self.pipelines:
-            if f"pipeline-{pipe.name}" not in stuck:
-                _quietly(pipe.stages.model.close, f"closing the model of {pipe.name}")
-        for st in self._model_stages[len(self.pipelines) :]:
-            _quietly(st.model.close, f"closing model {st.model.path}")
+        for slot in self._slots:
+            _close_model(slot)
         if self.publisher is not None:
             timeout = max(0.0, drain_until - time.monotonic()) if drain else 0.0
             _quietly(lambda: self.publisher.stop(timeout), "stopping the MQTT client")
-        for seq in reversed(self._seqs):
-            _quietly(seq.close, "closing a seq counter")
+        for slot in reversed(self._slots):
+            if slot.seq is not None:
+                _quietly(slot.seq.close, "closing a seq counter")
         if self.outbox is not None:
             depth = _quietly(self.outbox.depth, "reading the outbox depth")
             _quietly(self.outbox.close, "closing the outbox")
@@ -302,8 +308,8 @@ class Daemon:
         self.notifier.close()
         self.publisher = None
         self.outbox = None
-        self._sources.clear()
-        self._threads.clear()
+        for slot in self._slots:  # the pipelines stay readable (their stats); what was closed is let go
+            slot.source = slot.thread = None
 
     # -- reload (SIGHUP) -------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -321,17 +327,17 @@ class Daemon:
             return
         self._warn_restart_only_changes(new_cfg)
         by_name = {p.name: p for p in new_cfg.pipelines}
-        for old_pcfg, pipe in list(zip(self.cfg.pipelines, self.pipelines, strict=True)):
-            pcfg = by_name.get(pipe.name)
-            reasons = pipeline_restart_reasons(old_pcfg, pcfg) if pcfg is not None else []
+        for slot in list(self._slots):
+            pcfg = by_name.get(slot.cfg.name)
+            reasons = pipeline_restart_reasons(slot.cfg, pcfg) if pcfg is not None else []
             if pcfg is None or reasons:
                 why = "removed from the config" if pcfg is None else f"its {', '.join(reasons)} changed"
-                self._stop_pipeline(pipe, why)
-        applied, swaps = [], []
-        for old_pcfg, pipe in zip(self.cfg.pipelines, self.pipelines, strict=True):
-            pcfg = by_name[pipe.name]
+                self._stop_pipeline(slot, why)
+        swaps = []
+        for slot in self._slots:
+            pipe, old_pcfg, pcfg = slot.pipe, slot.cfg, by_name[slot.cfg.name]
+            assert pipe is not None
             if pipe.state not in ("starting", "running"):
-                applied.append(old_pcfg)
                 continue
             pipe.set_publish(pcfg.publish)
             if frame_config(pcfg) != frame_config(old_pcfg):  # masks, steps, motion, zones
@@ -340,16 +346,16 @@ class Daemon:
             swaps += [swapped] if swapped is not None else []
             model_cfg = pcfg.model if swapped is not None else old_pcfg.model
             frame = dict(zip(("masks", "steps", "motion", "zones"), frame_config(pcfg), strict=True))
-            applied.append(old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame}))
-        running = {pipe.name for pipe in self.pipelines}
-        applied += [
-            pcfg for pcfg in new_cfg.pipelines if pcfg.name not in running and self._add_pipeline(pcfg)
-        ]
+            slot.cfg = old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame})
+        running = {slot.cfg.name for slot in self._slots}
+        for pcfg in new_cfg.pipelines:
+            if pcfg.name not in running:
+                self._add_pipeline(pcfg)
         # Applied live: pipelines (added, removed, restarted), models, publish settings, frame steps (masks,
         # motion, zones), drain timeout, stall detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
             update={
-                "pipelines": applied,
+                "pipelines": [slot.cfg for slot in self._slots],
                 "drain_timeout_s": new_cfg.drain_timeout_s,
                 "watchdog": new_cfg.watchdog,
             }
@@ -358,31 +364,25 @@ class Daemon:
             self.discovery.reload(new_cfg, swaps)
         self.notifier.ready(self._status_line())
 
-    def _stop_pipeline(self, pipe: Pipeline, why: str) -> None:
+    def _stop_pipeline(self, slot: _Slot, why: str) -> None:
         """Stop one pipeline (a reload removed or restarts it) as a stop would: its frame in hand is finished
         and published, its results stay in the outbox until delivered; then close what was its own."""
-        i = self.pipelines.index(pipe)
-        thread, source, seq = self._threads[i], self._sources[i], self._seqs[i]
+        pipe, source, seq = slot.pipe, slot.source, slot.seq
+        assert pipe is not None and source is not None and seq is not None
         log.info("reload: stopping pipeline %s (%s)", pipe.name, why)
         pipe.retire()
-        thread.join(JOIN_TIMEOUT_S)
+        _join(slot.thread)
         _quietly(source.close, f"closing source {source!r}")
         _quietly(pipe.steps.close, f"closing the steps of {pipe.name}")
-        if thread.is_alive():
-            log.error("%s did not finish within %.0f s; leaving it behind", thread.name, JOIN_TIMEOUT_S)
-        else:
-            _quietly(pipe.stages.model.close, f"closing the model of {pipe.name}")
+        _close_model(slot)
         _quietly(seq.close, "closing a seq counter")
-        for parallel in (self.pipelines, self._threads, self._sources, self._seqs, self._model_stages):
-            del parallel[i]
+        self._slots.remove(slot)
         self._stall_logged.discard(pipe.name)
-        self.cfg = self.cfg.model_copy(
-            update={"pipelines": [*self.cfg.pipelines[:i], *self.cfg.pipelines[i + 1 :]]}
-        )
+        self.cfg = self.cfg.model_copy(update={"pipelines": [s.cfg for s in self._slots]})
 
-    def _add_pipeline(self, pcfg: PipelineConfig) -> bool:
+    def _add_pipeline(self, pcfg: PipelineConfig) -> None:
         """Start a pipeline a reload added (or restarts), as at start: model, source, seq counter, thread.
-        False when it cannot start: said in the log, nothing of it left open, the others run on."""
+        When it cannot start: said in the log, nothing of it left open, the others run on."""
         from edge_agent.publish.outbox import SeqCounter
         from edge_agent.sources.factory import create_source
 
@@ -401,19 +401,16 @@ class Daemon:
             log.error("reload: pipeline %s not started: %s", pcfg.name, exc)
             for close in reversed(made):
                 _quietly(close, f"cleaning up pipeline {pcfg.name}")
-            return False
-        self._model_stages.append(stages)
-        self._sources.append(source)
-        self._seqs.append(seq)
-        self.pipelines.append(pipe)
-        self._start_thread(pipe)
+            return
+        slot = _Slot(pcfg, stages, source, seq, pipe)
+        self._slots.append(slot)
+        self._start_thread(slot)
         cpus = self._inference_cpus(pcfg.name)  # a restarted pipeline keeps its planned CPUs
         if cpus:
             where = f"inference on CPU {','.join(map(str, sorted(cpus)))}"
         else:
             where = "unpinned" if self.cpu_plan is None else "on the CPUs of capture and MQTT until a restart"
         log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
-        return True
 
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> threading.Event | None:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. The swap's done
@@ -573,6 +570,23 @@ def _prepare_state_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"state_dir: {path} is not writable by this user; fix its owner or state_dir")
     return path
+
+
+def _join(thread: threading.Thread | None) -> None:
+    if thread is None:
+        return
+    thread.join(JOIN_TIMEOUT_S)
+    if thread.is_alive():
+        log.error("%s did not finish within %.0f s; leaving it behind", thread.name, JOIN_TIMEOUT_S)
+
+
+def _close_model(slot: _Slot) -> None:
+    """Close the pipeline's current model (it closed the ones it swapped out), not while a stuck thread may
+    still run it; or, for a pipeline never made (a later start-up step failed), the model loaded for it."""
+    if slot.pipe is None:
+        _quietly(slot.stages.model.close, f"closing model {slot.stages.model.path}")
+    elif slot.thread is None or not slot.thread.is_alive():
+        _quietly(slot.pipe.stages.model.close, f"closing the model of {slot.pipe.name}")
 
 
 def _quietly(fn: Callable[[], Any], what: str) -> Any:

@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 
 from edge_agent.config import parse_config
 from edge_agent.daemon import Daemon
+from edge_agent.errors import SourceError
+from edge_agent.runtime.model import LoadedModel
 from edge_agent.sdnotify import Notifier
+from edge_agent.sources.samples import SampleSource
 from tests.daemon_harness import NotifySocket, results, stats
 from tests.fixtures.broker import validate_payload
 from tests.waiting import wait_until
@@ -58,6 +62,26 @@ def test_daemon_in_process_runs_the_configured_steps(tmp_path: Path, mosquitto, 
     last = stats(messages)[-1]["pipelines"]["s"]
     assert last["steps"] == {"every_nth": {"skipped": 4, "failed": 0}}
     assert (last["frames"], last["source"]["samples"]) == (2, 12)
+
+
+def test_a_start_that_fails_half_way_closes_what_it_made(
+    tmp_path: Path, mosquitto, regression_int8, monkeypatch
+):
+    """The second pipeline's file is missing: the start fails after both models loaded and both sources were
+    made; the error names the file, and the sources (the failed one too), then both models, are closed."""
+    closed: list[str] = []
+    for cls, what in ((SampleSource, "source"), (LoadedModel, "model")):
+        monkeypatch.setattr(cls, "close", lambda obj, c=cls.close, w=what: (closed.append(w), c(obj))[1])
+    broker = mosquitto()
+    good = {"type": "file", "path": str(csv_file(tmp_path / "s.csv", SAMPLES)), "fields": ["a", "b", "c"]}
+    doc = config(tmp_path, broker, regression_int8.path, good)
+    missing = good | {"path": str(tmp_path / "no.csv")}
+    doc["pipelines"].append(doc["pipelines"][0] | {"name": "t", "source": missing})
+    daemon = Daemon(parse_config(doc))
+    with pytest.raises(SourceError, match=r"no\.csv does not exist"):
+        daemon.run()
+    assert closed == ["source", "source", "model", "model"]
+    assert daemon.pipelines == []  # never made: nothing half-started is left for the stats or /metrics
 
 
 def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
