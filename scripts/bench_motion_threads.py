@@ -2,7 +2,10 @@
 benchmark's still scene (MobileNetV2-int8, 10 fps played as a live camera, QoS 1 to a private mosquitto),
 motion-gated as in the config template, then ungated.
 
-    python scripts/bench_motion_threads.py [--seconds 30] [--work DIR]
+    python scripts/bench_motion_threads.py [--seconds 30] [--codec mjpeg|h264] [--work DIR]
+
+``--codec h264`` plays the same scene re-encoded as H.264 (an RTSP camera's usual codec: FFmpeg decodes
+every frame, and the gate glances at the decoded frames instead of at the JPEG packets).
 
 Thread CPU comes from /proc/<pid>/task/<tid>/stat over a steady window (after 12 s of start-up and warm-up),
 thread names from ``py-spy dump``. The README's "Motion, zones and masks" quotes it; ``scripts/bench
@@ -36,6 +39,20 @@ def thread_names(pid: int) -> dict[int, str]:
         return {}
     out = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False).stdout
     return {int(tid): name for tid, name in re.findall(r'Thread (\d+) \(\w+\): "([^"]+)"', out)}
+
+
+def as_h264(video: Path) -> Path:
+    """``video`` re-encoded as H.264 by ffmpeg (libx264, a keyframe every 2 s as cameras do); cached."""
+    out = video.with_suffix(".h264.mp4")
+    if not out.exists():
+        tmp = out.with_name(out.stem + ".tmp.mp4")
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-i", str(video), "-c:v", "libx264", "-g", "20", "-pix_fmt",
+             "yuv420p", str(tmp)],
+            check=True,
+        )  # fmt: skip
+        tmp.rename(out)
+    return out
 
 
 def measure(
@@ -79,18 +96,26 @@ def measure(
 @click.command()
 @click.option("--seconds", default=30.0, show_default=True, help="Length of the measured window.")
 @click.option(
+    "--codec",
+    type=click.Choice(["mjpeg", "h264"]),
+    default="mjpeg",
+    show_default=True,
+    help="The still scene as MJPEG (a USB camera's) or re-encoded as H.264 (an RTSP camera's).",
+)
+@click.option(
     "--work", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORK, show_default=True
 )
-def main(seconds: float, work: Path) -> None:
+def main(seconds: float, codec: str, work: Path) -> None:
     """Per-thread CPU of a gated and an ungated camera daemon on the still scene."""
     model = work / "mobilenet_v2_int8.tflite"
     if not model.exists():
         raise click.ClickException(f"no benchmark model in {work}: run scripts/bench --motion first")
     scene = render("still", work, 60.0)
-    runs = {label: measure(work, scene.path, scene.fps, model, label == "gated", seconds)
+    video = as_h264(scene.path) if codec == "h264" else scene.path
+    runs = {label: measure(work, video, scene.fps, model, label == "gated", seconds)
             for label in ("gated", "ungated")}  # fmt: skip
     threads = sorted(set().union(*runs.values()), key=lambda t: -runs["gated"].get(t, 0.0))
-    click.echo(f"ms of daemon CPU per second of video, still scene, {seconds:.0f} s window; "
+    click.echo(f"ms of daemon CPU per second of video, still scene ({codec}), {seconds:.0f} s window; "
                f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     click.echo(f"{'thread':24s} {'gated':>8s} {'ungated':>8s}")
     for t in threads:

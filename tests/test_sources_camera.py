@@ -522,6 +522,26 @@ def test_usb_camera_frames_decided_at_a_glance_are_never_decoded_in_full(open_so
     assert all(f.data.shape == (64, 64, 3) for f in frames[1:]), [f.data.shape for f in frames]
 
 
+def test_a_decoded_frame_decided_at_a_glance_is_never_prepared_nor_offered(open_source, usb_camera) -> None:
+    """A YUYV camera (decoded by the capture, as H.264 is by FFmpeg): a motion gate's glance is the frame
+    shrunk to its width, in grey; a frame it skips is neither prepared for the model nor offered, one it keeps
+    is, as usual."""
+    usb_camera(("YUYV",), fps=40.0)
+    gate = _Gate(glance_width=40, keep=lambda n: n % 3 == 0)
+    prepared: list[tuple[int, ...]] = []
+    source = open_source(0, **FAST)
+    source.set_preparer(lambda image: prepared.append(image.shape) or image.shape, None, gate)
+    frames, deadline = [], time.monotonic() + WAIT_S
+    while len(gate.glanced) < 18 and time.monotonic() < deadline:
+        frame = source.read(timeout=0.1)
+        if frame is not None and frame.prepared is not None:
+            frames.append(frame)
+    assert len(gate.glanced) >= 18, source.stats
+    assert set(gate.glanced) == {(40, 40)}  # 256x256 shrunk to 40 wide, grey
+    assert frames and len(prepared) <= len(gate.glanced) // 3 + 2, (len(prepared), len(gate.glanced))
+    assert {f.data.shape for f in frames} == {(256, 256, 3)}
+
+
 def test_frames_over_the_fps_cap_or_skipped_unseen_are_never_converted(open_source, usb_camera) -> None:
     """A YUYV camera, whose buffers OpenCV's V4L2 backend converts to BGR when they are retrieved: the frames
     over the fps cap and those a motion gate skips unseen are grabbed and handed back unconverted (as FFmpeg

@@ -80,9 +80,9 @@ Preparer = Callable[[np.ndarray], Any]
 
 
 class FrameGate(Protocol):
-    """What a source that reads compressed frames (a camera's MJPEG) asks before it decodes one: whether
-    the consumer's steps skip it unseen, or decide it from a small grey copy (the pipeline's motion gate
-    while the scene is still; processing/steps/chain.py)."""
+    """What a camera asks before it retrieves (decodes, converts) a frame: whether the consumer's steps skip
+    it unseen, or decide it from a small grey copy (the pipeline's motion gate while the scene is still;
+    processing/steps/chain.py) made straight from an MJPEG packet or from the decoded frame."""
 
     def skip_unseen(self) -> bool:
         """True: skip the next frame undecoded (the gate counted the skip)."""

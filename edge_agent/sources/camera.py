@@ -137,6 +137,16 @@ def fourcc_text(code: float) -> str | None:
     return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or None
 
 
+def grey_copy(cv2: Any, image: Any, width: int) -> Any:
+    """``image`` (BGR) shrunk to ``width`` pixels wide, in grey: a motion gate's glance at a decoded frame.
+    INTER_LINEAR, as the gate shrinks a full frame itself (``MotionGate.moving``), so it decides the same."""
+    height, full_width = image.shape[:2]
+    small = cv2.resize(
+        image, (width, max(8, round(height * width / full_width))), interpolation=cv2.INTER_LINEAR
+    )
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+
+
 def camera_kind(url: str | int) -> CameraKind:
     """Tell a device (index or /dev path), a network stream (has a scheme) and a video file apart."""
     if isinstance(url, int) or url.strip().isdigit() or url.startswith("/dev/"):
@@ -500,7 +510,7 @@ class CameraSource(Interruptible, Source):
                 continue
             if not self._deliver_all and self._skipped_at_a_glance(jpeg, image):
                 pass_frames += 1
-                continue  # an MJPEG packet is then never decoded in full
+                continue  # never offered (an MJPEG packet never decoded in full)
             if jpeg.raw:
                 image = jpeg.decode(image)
                 if image is None:
@@ -526,14 +536,14 @@ class CameraSource(Interruptible, Source):
             self._produced += 1
         return True
 
-    def _skipped_at_a_glance(self, jpeg: ScaledJpeg, packet: Any) -> bool:
-        """The steps skip the frame after a glance at a small grey copy decoded straight from its MJPEG
-        packet (a frame index taken, as above); False for other codecs (the steps look at the full frame)."""
+    def _skipped_at_a_glance(self, jpeg: ScaledJpeg, image: Any) -> bool:
+        """The steps skip the frame after a glance at a small grey copy (a frame index taken, as above): one
+        decoded straight from an MJPEG packet, else the decoded frame (H.264, YUYV) shrunk as the gate would
+        shrink it itself. A frame skipped so is never offered: no wake-up of the pipeline's thread for it."""
         gate = self.gate
-        if gate is None or not jpeg.raw:
+        if gate is None or (width := gate.glance_width()) is None:
             return False
-        width = gate.glance_width()
-        small = jpeg.decode_grey(packet, width) if width is not None else None
+        small = jpeg.decode_grey(image, width) if jpeg.raw else grey_copy(self._cv2, image, width)
         if small is None or gate.glance(small):
             return False  # decoded in full and offered as usual
         with self._cond:

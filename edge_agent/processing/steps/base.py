@@ -59,7 +59,8 @@ class FrameStep(ABC):
     def glance_width(self) -> int | None:
         """The width of a small grey copy from which this step can decide on the next frame before it is
         decoded in full (the motion gate while the scene is still), or None. A camera then decodes that
-        copy straight from the JPEG (a fraction of a full decode) and hands it to ``glance``."""
+        copy straight from the JPEG (a fraction of a full decode), or shrinks a frame its capture decoded
+        (H.264, YUYV), and hands it to ``glance``."""
         return None
 
     def glance(self, small: np.ndarray) -> np.ndarray | None:
