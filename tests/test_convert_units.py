@@ -280,16 +280,22 @@ def test_the_regression_gate_allows_a_percentage_of_the_float_error_and_at_least
     assert ev.gate is not None and ev.gate["passed"] is passed
     assert ev.gate["allowed_increase"] == pytest.approx(allowed)
     assert ev.gate["error_increase"] == pytest.approx(mae_quantized - mae_float)
-    assert "mean absolute error rose by" in gate_failure(ev.gate)
+    pct = ev.gate["error_increase_pct"]
+    assert pct == (pytest.approx((mae_quantized - mae_float) / mae_float * 100) if mae_float else None)
+    failure = gate_failure(ev.gate)
+    assert failure.startswith(f"mean absolute error rose by {mae_quantized - mae_float:.4g}")
+    assert (f"({pct:.1f}%)" in failure) if mae_float else ("%)" not in failure.split("(allowed")[0])
+    assert f"(allowed {allowed:.4g}: +10%, at least one output step)" in failure
 
 
 def test_the_regression_gate_needs_targets():
     from converter.evaluate import Evaluation, Gate, apply_gate
 
-    with pytest.raises(
-        DataError, match=r"rows\.csv: the regression quality gate needs y to hold the targets"
-    ):
-        apply_gate(Evaluation(samples=100, data="rows.csv"), Gate("mae", 10.0))
+    for maes in ({}, {"mae_float": 0.5}, {"mae_quantized": 0.5}):  # either one missing is as bad as both
+        with pytest.raises(
+            DataError, match=r"rows\.csv: the regression quality gate needs y to hold the targets"
+        ):
+            apply_gate(Evaluation(samples=100, data="rows.csv", **maes), Gate("mae", 10.0))
 
 
 def test_gate_is_on_by_default_with_eval_and_off_when_asked():
@@ -309,18 +315,42 @@ def test_gate_is_on_by_default_with_eval_and_off_when_asked():
     assert quality_gate(None, 25.0, False, True, "regression") == Gate("mae", 25.0)
     assert quality_gate(None, None, True, True, "regression") is None
     assert quality_gate(None, None, False, True, "anomaly") is None  # no gate for it yet
-    with pytest.raises(ConfigError, match="contradict"):
+    with pytest.raises(ConfigError, match="--no-gate and --max-accuracy-drop contradict"):
         quality_gate(1.0, None, True, True, "classification")
     with pytest.raises(ConfigError, match="--no-gate and --max-error-increase contradict"):
         quality_gate(None, 5.0, True, True, "regression")
-    with pytest.raises(ConfigError, match="needs --eval"):
+    with pytest.raises(ConfigError, match="--max-accuracy-drop needs --eval"):
         quality_gate(1.0, None, False, False, "classification")
-    with pytest.raises(ConfigError, match="applies to classification"):
+    with pytest.raises(
+        ConfigError, match=r"^--max-accuracy-drop applies to classification models \(--max-error"
+    ):
         quality_gate(1.0, None, False, True, "regression")
-    with pytest.raises(ConfigError, match="applies to regression"):
+    with pytest.raises(
+        ConfigError, match=r"^--max-error-increase applies to regression models \(--max-accuracy"
+    ):
         quality_gate(None, 5.0, False, True, "classification")
-    with pytest.raises(ConfigError, match="give one"):
+    with pytest.raises(
+        ConfigError, match=r"^--max-accuracy-drop is a classifier's gate, --max-error-increase a"
+    ):
         quality_gate(1.0, 5.0, False, True, "regression")
+
+
+def test_the_next_step_after_a_loss_points_int8_to_explain_and_fallback_and_others_to_the_next_mode():
+    from converter.evaluate import next_step
+
+    int8 = next_step("int8")
+    assert (
+        "see which layers lose it with edge-convert explain and keep them in float with --fallback auto"
+        in int8
+    )
+    assert int8.endswith(
+        "then try --mode int16x8, --mode float16, or --mode dynamic (needs no calibration data)"
+    )
+    for mode, then in (("float16", "--mode float32"), ("dynamic", "--mode int16x8 or --mode float16")):
+        text = next_step(mode)
+        assert "--fallback auto" not in text and "explain" not in text
+        assert text.endswith(f"(the input normalization, --scale/--mean/--std), then try {then}"), text
+    assert next_step("something new").endswith("then try --mode float16")
 
 
 def test_collapse_is_named_with_the_next_step():

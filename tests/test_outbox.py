@@ -256,10 +256,13 @@ def test_full_file_system_drops_and_counts_then_recovers_keeping_what_was_stored
         assert "file system is full" in caplog.text
         filler.unlink()  # room again: storing resumes by itself
         assert len(box.append_many([("t", b"late", 1)])) == 1
+        assert f"storing again ({dropped} dropped while full)" in caplog.text
+        assert len(box.append_many([("t", b"later", 1)])) == 1  # the drops are persisted once, not again
         payloads = [m.payload for m in box.pending(limit=1000)]
         assert [p for p in payloads if p.startswith(b"early-")] == [b"early-%d" % i for i in range(50)]
-        assert payloads[-1] == b"late" and len(stored) == 50
+        assert payloads[-2:] == [b"late", b"later"] and len(stored) == 50
         dropped_total = box.dropped
+        assert dropped_total == dropped
         box.close()
         with Outbox(state / "outbox.sqlite3") as again:  # the drops were persisted once there was room
             assert again.dropped == dropped_total
