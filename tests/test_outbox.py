@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -344,3 +345,34 @@ def test_seq_reservation_on_a_full_file_system_hands_out_nothing_then_recovers(t
         filler.unlink()
         assert counter.next() > first  # goes on, never repeating
         counter.close()
+
+
+def test_seq_after_a_damaged_database_stays_above_a_long_lived_devices_numbers(db: Path) -> None:
+    """A damaged database loses the reservations: numbering goes on from the clock (ms), which stays above
+    the numbers of a device that has published 10^10 results (30 years at 10 a second)."""
+    first = SeqCounter(db, "cam", block=10**10)
+    first.next()
+    first.close()
+    counter = SeqCounter(db, "cam", block=10)
+    last = counter.next()
+    counter.close()
+    assert last > 10**10
+    db.write_bytes(b"garbage" * 100)
+    for part in db.parent.glob(db.name + "-*"):
+        part.unlink()
+    with Outbox(db) as box:
+        after = SeqCounter(box, "cam")
+        assert after.next() > last
+        after.close()
+
+
+def test_full_and_damaged_are_told_apart_by_the_message_where_sqlite_gives_no_code() -> None:
+    """Python 3.10's sqlite3 errors carry no error code: the message decides (an error made by hand has
+    none either)."""
+    from edge_agent.publish.outbox import _corrupt, is_disk_full
+
+    full, locked = sqlite3.OperationalError("database or disk is full"), sqlite3.OperationalError("locked")
+    malformed = sqlite3.DatabaseError("database disk image is malformed")
+    not_a_db = sqlite3.DatabaseError("file is not a database")
+    assert [is_disk_full(e) for e in (full, locked, malformed)] == [True, False, False]
+    assert [_corrupt(e) for e in (malformed, not_a_db, full, locked)] == [True, True, False, False]
