@@ -243,11 +243,12 @@ def _evaluation(drop: float | None, agreement: float | None = 0.97):
      (0.2222, 0.0, False), (-0.4, -0.5, False), (-0.4, 0.0, True)],
 )  # fmt: skip
 def test_apply_gate_compares_the_drop_with_the_limit(drop, limit, passed):
-    from converter.evaluate import Gate, apply_gate
+    from converter.evaluate import Gate, apply_gate, gate_failure
 
     ev = _evaluation(drop)
     assert apply_gate(ev, Gate("accuracy", limit)) is passed
     assert ev.gate == {"max_accuracy_drop_points": limit, "accuracy_drop_points": drop, "passed": passed}
+    assert gate_failure(ev.gate) == f"accuracy dropped {drop:.2f} points (allowed {limit:g})"
 
 
 def test_apply_gate_without_a_limit_or_without_accuracy():
@@ -365,5 +366,8 @@ def test_collapse_is_named_with_the_next_step():
     for text in (low_agreement, big_drop):
         assert "--mode dynamic" in text and "--mode float16" in text and "normalization" in text
     assert collapse(_evaluation(None, None), "int8") is None  # regression: no agreement measured
+    assert collapse(_evaluation(5.0, None), "int8") is None  # no agreement measured: nothing to compare
+    assert collapse(_evaluation(9.99, 0.8), "int8") is None  # both at their limits: still a loss
+    assert collapse(_evaluation(10.0, 0.9), "int8") and collapse(_evaluation(1.0, 0.799), "int8")
     dynamic = collapse(_evaluation(86.89, 0.0978), "dynamic")
     assert dynamic and "--mode dynamic" not in dynamic and "--mode int16x8" in dynamic  # never the same mode
