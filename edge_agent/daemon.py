@@ -35,7 +35,7 @@ from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
 from edge_agent.frame_settings import build_frame_settings, frame_config
 from edge_agent.model_loader import ModelLoader
 from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
-from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas
+from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas, trim_heap
 from edge_agent.sdnotify import Notifier
 from edge_agent.watchdog import Watchdog
 
@@ -58,6 +58,9 @@ TICK_S = 1.0
 MIN_TICK_S = 0.05
 STATUS_EVERY_S = 1.0  # systemd's STATUS= line changes with every frame count: sent at most this often
 JOIN_TIMEOUT_S = 10.0  # longest a pipeline may take to finish its frame in hand on stop
+# Freed heap memory is given back this often (runtime/memory.py: trim_heap), so what a reload or a deployment
+# freed does not stay resident; 0.1-1 ms of the main thread (ctypes releases the GIL meanwhile).
+TRIM_EVERY_S = 30.0
 
 
 @dataclass
@@ -242,6 +245,7 @@ class Daemon:
     def serve(self) -> int:
         """The main loop, in the main thread. Returns when asked to stop or when every pipeline ended."""
         next_stats = time.monotonic() + min(self.cfg.mqtt.stats_interval_s, 5.0)  # a first report early
+        next_trim = time.monotonic() + TRIM_EVERY_S
         while not self.stop_event.is_set():
             self._sleep_until_due(next_stats)
             if self._stop_requested:
@@ -255,6 +259,9 @@ class Daemon:
             if now >= next_stats:
                 self.publish_stats()
                 next_stats = now + self.cfg.mqtt.stats_interval_s
+            if now >= next_trim:
+                trim_heap()
+                next_trim = now + TRIM_EVERY_S
             self._set_status(self._status_line())
             failed = [p.name for p in self.pipelines if p.state == "failed"]
             if failed:

@@ -124,6 +124,34 @@ def test_frames_come_from_the_heap_once_fitted_instead_of_being_mapped_and_fault
     )
 
 
+HOLES = """
+from edge_agent.runtime import memory
+
+def rss_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+
+memory.fix_mmap_threshold()  # as the daemon starts: blocks under 128 KiB come from the heap
+blocks = [bytearray(60_000) for _ in range(2000)]  # 120 MB of heap, touched
+kept = blocks[::20]  # what lives on (a new interpreter among the old one's freed blocks)
+del blocks
+full = rss_mb()
+trimmed = memory.trim_heap()
+print(full, rss_mb(), trimmed)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc_trim")
+def test_trim_heap_gives_back_the_holes_freed_between_blocks_still_in_use() -> None:
+    """What a reload frees (an interpreter, a capture) lies between blocks still in use: glibc keeps those
+    holes resident until ``trim_heap``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", HOLES], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    full, after, trimmed = out.stdout.split()
+    assert float(full) - float(after) > 80, (full, after)  # ~114 of the 120 MB were freed as holes
+    assert trimmed == "True"
+
+
 def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
     code = (
         "import sys, numpy as np\n"
