@@ -23,9 +23,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -124,7 +124,7 @@ def main(
             "run scripts/bench --pipelines 1 and scripts/bench --motion"
         )
     scratch = work / "soak"
-    subprocess.run(["rm", "-rf", str(scratch)], check=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     broker = Mosquitto(scratch / "broker", persistent=True).start()
     sub = Subscriber(broker, f"edge/{DEVICE}/+/result", client_id="soak-subscriber", clean_session=False)
@@ -158,7 +158,7 @@ def main(
             s = sample(proc.pid)
             if s is not None:
                 samples.append((time.monotonic() - t0, s))
-            threading.Event().wait(SAMPLE_S)
+            time.sleep(SAMPLE_S)
     finally:
         crashed = proc.poll()
         proc.send_signal(signal.SIGTERM)

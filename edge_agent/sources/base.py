@@ -79,6 +79,17 @@ class Frame:
 Preparer = Callable[[np.ndarray], Any]
 
 
+def glance_copy(cv2: Any, image: np.ndarray, width: int) -> np.ndarray:
+    """``image`` shrunk to ``width`` pixels wide (its aspect kept, at least 8 high) and grey: what a motion
+    gate decides from. The gate shrinks a full frame with it, and a camera makes a glance with it from a
+    frame its capture decoded (H.264, YUYV), so both decide the same. INTER_LINEAR, not INTER_AREA: 0.1 ms
+    against 0.65 ms at 640x480 here; the gate's blur does the rest."""
+    height, full_width = image.shape[:2]
+    size = (width, max(8, round(height * width / full_width)))
+    small = image if (full_width, height) == size else cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+
+
 class FrameGate(Protocol):
     """What a camera asks before it retrieves (decodes, converts) a frame: whether the consumer's steps skip
     it unseen, or decide it from a small grey copy (the pipeline's motion gate while the scene is still;

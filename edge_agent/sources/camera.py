@@ -18,7 +18,8 @@ Longer than ~450 lines on purpose: the supervisor, the read attempts it watches,
 frames skipped before decoding (a motion gate's ``FrameGate``) share one lock and one set of counters; split
 apart, each piece would reach into the others' state; its config (with the checks that a device's
 ``pixel_format`` needs) and opening a capture belong to the same camera. Decoding MJPEG reduced (and a
-glance's grey copy) is its own module (``mjpeg.py``); where frames' memory comes from,
+glance's grey copy from a JPEG) is its own module (``mjpeg.py``); a glance's copy of a decoded frame is the
+motion gate's own shrinking (``base.glance_copy``); where frames' memory comes from,
 ``runtime.memory.fit_frames`` (the camera only tells it their size)."""
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from edge_agent.sources.base import (
     Source,
     SourceConfigBase,
     absolute,
+    glance_copy,
 )
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
 
@@ -135,16 +137,6 @@ def fourcc_text(code: float) -> str | None:
     """A capture's ``CAP_PROP_FOURCC`` as its four letters (``MJPG``, ``YUYV``), None when it has none."""
     code = int(code)
     return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or None
-
-
-def grey_copy(cv2: Any, image: Any, width: int) -> Any:
-    """``image`` (BGR) shrunk to ``width`` pixels wide, in grey: a motion gate's glance at a decoded frame.
-    INTER_LINEAR, as the gate shrinks a full frame itself (``MotionGate.moving``), so it decides the same."""
-    height, full_width = image.shape[:2]
-    small = cv2.resize(
-        image, (width, max(8, round(height * width / full_width))), interpolation=cv2.INTER_LINEAR
-    )
-    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
 
 
 def camera_kind(url: str | int) -> CameraKind:
@@ -543,7 +535,7 @@ class CameraSource(Interruptible, Source):
         gate = self.gate
         if gate is None or (width := gate.glance_width()) is None:
             return False
-        small = jpeg.decode_grey(image, width) if jpeg.raw else grey_copy(self._cv2, image, width)
+        small = jpeg.decode_grey(image, width) if jpeg.raw else glance_copy(self._cv2, image, width)
         if small is None or gate.glance(small):
             return False  # decoded in full and offered as usual
         with self._cond:

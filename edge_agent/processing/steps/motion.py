@@ -32,6 +32,7 @@ from pydantic import Field
 
 from edge_agent.errors import missing_extra
 from edge_agent.processing.steps.base import DataKind, FrameStep, StepConfigBase
+from edge_agent.sources.base import glance_copy
 
 MotionState = Literal["idle", "motion", "cooldown"]
 SLOW_FACTOR = 0.1  # background learning rate of moving pixels, relative to still ones
@@ -121,16 +122,7 @@ class MotionGate(FrameStep):
         """Whether ``image`` shows motion against the background (and learn it into the background)."""
         cv2 = self._cv2
         cfg = self.cfg
-        h, w = image.shape[:2]
-        small_h = max(8, round(h * cfg.width / w))
-        # INTER_LINEAR, not INTER_AREA: 0.1 ms against 0.65 ms at 640x480 here; the blur below does the rest
-        small = (
-            image
-            if (w, h) == (cfg.width, small_h)  # a glance's copy, decoded at this size
-            else cv2.resize(image, (cfg.width, small_h), interpolation=cv2.INTER_LINEAR)
-        )
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-        grey = cv2.GaussianBlur(grey, (5, 5), 0)
+        grey = cv2.GaussianBlur(glance_copy(cv2, image, cfg.width), (5, 5), 0)  # a glance's copy: as it is
         bg = self._background
         if bg is None or bg.shape != grey.shape:
             self._background = grey.astype(np.float32)
