@@ -173,7 +173,8 @@ def main(
     seqs: dict[str, list[int]] = {"cam": [], "door": []}
     for topic, payload, _ in messages:
         seqs.setdefault(topic.split("/")[2], []).append(json.loads(payload)["seq"])
-    warm = [s for s in samples if s[0] >= 60.0] or samples
+    warm_up = min(60.0, minutes * 60 / 3)  # a short run: its first third
+    warm = [s for s in samples if s[0] >= warm_up] or samples
     second_half = [s for s in samples if s[0] >= samples[-1][0] / 2] if samples else []
     report = {
         "minutes": minutes,
