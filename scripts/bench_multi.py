@@ -15,7 +15,8 @@ Each part runs --seconds. What is reported per N (medians over --runs):
   vs_limit          that sum / the sum of the N limit processes' frames per second
   fairness          min / max of the camera pipelines' results per second (1.0 = equal shares)
   e2e_p99_ms        capture -> subscriber, the worst camera pipeline's p99 (scripts/bench_pipeline.py)
-  rss_mb            the daemon's peak resident set (VmHWM)
+  rss_mb            the daemon's peak resident set (VmHWM); rss_anon_mb its anonymous part's peak, the
+                    daemon's own memory without the mapped libraries (see bench_pipeline.py)
   cpu_ms_per_result the daemon's CPU time (all threads) per camera result, steady state only
 """
 
@@ -138,6 +139,7 @@ def daemon_run(work: Path, broker: Broker, config: Path, n: int, seconds: float)
         "e2e_p50_ms": median(c["e2e_p50_ms"] for c in cams),
         "sensor_results_per_s": per["sensor"]["fps"],
         "rss_mb": seen.rss_mb,
+        "rss_anon_mb": seen.peaks_mb.get("RssAnon"),
         "cpu_ms_per_result": _steady_cpu_ms(seen.cpu_samples, camera_results),
         "error": error,
     }
@@ -248,6 +250,7 @@ def summarize_multi(n: int, bare: list[dict], limit: list[dict], full: list[dict
         "e2e_p99_ms": med(ok, "e2e_p99_ms"),
         "sensor_results_per_s": med(ok, "sensor_results_per_s"),
         "rss_mb": med(ok, "rss_mb"),
+        "rss_anon_mb": med(ok, "rss_anon_mb"),
         "cpu_ms_per_result": med(ok, "cpu_ms_per_result"),
         "limit_cpu_ms_per_result": med(limit, "cpu_ms_per_result"),
         "bare_cpu_ms_per_result": med(bare, "cpu_ms_per_result"),
@@ -275,6 +278,7 @@ MULTI_COLUMNS = [
     ("e2e p99 ms (worst)", "e2e_p99_ms", "{:.1f}"),
     ("sensor results/s", "sensor_results_per_s", "{:.1f}"),
     ("daemon RSS MB", "rss_mb", "{:.1f}"),
+    ("  anon (own) MB", "rss_anon_mb", "{:.1f}"),
     ("daemon CPU ms/result", "cpu_ms_per_result", "{:.2f}"),
     ("limit CPU ms/frame", "limit_cpu_ms_per_result", "{:.2f}"),
     ("bare loop CPU ms/inf", "bare_cpu_ms_per_result", "{:.2f}"),

@@ -13,6 +13,11 @@ What is measured, exactly:
   loopback hop to the subscriber. ``publish_ms`` is the (receive - ts) part alone: outbox, paho, broker.
 - ``stages_ms``: p50/p99 of each ``latency_ms`` stage the daemon reports in the payloads.
 - ``rss_mb``: the daemon's VmHWM (kernel's peak resident set), polled every 20 ms until it exits.
+- ``rss_anon_mb`` / ``rss_file_mb``: the peaks of its two parts, polled the same way. Anonymous memory is
+  the daemon's own (heap, frames, the interpreter's arena); file-backed is the mapped libraries' code
+  (OpenCV, LiteRT, numpy), clean and shared, and how much of it is counted depends on how the kernel holds
+  those files in its page cache: on Linux 6.18 a library that something read() whole (a copy, a backup)
+  sits in large folios, each mapped entirely at its first fault, and OpenCV alone counts 36 MB instead of 10.
 - ``cpu_ms_per_result``: CPU time (user + system, all threads) per result of the daemon (from wait4's
   rusage), of the broker and of the subscriber (from /proc/<pid>/stat before and after).
 - ``startup_s``: from just before ``Popen`` to the first result's receive time (interpreter start, imports,
@@ -54,6 +59,8 @@ class PipelineRun:
     last_stats: dict = field(default_factory=dict)  # the last stats payload the daemon published
     error: str | None = None
     source_frames: int | None = None  # frames/windows the source produced (from the stats payload)
+    rss_anon_mb: float | None = None  # peak RssAnon: the daemon's own memory
+    rss_file_mb: float | None = None  # peak RssFile: mapped libraries, as the page cache holds them
     skipped: int | None = None
     # CPU time per published result: the daemon (all threads), and the broker and subscriber that share
     # the machine's cores with it during the run; daemon_cores = daemon CPU time / wall time
@@ -103,15 +110,22 @@ def write_config(
     return path
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
+MEMORY_FIELDS = ("VmHWM", "RssAnon", "RssFile")
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmHWM (peak resident set) and the resident set's anonymous and file-backed parts now, in MB; empty
+    once the process is gone."""
+    out: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                key = line.split(":", 1)[0]
+                if key in MEMORY_FIELDS:
+                    out[key] = int(line.split()[1]) / 1024
     except OSError:
-        return None
-    return None
+        return {}
+    return out
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -166,6 +180,7 @@ class DaemonRun:
     sched: dict[int, tuple[int, int]]  # per thread: ns on a CPU, ns waiting for one
     log_path: Path
     cpu_samples: list[tuple[float, float]]  # (time.time(), the daemon's CPU seconds so far), every 0.5 s
+    peaks_mb: dict[str, float] = field(default_factory=dict)  # MEMORY_FIELDS' highest polled values
 
 
 def run_daemon(
@@ -179,6 +194,7 @@ def run_daemon(
     run = summarize(
         name, seen.records, seen.t0, seen.rss_mb, seen.wall_s, seen.exit_code, seen.stopped_by, seen.log_path
     )
+    run.rss_anon_mb, run.rss_file_mb = seen.peaks_mb.get("RssAnon"), seen.peaks_mb.get("RssFile")
     if run.results:
         run.cpu_ms_per_result = {who: s * 1000 / run.results for who, s in seen.cpu_s.items()}
         run.daemon_cores = seen.cpu_s["daemon"] / seen.wall_s
@@ -205,7 +221,7 @@ def measure_daemon(
     recorder = Recorder(broker, topics, record).start()
     log_path = work / f"agent-{name}.log"
     env = dict(os.environ)
-    rss = 0.0
+    peaks: dict[str, float] = {}
     stopped_by = "itself"
     broker_cpu0 = cpu_seconds(broker.proc.pid) if broker.proc else None
     sub_cpu0 = cpu_seconds(recorder.proc.pid) if recorder.proc else None
@@ -227,9 +243,8 @@ def measure_daemon(
                 if pid:
                     proc.returncode = os.waitstatus_to_exitcode(status)
                     break
-                hwm = _vm_hwm_mb(proc.pid)
-                if hwm is not None:
-                    rss = max(rss, hwm)
+                for key, mb in memory_mb(proc.pid).items():
+                    peaks[key] = max(peaks.get(key, 0.0), mb)
                 now = time.monotonic()
                 if now >= next_sched:
                     next_sched = now + 0.1
@@ -264,7 +279,8 @@ def measure_daemon(
         if before is not None and after is not None:
             cpu[who] = after - before
     records = recorder.stop()
-    return DaemonRun(records, t0, rss, wall, exit_code, stopped_by, cpu, sched, log_path, cpu_samples)
+    rss = peaks.get("VmHWM", 0.0)
+    return DaemonRun(records, t0, rss, wall, exit_code, stopped_by, cpu, sched, log_path, cpu_samples, peaks)
 
 
 def summarize(

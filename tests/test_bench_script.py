@@ -24,6 +24,8 @@ MODEL_KEYS = (
     "keras_ms",
     "keras_vs_pipeline",
     "rss_mb",
+    "rss_anon_mb",
+    "rss_file_mb",
     "startup_s",
 )
 
@@ -62,6 +64,7 @@ def test_quick_json_has_every_model_key_with_positive_values(quick_run: tuple[di
     assert row["errors"] == []
     assert row["pipeline_vs_limit"] == pytest.approx(row["pipeline_fps"] / row["limit_fps"])
     assert row["e2e_p99_ms"] >= row["e2e_p50_ms"]
+    assert row["rss_anon_mb"] < row["rss_mb"] and row["rss_file_mb"] < row["rss_mb"]  # the peak's two parts
     # the digits video is a replay: every frame is delivered, so every frame gives a published result
     assert row["results"] == row["runs"]["pipeline"][0]["results"] > 10
     assert set(row["stages_ms"]) >= {"invoke", "total", "publish"}
@@ -114,6 +117,7 @@ def test_pipelines_part_reports_every_n_with_its_limit_fairness_and_memory(
         assert row["results_per_s"] == pytest.approx(sum(p["fps"] for p in cams.values()))
         assert row["vs_limit"] == pytest.approx(row["results_per_s"] / row["limit_fps"])
         assert 0 < row["fairness"] <= 1 and positive(row["bare_loops_fps"]) and positive(row["rss_mb"])
+        assert positive(row["rss_anon_mb"]) and row["rss_anon_mb"] < row["rss_mb"]
         assert positive(row["cpu_ms_per_result"]) and positive(row["limit_cpu_ms_per_result"])
         assert positive(row["paced_results_per_s"]) and row["e2e_p99_ms"] >= row["e2e_p50_ms"]
     assert rows["2"]["rss_mb"] > rows["1"]["rss_mb"]
