@@ -420,10 +420,19 @@ class Daemon:
         log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
 
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> threading.Event | None:
-        """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one. The swap's done
-        event (set once the new model runs), or None when the old model stays."""
+        """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one, and keep it without
+        a load when nothing about it changed. The swap's done event (set once the new model runs), or None
+        when the old model stays."""
+        deployed = self._deployed_model(pipe.name)
+        if self.loader.unchanged(pipe.next_stages, pcfg, deployed):
+            log.info(
+                "reload: pipeline %s keeps %s (settings, file and manifest unchanged)",
+                pipe.name,
+                pipe.next_stages.info.describe(),
+            )
+            return None
         try:
-            stages = self.loader.load(pcfg, self._deployed_model(pipe.name))
+            stages = self.loader.load(pcfg, deployed)
             try:
                 done = pipe.swap_model(stages)
             except EdgeAgentError:

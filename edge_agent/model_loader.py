@@ -5,25 +5,57 @@ Loading verifies what can be verified before the model ever sees a frame: the fi
 manifest, the manifest against the interpreter's tensors (``runtime.load_model``), then the model's input
 against the pipeline's source (``ModelStages``). The interpreter is made on the pipeline's inference CPUs,
 because XNNPACK starts its worker threads there and they keep the placement they were born with.
+
+Each ``ModelStages`` remembers what it was loaded from (``LoadedFrom``): a reload whose model settings and
+files (model, manifest, labels) are all unchanged keeps the running model instead of building a second
+interpreter beside it (a transient of one more model in memory, a warm-up, for a SIGHUP that changed a
+publish setting).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.affinity import pinned
 from edge_agent.errors import ConfigError, ModelError
+from edge_agent.manifest import file_sha256, manifest_path_for
 from edge_agent.model_stages import ModelStages
 
 if TYPE_CHECKING:
     from edge_agent.config import PipelineConfig
+    from edge_agent.runtime.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
 CpuPlacement = Callable[[str], "frozenset[int] | None"]  # pipeline name -> its inference CPUs (None: any)
+
+
+@dataclass(frozen=True)
+class LoadedFrom:
+    """What a model was loaded from: its settings and the sha256 of each file the load read (the model,
+    its manifest, a labels file; None for one that was absent)."""
+
+    settings: ModelConfig
+    files_sha256: tuple[str | None, ...]
+
+
+def _files_sha256(mcfg: ModelConfig) -> tuple[str | None, ...]:
+    """sha256 of the model file, its manifest and labels file (None: absent). Raises OSError if unreadable."""
+    model = Path(mcfg.path).expanduser()
+    manifest = Path(mcfg.manifest) if mcfg.manifest else manifest_path_for(model)
+    files = [model, manifest] + ([Path(mcfg.labels_file)] if mcfg.labels_file else [])
+    return tuple(file_sha256(f) if f.is_file() else None for f in files)
+
+
+def _settings(pcfg: PipelineConfig, model_path: Path | None) -> ModelConfig:
+    """The model config to load: the pipeline's, or its settings for a deployed file (manifest beside it)."""
+    if model_path is None:
+        return pcfg.model
+    return pcfg.model.model_copy(update={"path": Path(model_path), "manifest": None})
 
 
 class ModelLoader:
@@ -38,19 +70,37 @@ class ModelLoader:
         ``ConfigError`` or ``DependencyError`` with a message naming the pipeline; nothing stays open then."""
         from edge_agent.runtime import load_model
 
-        mcfg = pcfg.model
-        if model_path is not None:
-            mcfg = mcfg.model_copy(update={"path": Path(model_path), "manifest": None})
+        mcfg = _settings(pcfg, model_path)
+        try:  # before the load: a file replaced during it makes the next reload load again
+            files_sha256: tuple[str | None, ...] | None = _files_sha256(mcfg)
+        except OSError:
+            files_sha256 = None  # unreadable: load_model says so
         with pinned(self._cpus_for(pcfg.name)):
             model = load_model(mcfg)
         try:
             stages = ModelStages(model, pcfg.source.data_kind, None)
             if pcfg.window is not None:
                 stages.check_window(pcfg.window.size, pcfg.source.sample_channels())
+            if files_sha256 is not None:
+                stages.loaded_from = LoadedFrom(mcfg, files_sha256)
             return stages
         except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
             model.close()
             raise type(exc)(f"pipeline {pcfg.name}: {exc}") from None
+
+    def unchanged(self, stages: ModelStages, pcfg: PipelineConfig, model_path: Path | None = None) -> bool:
+        """True when ``load(pcfg, model_path)`` would load what ``stages`` already runs: the same settings
+        and the same bytes in the model file, manifest and labels file. A model with a delegate always loads
+        again (a reload is how an Edge TPU plugged in later is tried), as does one whose files cannot be read
+        (the load says why)."""
+        was = stages.loaded_from
+        mcfg = _settings(pcfg, model_path)
+        if was is None or mcfg != was.settings or mcfg.delegate != "none":
+            return False
+        try:
+            return _files_sha256(mcfg) == was.files_sha256
+        except OSError:
+            return False
 
     def load_all(
         self, pcfgs: Sequence[PipelineConfig], model_paths: Mapping[str, Path] | None = None

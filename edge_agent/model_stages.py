@@ -14,6 +14,7 @@ from edge_agent.publish.payloads import SHA256_PREFIX
 from edge_agent.sources.base import DataKind
 
 if TYPE_CHECKING:
+    from edge_agent.model_loader import LoadedFrom
     from edge_agent.runtime.model import LoadedModel
 
 
@@ -102,6 +103,7 @@ class ModelStages:
         self.post = create_postprocessor(manifest, options or None)
         self.wants_input = manifest.output("reconstruction") is not None
         self.info = ModelInfo.of(model)
+        self.loaded_from: LoadedFrom | None = None  # set by the ModelLoader: a reload compares against it
 
     def check_fits(self, data_kind: DataKind, sample_shape: tuple[int, ...] | None) -> None:
         """Raise ModelError unless this model takes data of ``data_kind`` (and, for samples, windows of

@@ -216,6 +216,12 @@ class Pipeline:
     def model_info(self) -> ModelInfo:
         return self.stages.info
 
+    @property
+    def next_stages(self) -> ModelStages:
+        """The model this pipeline runs from its next frame on: a swap not yet made, or the current one."""
+        with self._swap_lock:
+            return self._swap.stages if self._swap is not None else self.stages
+
     def snapshot(self) -> dict[str, Any]:
         """This pipeline's entry in the stats payload."""
         src = self.source.stats

@@ -1,15 +1,17 @@
 """Hours in minutes: one camera daemon under broker outages and reloads, watched for what grows and for any
 result lost.
 
-    python scripts/soak.py [--minutes 10] [--outage-every 60] [--outage-s 8] [--reload-every 45] [--json F]
+    python scripts/soak.py [--minutes 10] [--outage-every 60] [--outage-s 8] [--reload-every 45]
+                           [--same-model] [--json F]
 
 ``edge-agent run`` with two camera pipelines: ``cam``, MobileNetV2-int8 on the benchmark's 640x480 MJPG video
 looped at 15 fps, and ``door``, the same model behind the config template's motion gate on the motion
 benchmark's event scene (figures crossing at known times) looped at 10 fps. The broker is a mosquitto with
 persistence, stopped every ``--outage-every`` s for ``--outage-s`` s; the subscriber keeps a persistent
 session, so whatever the broker acknowledged reaches it. Every ``--reload-every`` s a SIGHUP reloads both
-models, and every second one also changes ``door``'s fps, which restarts that pipeline (its seq then goes on
-in a new block: gaps there are by design, one per restart).
+models (the config points at the other of two copies of the model file: a reload keeps a model whose file and
+settings are unchanged), and every second one also changes ``door``'s fps, which restarts that pipeline (its
+seq then goes on in a new block: gaps there are by design, one per restart).
 
 Every 5 s the daemon's RSS, threads, open files and CPU are sampled from /proc. The report: results and seq
 gaps per pipeline (``cam`` must have none: duplicates are QoS 1's right), RSS after the first minute and at
@@ -103,6 +105,9 @@ def slope_mb_per_hour(samples: list[tuple[float, dict[str, float]]]) -> float:
 @click.option("--outage-every", default=60.0, show_default=True, help="Seconds between broker outages.")
 @click.option("--outage-s", default=8.0, show_default=True, help="How long each outage lasts.")
 @click.option("--reload-every", default=45.0, show_default=True, help="Seconds between SIGHUPs.")
+@click.option(
+    "--same-model", is_flag=True, help="SIGHUPs keep the model file (the daemon keeps the model: no swap)."
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
 @click.option(
     "--work", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORK, show_default=True
@@ -112,6 +117,7 @@ def main(
     outage_every: float,
     outage_s: float,
     reload_every: float,
+    same_model: bool,
     json_out: Path | None,
     work: Path,
 ) -> None:
@@ -128,8 +134,13 @@ def main(
     scratch.mkdir(parents=True)
     broker = Mosquitto(scratch / "broker", persistent=True).start()
     sub = Subscriber(broker, f"edge/{DEVICE}/+/result", client_id="soak-subscriber", clean_session=False)
+    copies = [scratch / side / model.name for side in ("a", "b")]  # a reload swaps to the other one
+    for copy in copies:
+        copy.parent.mkdir()
+        shutil.copy(model, copy)
+        shutil.copy(model.with_suffix(".json"), copy.with_suffix(".json"))
     door_fps = 10
-    cfg = write_config(scratch, broker, video, scene, model, door_fps)
+    cfg = write_config(scratch, broker, video, scene, copies[0], door_fps)
     log = (scratch / "edge-agent.log").open("w")
     proc = subprocess.Popen([*agent_command(), "run", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, dict[str, float]]] = []
@@ -150,7 +161,8 @@ def main(
                 reloads += 1
                 if reloads % 2 == 0:  # every second reload restarts door (a source change)
                     door_fps = 19 - door_fps  # 10 <-> 9
-                    write_config(scratch, broker, video, scene, model, door_fps)
+                model_file = copies[0 if same_model else reloads % 2]
+                write_config(scratch, broker, video, scene, model_file, door_fps)
                 proc.send_signal(signal.SIGHUP)
                 what = f"reload {reloads}" + (" (door restarts)" if reloads % 2 == 0 else "")
                 events.append((now - t0, what))

@@ -5,6 +5,7 @@ when the new model does not fit, keeps the old one. Fast next to the ``edge-agen
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -130,6 +131,85 @@ def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
         serving.join(30)
     got = results(messages, "s")
     assert [r["frame"] for r in got] == [0, 1, 2, 3]
+    assert [r["seq"] for r in got] == list(range(got[0]["seq"], got[0]["seq"] + 4))
+
+
+def test_a_reload_keeps_an_unchanged_model_and_loads_one_whose_manifest_file_or_settings_changed(
+    tmp_path: Path, mosquitto, subscriber, regression_int8, autoencoder_int8, caplog
+):
+    """A SIGHUP that changed nothing about a model (a publish setting, say) builds no second interpreter
+    beside the running one; an edited manifest, a replaced file or new model settings load again, compared
+    with the model the pipeline runs next (a swap not yet made), not the one in hand."""
+    caplog.set_level("INFO", logger="edge_agent.daemon")
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    model = tmp_path / "models" / regression_int8.path.name
+    manifest = model.with_suffix(".json")
+    model.parent.mkdir()
+    shutil.copy(regression_int8.path, model)
+    shutil.copy(regression_int8.manifest_path, manifest)
+    data = csv_file(tmp_path / "s.csv", SAMPLES[:4])
+    source = {"type": "file", "path": str(data), "fields": ["a", "b", "c"], "follow": True}
+    path = tmp_path / "config.yaml"
+
+    def write(publish: dict[str, Any] | None = None, **model_settings: Any) -> None:
+        doc = config(tmp_path, broker, model, source, **({"publish": publish} if publish else {}))
+        doc["pipelines"][0]["model"] |= model_settings
+        path.write_text(yaml.safe_dump(doc))
+
+    write()
+    daemon = Daemon(parse_config(yaml.safe_load(path.read_text())), config_path=path)
+    serving = threading.Thread(target=daemon.run, daemon=True)
+    serving.start()
+    try:
+        sub.wait_for(lambda m: len(results(m, "s")) >= 2, timeout=20)
+        pipe = daemon.pipelines[0]
+        first = pipe.stages
+
+        write(publish={"qos": 1, "max_rate_hz": 1000})  # a publish setting: the model stays as it is
+        daemon.reload()
+        assert pipe.next_stages is first and "reload: pipeline s keeps" in caplog.text
+
+        doc = json.loads(manifest.read_text())
+        doc["postprocess"]["units"] = ["kg", "K"]
+        manifest.write_text(json.dumps(doc))
+        daemon.reload()
+        edited = pipe.next_stages
+        assert edited is not first and pipe.stages is first  # loaded; swapped at the next window
+        daemon.reload()
+        assert pipe.next_stages is edited  # unchanged against the model waiting to run
+
+        write(num_threads=1)
+        daemon.reload()
+        threads1 = pipe.next_stages
+        assert threads1 is not edited
+
+        shutil.copy(autoencoder_int8.path, model)  # replaced in place: loaded again, refused by its manifest
+        daemon.reload()
+        assert pipe.next_stages is threads1 and "does not match its manifest" in (pipe.last_error or "")
+        shutil.copy(regression_int8.path, model)  # back: what threads1 was loaded from
+        caplog.clear()
+        daemon.reload()
+        assert pipe.next_stages is threads1 and "reload: pipeline s keeps" in caplog.text
+
+        write(num_threads=1, delegate="edgetpu")  # none here: the CPU runs it, and each reload tries again
+        daemon.reload()
+        tried = pipe.next_stages
+        daemon.reload()
+        last = pipe.next_stages
+        assert threads1 is not tried is not last and last.info.delegate_error, last.info
+
+        with data.open("a") as f:
+            f.write("".join(",".join(f"{v:g}" for v in row) + "\n" for row in SAMPLES[4:8]))
+        assert wait_until(lambda: pipe.stages is last, timeout=10)
+        messages = sub.wait_for(lambda m: len(results(m, "s")) >= 4, timeout=20)
+    finally:
+        daemon.request_stop()
+        serving.join(30)
+    got = results(messages, "s")
+    units = [r["units"]["temperature"] for r in got]
+    assert units[:2] == ["°C", "°C"] and units[-1] == "K", units  # the edited manifest runs (a window in hand
+    # when the swap came finishes on the old model)
     assert [r["seq"] for r in got] == list(range(got[0]["seq"], got[0]["seq"] + 4))
 
 

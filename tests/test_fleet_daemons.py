@@ -453,7 +453,7 @@ def test_sigkill_during_fetch_test_and_after_the_swap(
     assert models == sorted([f"{v3}.tflite", f"{v3}.json", f"{gated}.tflite", f"{gated}.json"]), models
     # A reload (SIGHUP) keeps the deployed model, not the config's.
     agent.send(signal.SIGHUP)
-    agent.wait_log("reload: pipeline sensor will run v3", timeout=60)
+    agent.wait_log("reload: pipeline sensor keeps v3", timeout=60)  # unchanged: not loaded again
     assert agent.stop() == 0
     watch.check()
 

@@ -18,9 +18,10 @@ def command(ctx: click.Context, config: Path) -> int:
     """Run the pipelines of CONFIG until stopped.
 
     SIGTERM/SIGINT stop cleanly (pending results are sent for up to drain_timeout_s); SIGHUP reloads the
-    config: models, publish settings and frame steps, pipelines added, removed or with a new source (the
-    log names what needs a restart). With only finite sources (a video file without loop) it exits 0 once
-    everything was processed and delivered. Validate a config first with `edge-agent check CONFIG`.
+    config: models whose settings, file or manifest changed, publish settings and frame steps, pipelines
+    added, removed or with a new source (the log names what needs a restart). With only finite sources (a
+    video file without loop) it exits 0 once everything was processed and delivered. Validate a config
+    first with `edge-agent check CONFIG`.
     """
     from edge_agent.daemon import Daemon
 
