@@ -9,6 +9,8 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,19 @@ def test_a_start_that_fails_half_way_closes_what_it_made(
     assert daemon.pipelines == []  # never made: nothing half-started is left for the stats or /metrics
 
 
+@contextmanager
+def serving(path: Path) -> Iterator[Daemon]:
+    """A daemon run in a thread from the config file ``path``; a reload reads it again."""
+    daemon = Daemon(parse_config(yaml.safe_load(path.read_text())), config_path=path)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(30)
+
+
 def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
     tmp_path: Path, mosquitto, subscriber, regression_int8, autoencoder_int8, color_int8
 ):
@@ -99,10 +114,7 @@ def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
         path.write_text(yaml.safe_dump(config(tmp_path, broker, model, source)))
 
     write(regression_int8.path)
-    daemon = Daemon(parse_config(yaml.safe_load(path.read_text())), config_path=path)
-    serving = threading.Thread(target=daemon.run, daemon=True)
-    serving.start()
-    try:
+    with serving(path) as daemon:
         sub.wait_for(lambda m: len(results(m, "s")) >= 2, timeout=20)
         pipe = daemon.pipelines[0]
         first = pipe.stages
@@ -126,9 +138,6 @@ def test_daemon_reload_swaps_through_the_loader_or_keeps_the_old_model(
         assert wait_until(lambda: pipe.stages is not first, timeout=10)
         assert str(pipe.model_info.path).startswith(str(copy))
         messages = sub.wait_for(lambda m: len(results(m, "s")) >= 4, timeout=20)
-    finally:
-        daemon.request_stop()
-        serving.join(30)
     got = results(messages, "s")
     assert [r["frame"] for r in got] == [0, 1, 2, 3]
     assert [r["seq"] for r in got] == list(range(got[0]["seq"], got[0]["seq"] + 4))
@@ -158,10 +167,7 @@ def test_a_reload_keeps_an_unchanged_model_and_loads_one_whose_manifest_file_or_
         path.write_text(yaml.safe_dump(doc))
 
     write()
-    daemon = Daemon(parse_config(yaml.safe_load(path.read_text())), config_path=path)
-    serving = threading.Thread(target=daemon.run, daemon=True)
-    serving.start()
-    try:
+    with serving(path) as daemon:
         sub.wait_for(lambda m: len(results(m, "s")) >= 2, timeout=20)
         pipe = daemon.pipelines[0]
         first = pipe.stages
@@ -203,9 +209,6 @@ def test_a_reload_keeps_an_unchanged_model_and_loads_one_whose_manifest_file_or_
             f.write("".join(",".join(f"{v:g}" for v in row) + "\n" for row in SAMPLES[4:8]))
         assert wait_until(lambda: pipe.stages is last, timeout=10)
         messages = sub.wait_for(lambda m: len(results(m, "s")) >= 4, timeout=20)
-    finally:
-        daemon.request_stop()
-        serving.join(30)
     got = results(messages, "s")
     units = [r["units"]["temperature"] for r in got]
     assert units[:2] == ["°C", "°C"] and units[-1] == "K", units  # the edited manifest runs (a window in hand
