@@ -36,18 +36,18 @@ CpuPlacement = Callable[[str], "frozenset[int] | None"]  # pipeline name -> its 
 
 @dataclass(frozen=True)
 class LoadedFrom:
-    """What a model was loaded from: its settings and the sha256 of each file the load read (the model,
-    its manifest, a labels file; None for one that was absent)."""
+    """What a model was loaded from: its settings, the sha256 of its file and of the other files the load
+    read (its manifest, a labels file; None for one that was absent)."""
 
     settings: ModelConfig
-    files_sha256: tuple[str | None, ...]
+    model_sha256: str
+    others_sha256: tuple[str | None, ...]
 
 
-def _files_sha256(mcfg: ModelConfig) -> tuple[str | None, ...]:
-    """sha256 of the model file, its manifest and labels file (None: absent). Raises OSError if unreadable."""
-    model = Path(mcfg.path).expanduser()
-    manifest = Path(mcfg.manifest) if mcfg.manifest else manifest_path_for(model)
-    files = [model, manifest] + ([Path(mcfg.labels_file)] if mcfg.labels_file else [])
+def _others_sha256(mcfg: ModelConfig) -> tuple[str | None, ...]:
+    """sha256 of the model's manifest and labels file (None: absent). Raises OSError if one is unreadable."""
+    manifest = Path(mcfg.manifest) if mcfg.manifest else manifest_path_for(Path(mcfg.path).expanduser())
+    files = [manifest] + ([Path(mcfg.labels_file)] if mcfg.labels_file else [])
     return tuple(file_sha256(f) if f.is_file() else None for f in files)
 
 
@@ -72,17 +72,17 @@ class ModelLoader:
 
         mcfg = _settings(pcfg, model_path)
         try:  # before the load: a file replaced during it makes the next reload load again
-            files_sha256: tuple[str | None, ...] | None = _files_sha256(mcfg)
+            others_sha256: tuple[str | None, ...] | None = _others_sha256(mcfg)
         except OSError:
-            files_sha256 = None  # unreadable: load_model says so
+            others_sha256 = None  # unreadable: load_model says so
         with pinned(self._cpus_for(pcfg.name)):
             model = load_model(mcfg)
         try:
             stages = ModelStages(model, pcfg.source.data_kind, None)
             if pcfg.window is not None:
                 stages.check_window(pcfg.window.size, pcfg.source.sample_channels())
-            if files_sha256 is not None:
-                stages.loaded_from = LoadedFrom(mcfg, files_sha256)
+            if others_sha256 is not None:  # the model file's own sha256: load_model hashed it (once)
+                stages.loaded_from = LoadedFrom(mcfg, model.sha256, others_sha256)
             return stages
         except (ModelError, ConfigError) as exc:  # model vs source, or bad postprocess options
             model.close()
@@ -98,7 +98,8 @@ class ModelLoader:
         if was is None or mcfg != was.settings or mcfg.delegate != "none":
             return False
         try:
-            return _files_sha256(mcfg) == was.files_sha256
+            same_model = file_sha256(Path(mcfg.path).expanduser()) == was.model_sha256
+            return same_model and _others_sha256(mcfg) == was.others_sha256
         except OSError:
             return False
 
