@@ -78,6 +78,11 @@ def test_quick_json_has_the_sensor_case_and_the_run_context(quick_run: tuple[dic
     assert 0 < sensor["results"] <= sensor["expected_results"]
     assert sensor["errors"] == []
     assert report["threads"] == 1 and report["cores"] >= 1 and report["cpu"]
+    # The vector extensions that pick the int8 kernels, read from /proc/cpuinfo (every x86-64 host here has
+    # at least SSE; the list names only those that change XNNPACK's speed, so it may be empty elsewhere).
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert isinstance(report["simd"], list)
+    assert ("avx2" in report["simd"]) == (" avx2" in cpuinfo), report["simd"]
     assert report["date"].startswith("20")
     versions = report["versions"]
     assert versions.get("ai-edge-litert") and (versions.get("tensorflow-cpu") or versions.get("tensorflow"))
