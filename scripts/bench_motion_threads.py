@@ -2,10 +2,11 @@
 benchmark's still scene (MobileNetV2-int8, 10 fps played as a live camera, QoS 1 to a private mosquitto),
 motion-gated as in the config template, then ungated.
 
-    python scripts/bench_motion_threads.py [--seconds 30] [--codec mjpeg|h264] [--work DIR]
+    python scripts/bench_motion_threads.py [--seconds 30] [--codec mjpeg|h264] [--width W] [--work DIR]
 
 ``--codec h264`` plays the same scene re-encoded as H.264 (an RTSP camera's usual codec: FFmpeg decodes
-every frame, and the gate glances at the decoded frames instead of at the JPEG packets).
+every frame, and the gate glances at the decoded frames instead of at the JPEG packets). ``--width 320``
+re-encodes it smaller, as a camera's low-resolution substream that a detector is pointed at.
 
 Thread CPU comes from /proc/<pid>/task/<tid>/stat over a steady window (after 12 s of start-up and warm-up),
 thread names from ``py-spy dump``. The README's "Motion, zones and masks" quotes it; ``scripts/bench
@@ -27,6 +28,7 @@ from bench_broker import Broker
 from bench_motion_scenes import render
 from bench_pipeline import agent_command
 from bench_profile import DEFAULT_WORK, py_spy_exe, thread_times
+from bench_report import machine
 
 WARM_UP_S = 12.0
 GATE = {"min_area": 0.002, "max_idle_s": 60, "cooldown_s": 0.5, "idle_fps": 5}  # the config template's
@@ -41,16 +43,24 @@ def thread_names(pid: int) -> dict[int, str]:
     return {int(tid): name for tid, name in re.findall(r'Thread (\d+) \(\w+\): "([^"]+)"', out)}
 
 
-def as_h264(video: Path) -> Path:
-    """``video`` re-encoded as H.264 by ffmpeg (libx264, a keyframe every 2 s as cameras do); cached."""
-    out = video.with_suffix(".h264.mp4")
+def encoded(video: Path, codec: str, width: int | None) -> Path:
+    """``video`` as ``codec`` (H.264: libx264, a keyframe every 2 s as cameras do; MJPEG: ffmpeg's encoder)
+    at ``width`` (None: its own size; a camera's low-resolution substream otherwise); cached."""
+    if codec == "mjpeg" and width is None:
+        return video
+    args = (
+        ["-c:v", "libx264", "-g", "20", "-pix_fmt", "yuv420p"]
+        if codec == "h264"
+        else ["-c:v", "mjpeg", "-q:v", "3"]
+    )
+    if width is not None:
+        args += ["-vf", f"scale={width}:-2"]
+    out = video.with_name(
+        f"{video.stem}.{codec}{'' if width is None else f'-{width}w'}.{'mp4' if codec == 'h264' else 'avi'}"
+    )
     if not out.exists():
-        tmp = out.with_name(out.stem + ".tmp.mp4")
-        subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-i", str(video), "-c:v", "libx264", "-g", "20", "-pix_fmt",
-             "yuv420p", str(tmp)],
-            check=True,
-        )  # fmt: skip
+        tmp = out.with_name("tmp-" + out.name)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), *args, str(tmp)], check=True)
         tmp.rename(out)
     return out
 
@@ -103,20 +113,27 @@ def measure(
     help="The still scene as MJPEG (a USB camera's) or re-encoded as H.264 (an RTSP camera's).",
 )
 @click.option(
+    "--width",
+    type=click.IntRange(64, 640),
+    help="Re-encode the 640x480 scene at this width, as a camera's low-resolution substream (e.g. 320).",
+)
+@click.option(
     "--work", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORK, show_default=True
 )
-def main(seconds: float, codec: str, work: Path) -> None:
+def main(seconds: float, codec: str, width: int | None, work: Path) -> None:
     """Per-thread CPU of a gated and an ungated camera daemon on the still scene."""
     model = work / "mobilenet_v2_int8.tflite"
     if not model.exists():
         raise click.ClickException(f"no benchmark model in {work}: run scripts/bench --motion first")
     scene = render("still", work, 60.0)
-    video = as_h264(scene.path) if codec == "h264" else scene.path
+    video = encoded(scene.path, codec, width)
     runs = {label: measure(work, video, scene.fps, model, label == "gated", seconds)
             for label in ("gated", "ungated")}  # fmt: skip
     threads = sorted(set().union(*runs.values()), key=lambda t: -runs["gated"].get(t, 0.0))
-    click.echo(f"ms of daemon CPU per second of video, still scene ({codec}), {seconds:.0f} s window; "
-               f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    size = f"{width} px wide" if width else "640x480"
+    click.echo(f"ms of daemon CPU per second of video, still scene ({codec}, {size}), {seconds:.0f} s "
+               f"window; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+               f"({' '.join(machine()['simd'])})")  # fmt: skip
     click.echo(f"{'thread':24s} {'gated':>8s} {'ungated':>8s}")
     for t in threads:
         gated, ungated = runs["gated"].get(t, 0.0), runs["ungated"].get(t, 0.0)
