@@ -430,6 +430,7 @@ class Daemon:
                 pipe.name,
                 pipe.next_stages.info.describe(),
             )
+            pipe.reload_applied()
             return None
         try:
             stages = self.loader.load(pcfg, deployed)
@@ -440,10 +441,11 @@ class Daemon:
                 raise
         except EdgeAgentError as exc:
             old = pipe.model_info.describe()
-            pipe.last_error = f"reload failed, still running {old}: {exc}"
+            pipe.reload_failed(f"still running {old}: {exc}")
             log.error("reload: pipeline %s keeps its old model %s: %s", pipe.name, old, exc)
             return None
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
+        pipe.reload_applied()
         return done
 
     def _deployed_model(self, pipeline: str) -> Path | None:

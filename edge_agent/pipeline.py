@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 0.2  # longest a pipeline waits for a frame before it counts an idle turn of its loop
 MAX_CONSECUTIVE_ERRORS = 100  # frames in a row that fail: the model or source is broken, not one frame
+RELOAD_FAILED = "reload failed"  # how last_error starts while a reload's new model could not be taken
 
 
 class Publisher(Protocol):
@@ -408,6 +409,17 @@ class Pipeline:
             old.model.close()
         finally:
             swap.done.set()
+
+    def reload_failed(self, message: str) -> None:
+        """A reload could not give this pipeline its new model; the old one runs on (stats say so)."""
+        self.last_error = f"{RELOAD_FAILED}, {message}"
+
+    def reload_applied(self) -> None:
+        """A reload gave this pipeline the model its config names: an earlier reload's failure is over and
+        stops showing in the stats and the status line (a frame's error stays: it is not about the config)."""
+        error = self.last_error
+        if error is not None and error.startswith(RELOAD_FAILED):
+            self.last_error = None
 
     def _fail(self, exc: EdgeAgentError, message: str) -> None:
         self.state = "failed"

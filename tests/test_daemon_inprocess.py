@@ -197,6 +197,7 @@ def test_a_reload_keeps_an_unchanged_model_and_loads_one_whose_manifest_file_or_
         caplog.clear()
         daemon.reload()
         assert pipe.next_stages is threads1 and "reload: pipeline s keeps" in caplog.text
+        assert pipe.last_error is None  # the config's model runs again: the failure no longer shows
 
         write(num_threads=1, delegate="edgetpu")  # none here: the CPU runs it, and each reload tries again
         daemon.reload()

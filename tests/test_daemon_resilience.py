@@ -241,6 +241,10 @@ def test_sighup_corrupt_model_keeps_the_old_one_then_a_good_one_is_taken(
         )
         seqs = [r["seq"] for r in swapped]
         assert seqs == list(range(1, len(seqs) + 1))  # one seq series across the swap, nothing lost
+        # The failure is over once the config's model runs: the stats stop saying "reload failed".
+        since = len(sub.snapshot())
+        later_stats = stats(agent.expect(sub, lambda m: stats(m[since:]), timeout=15)[since:])
+        assert later_stats[0]["pipelines"]["cam"]["last_error"] is None, later_stats[0]["pipelines"]["cam"]
         assert agent.stop() == 0, agent.log()
     watch.check()
 
