@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from edge_agent.commands.probe_device import simd_features
+
 IMAGE_MODELS = {
     "mobilenet_v2_int8": "MobileNetV2 224x224 int8 on a 640x480 MJPG video",
     "mobilenet_v2_float32": "MobileNetV2 224x224 float32 on a 640x480 MJPG video",
@@ -325,25 +327,17 @@ def versions() -> dict:
     return out
 
 
-# The CPU features that pick XNNPACK's int8 and float kernels (x86: AVX2, AVX-512, VNNI; Arm: dot product,
-# int8 matrix multiply, half precision). Two machines with the same "model name" can differ here, and then
-# one MobileNetV2-int8 invoke by 3x (3.2 ms with AVX-512 VNNI, 10.2 ms with AVX2 only, on "AMD EPYC" VMs).
-SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp", "i8mm", "asimdhp")
-
-
 def machine() -> dict:
-    names: list[str] = []
-    flags: set[str] = set()
+    cpu, cpuinfo = platform.processor() or platform.machine(), ""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                names.append(value)
-            elif key in ("flags", "Features"):
-                flags.update(value.split())
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
     return {
-        "cpu": names[0] if names else platform.processor() or platform.machine(),
-        "simd": [f for f in SIMD_FLAGS if f in flags],
+        "cpu": cpu,
+        "simd": simd_features(cpuinfo),  # they pick the int8 kernels: compare only runs where they match
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),

@@ -178,6 +178,7 @@ def test_lists_devices_of_a_sysfs_dev_tree(pi_tree: Path) -> None:
     system = report["system"]
     assert system["board"] == "Raspberry Pi 4 Model B Rev 1.4"
     assert system["cpu_model"] == "Cortex-A72"
+    assert system["simd"] == []  # a Pi 4's A72 lacks the dot product that speeds up int8 on a Pi 5
     assert system["memory_total_mb"] == 3793 and system["memory_available_mb"] == 3126
     assert system["temperatures_c"] == {"thermal_zone0 (cpu-thermal)": 48.312}
     assert report["edgetpu"]["usb"] == ["2-1 18d1:9302 Coral USB Accelerator"]
@@ -193,6 +194,7 @@ def test_table_names_what_it_found(pi_tree: Path) -> None:
         "accel_x=12, accel_y=-7",
         "HD Pro Webcam C920",
         "48.3 C",
+        "none that speed up int8",
         "Coral USB Accelerator",
         "usb-FTDI_FT232R",
     ):
@@ -407,3 +409,16 @@ def test_suggested_sources_are_valid_config(pi_tree: Path) -> None:
 def test_nothing_to_suggest_on_a_bare_machine(empty_roots: list[str]) -> None:
     _, out, _ = run_probe(*empty_roots)
     assert "Config sources (pipelines[].source; add a window: for sensors)\n  nothing found to suggest" in out
+
+
+def test_simd_features_names_those_that_pick_the_int8_kernels() -> None:
+    """A Pi 5 (Cortex-A76: dot product, half precision) and an x86 host with AVX2 and AVX-512 VNNI, as
+    their /proc/cpuinfo lists them; the probe and scripts/bench report these, in a fixed order."""
+    from edge_agent.commands.probe_device import simd_features
+
+    pi5 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+    pi5 += "asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n"
+    assert simd_features(pi5) == ["asimddp", "asimdhp"]
+    x86 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_vnni\n"
+    assert simd_features(x86) == ["avx2", "avx512f", "avx512_vnni"]
+    assert simd_features(PI_CPUINFO) == [] and simd_features("") == []

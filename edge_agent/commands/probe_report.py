@@ -74,6 +74,7 @@ def render(report: dict[str, Any]) -> str:
                 *([["jetson", s.jetson_release]] if s.jetson_release else []),
                 ["arch", s.arch],
                 ["cpu", s.cpu_model],
+                ["simd", " ".join(s.simd) or "none that speed up int8 (AVX2, VNNI, Arm dot product)"],
                 ["cores", f"{s.cores} ({s.usable_cores} usable by this process)"],
                 ["memory", mem],
                 [
