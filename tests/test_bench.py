@@ -88,6 +88,10 @@ def test_bench_table_and_json_with_thread_sweep(color_int8: TinyModel, tmp_path:
     assert all(r["runtime"] == "litert" and r["steady"]["count"] == 20 for r in doc["runs"])
     assert all(r["preprocess"]["count"] >= 20 and r["peak_rss_mb"] > 0 for r in doc["runs"])
     assert doc["task"] == "classification" and doc["mode"] == "int8" and len(doc["sha256"]) == 64
+    # what the numbers depend on: the CPU and the SIMD features that pick the int8 kernels, from /proc/cpuinfo
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert doc["cores"] >= 1 and ("avx2" in doc["simd"]) == (" avx2" in cpuinfo), doc
+    assert f"cpu      {doc['cpu']}, {doc['cores']} usable core(s), SIMD for int8: " in text
 
 
 def test_bench_compares_the_other_installed_runtime(color_int8: TinyModel, tmp_path: Path) -> None:

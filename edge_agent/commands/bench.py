@@ -83,6 +83,8 @@ def render_table(model: Path, runs: list[BenchRun], header: dict) -> str:
         f"model    {model}  ({header['task']}, {header['mode'] or 'unknown mode'}, "
         f"{header['size_kb']:.0f} KiB, sha256 {header['sha256'][:12]})",
         f"input    {header['input']}",
+        f"cpu      {header['cpu'] or 'unknown'}, {header['cores']} usable core(s), SIMD for int8: "
+        f"{' '.join(header['simd']) or 'none (no AVX2/VNNI, no Arm dot product)'}",
         f"xnnpack  {'on' if header['xnnpack'] else 'off'}; times in ms; each row measured in a fresh "
         "process; peak RSS: runtime + model, then with OpenCV and the processing loaded",
         "",
@@ -176,10 +178,15 @@ def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _header(model: Path, xnnpack: bool, task: str | None) -> dict:
+    from edge_agent.commands.probe_device import Roots, probe_system
     from edge_agent.manifest import file_sha256, load_manifest, manifest_path_for
 
     manifest_file = manifest_path_for(model)
+    system = probe_system(Roots())  # the CPU's name and features: the same model runs 3x apart on two "EPYC"s
     header = {
+        "cpu": system.cpu_model,
+        "cores": system.usable_cores,
+        "simd": system.simd,
         "sha256": file_sha256(model),
         "size_kb": model.stat().st_size / 1024,
         "xnnpack": xnnpack,
