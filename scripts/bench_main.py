@@ -100,8 +100,12 @@ def limit_run(
     )
 
 
-def ideal_run(model: str, video: str, threads: int) -> dict:
+def ideal_run(model: str, video: str, threads: int, fps: float | None = None) -> dict:
+    """The two-thread upper bound at full speed; with ``fps``, played at that rate (the paced run's
+    latency bound: once through the video, as the daemon's paced run plays it)."""
     cmd = [sys.executable, str(HERE / "bench_ideal.py"), model, video, "--threads", str(threads)]
+    if fps:
+        cmd += ["--fps", f"{round(fps, 1)}", "--decode-frames", "0"]
     return run_json(cmd, f"two-thread upper bound on {Path(video).name}", timeout=600)
 
 
@@ -279,7 +283,7 @@ def main(
     multi: dict | None = None
     try:
         for key in keys:
-            limits, ideals, pipes, paced, keras, tflrt = [], [], [], [], [], []
+            limits, ideals, pipes, paced, paced_ideals, keras, tflrt = [], [], [], [], [], [], []
             for i in range(runs):
                 say(f"{key}: run {i + 1}/{runs}: bare loop ({seconds:.0f} s)")
                 limits.append(limit_run(made[key]["tflite"], threads, seconds))
@@ -305,6 +309,8 @@ def main(
                             rate,
                         ).as_dict()
                     )
+                    say(f"{key}: run {i + 1}/{runs}: two-thread upper bound paced at {rate:.0f} fps")
+                    paced_ideals.append(ideal_run(made[key]["tflite"], video_of[key], threads, rate))
                 if tflite_runtime_python:
                     say(f"{key}: run {i + 1}/{runs}: tflite-runtime loop")
                     tflrt.append(
@@ -323,7 +329,7 @@ def main(
                     for i in range(runs):
                         say(f"{key}: run {i + 1}/{runs}: Keras in TensorFlow")
                         keras.append(keras_run(keras_path, threads, seconds * 2))
-            models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals, paced)
+            models[key] = summarize_model(key, limits, pipes, keras, tflrt, ideals, paced, paced_ideals)
         if not no_sensor:
             sensor = run_sensor(scratch, broker, made[SENSOR_MODEL], threads, runs, seconds, sensor_windows)
         if counts:

@@ -68,6 +68,11 @@ def test_quick_json_has_every_model_key_with_positive_values(quick_run: tuple[di
     # the digits video is a replay: every frame is delivered, so every frame gives a published result
     assert row["results"] == row["runs"]["pipeline"][0]["results"] > 10
     assert set(row["stages_ms"]) >= {"invoke", "total", "publish"}
+    # the paced run's latency bound: the two-thread pipeline played at the same rate, each frame timed
+    bound = row["runs"]["paced_ideal"][0]
+    assert bound["fps_cap"] == pytest.approx(row["runs"]["paced"][0]["fps"], rel=0.5)
+    assert 0 < row["bound_paced_p50_ms"] <= row["bound_paced_p99_ms"] == bound["latency_p99_ms"]
+    assert 0 < bound["invoke_p50_ms"] <= bound["latency_p50_ms"]
 
 
 @pytest.mark.slow
