@@ -8,11 +8,10 @@ import platform
 import statistics
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 import click
 
-from edge_agent.commands.probe_device import simd_features
+from edge_agent.commands.probe_device import Roots, probe_system
 
 IMAGE_MODELS = {
     "mobilenet_v2_int8": "MobileNetV2 224x224 int8 on a 640x480 MJPG video",
@@ -287,6 +286,7 @@ def table(report: dict) -> str:
         lines.append(f"{s[:11] + ' p50/p99':<18}" + "".join(f"{c:>{w}}" for c in cells))
     head = (
         f"edge-agent benchmark  {report['date']}  {report['cpu']} x{report['cores']} "
+        f"{'on ' + report['board'] + ' ' if report.get('board') else ''}"
         f"({' '.join(report.get('simd') or ['no SIMD flags read'])})  "
         f"{report['threads']} thread(s)  medians of {report['runs']} run(s)  load "
         f"{report['loadavg_1_5_15_min']['start'][0]:.1f} -> {report['loadavg_1_5_15_min']['end'][0]:.1f}"
@@ -345,16 +345,12 @@ def versions() -> dict:
 
 
 def machine() -> dict:
-    cpu, cpuinfo = platform.processor() or platform.machine(), ""
-    with contextlib.suppress(OSError):
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    for line in cpuinfo.splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    """The CPU the numbers came from, through ``edge-agent probe``'s reader (an Arm board's core by name)."""
+    system = probe_system(Roots())
     return {
-        "cpu": cpu,
-        "simd": simd_features(cpuinfo),  # they pick the int8 kernels: compare only runs where they match
+        "cpu": system.cpu_model or platform.processor() or platform.machine(),
+        "board": system.board,
+        "simd": system.simd,  # they pick the int8 kernels: compare only runs where they match
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
