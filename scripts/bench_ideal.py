@@ -1,8 +1,8 @@
 """Worker: the best any Python pipeline can do on this machine with this video, to read the daemon's
 number against. Two threads and nothing else: a capture thread (OpenCV decode + edge-agent's own
 ImagePreprocessor into a free buffer) and an inference thread (copy into the input tensor + invoke +
-get_tensor), placed on the CPUs as the daemon places its own. No postprocessing, no payload, no outbox,
-no MQTT. Also times the decode alone.
+get_tensor), with ``--pin`` placed on the CPUs as a one-pipeline daemon places its own. No
+postprocessing, no payload, no outbox, no MQTT. Also times the decode alone.
 
     bare loop (limit)  >=  this (decode + preprocess overlapped)  >=  edge-agent end to end
 
@@ -52,6 +52,12 @@ def decode_ms(video: str, limit: int) -> tuple[float, int]:
     "--seconds", type=float, default=None, help="Time this long, looping the video (default: once through)."
 )
 @click.option(
+    "--pin",
+    is_flag=True,
+    help="Place the threads as a one-pipeline daemon does: inference on a CPU of its own, the reader on the "
+    "rest (not for several at once: each would take the same CPU).",
+)
+@click.option(
     "--fps", "fps_cap", type=float, default=None, help="Play the video at this rate and time each frame."
 )
 @click.option("--start-at", type=float, default=0.0, help="Begin at this time.time() (runs side by side).")
@@ -62,6 +68,7 @@ def main(
     decode_frames: int,
     seconds: float | None,
     fps_cap: float | None,
+    pin: bool,
     start_at: float,
 ) -> None:
     """Decode-only speed and the two-thread upper bound for MODEL on VIDEO."""
@@ -78,7 +85,7 @@ def main(
     spec = manifest.inputs[0]
     pre = ImagePreprocessor(spec, manifest.preprocess)
     # the daemon's CPU placement (edge_agent/affinity.py): inference on CPUs of its own, the reader elsewhere
-    plan = plan_cpus("auto", [("ideal", threads)], usable_cpus())
+    plan = plan_cpus("auto", [("ideal", threads)], usable_cpus()) if pin else None
     if plan is not None:
         pin_this_thread(plan.other)  # the reader thread started below inherits it
     with pinned(plan.inference["ideal"] if plan else None):

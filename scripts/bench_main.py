@@ -102,8 +102,9 @@ def limit_run(
 
 def ideal_run(model: str, video: str, threads: int, fps: float | None = None) -> dict:
     """The two-thread upper bound at full speed; with ``fps``, played at that rate (the paced run's
-    latency bound: once through the video, as the daemon's paced run plays it)."""
-    cmd = [sys.executable, str(HERE / "bench_ideal.py"), model, video, "--threads", str(threads)]
+    latency bound: once through the video, as the daemon's paced run plays it). Pinned as the one-camera
+    daemon pins its threads."""
+    cmd = [sys.executable, str(HERE / "bench_ideal.py"), model, video, "--threads", str(threads), "--pin"]
     if fps:
         cmd += ["--fps", f"{round(fps, 1)}", "--decode-frames", "0"]
     return run_json(cmd, f"two-thread upper bound on {Path(video).name}", timeout=600)

@@ -223,6 +223,7 @@ def _sum(runs: list[dict], key: str, cpu_key: str) -> dict:
     return {
         "fps": sum(r.get(key) or 0.0 for r in runs),
         "each": [r.get(key) for r in runs],
+        "pinned": [r.get("pinned") for r in runs],
         "cpu_ms_per_result": sum(cpu) / len(cpu) if cpu else None,  # CPU per frame, mean of the processes
         "errors": errors,
     }

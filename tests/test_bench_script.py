@@ -73,6 +73,8 @@ def test_quick_json_has_every_model_key_with_positive_values(quick_run: tuple[di
     assert bound["fps_cap"] == pytest.approx(row["runs"]["paced"][0]["fps"], rel=0.5)
     assert 0 < row["bound_paced_p50_ms"] <= row["bound_paced_p99_ms"] == bound["latency_p99_ms"]
     assert 0 < bound["invoke_p50_ms"] <= bound["latency_p50_ms"]
+    # placed as the one-camera daemon places its threads (inference on a CPU of its own) where it can
+    assert bound["pinned"] == (len(os.sched_getaffinity(0)) >= 2)
 
 
 @pytest.mark.slow
@@ -130,5 +132,7 @@ def test_pipelines_part_reports_every_n_with_its_limit_fairness_and_memory(
         assert positive(row["rss_anon_mb"]) and row["rss_anon_mb"] < row["rss_mb"]
         assert positive(row["cpu_ms_per_result"]) and positive(row["limit_cpu_ms_per_result"])
         assert positive(row["paced_results_per_s"]) and row["e2e_p99_ms"] >= row["e2e_p50_ms"]
+        # N limit processes at once are placed by the kernel: pinned, each would take the same CPU
+        assert row["runs"]["limit"][0]["pinned"] == [False] * int(n)
     assert rows["2"]["rss_mb"] > rows["1"]["rss_mb"]
     assert "several pipelines in one daemon" in done.stdout and "N=2" in done.stdout
