@@ -184,8 +184,10 @@ class Daemon:
         self.publisher.start()
 
         # The deploy agent finishes what a crash interrupted; a deployed model replaces the config's.
+        # It asks for the pipelines' configs at each use: a reload (SIGHUP) adds, removes or changes them.
+        pcfgs = lambda: {p.name: p for p in self.cfg.pipelines}  # noqa: E731
         pipes = lambda: {p.name: p for p in self.pipelines}  # noqa: E731 - filled in below
-        self.fleet = make_agent(cfg, state_dir, self.loader, pipes, self.publisher.connection)
+        self.fleet = make_agent(cfg, state_dir, self.loader, pcfgs, pipes, self.publisher.connection)
         self._fleet_off = self.fleet is None
         stages = self.loader.load_all(cfg.pipelines, deployed_models(self.fleet))
         self._slots = [_Slot(p, st) for p, st in zip(cfg.pipelines, stages, strict=True)]
@@ -349,9 +351,9 @@ class Daemon:
             pipe.set_publish(pcfg.publish)
             if frame_config(pcfg) != frame_config(old_pcfg):  # masks, steps, motion, zones
                 pipe.set_frame_steps(*build_frame_settings(pcfg))
-            swapped = self._reload_model(pipe, pcfg)
+            applied, swapped = self._reload_model(pipe, pcfg)
             swaps += [swapped] if swapped is not None else []
-            model_cfg = pcfg.model if swapped is not None else old_pcfg.model
+            model_cfg = pcfg.model if applied else old_pcfg.model  # what a deployment then loads with
             frame = dict(zip(("masks", "steps", "motion", "zones"), frame_config(pcfg), strict=True))
             slot.cfg = old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame})
         running = {slot.cfg.name for slot in self._slots}
@@ -419,10 +421,11 @@ class Daemon:
             where = "unpinned" if self.cpu_plan is None else "on the CPUs of capture and MQTT until a restart"
         log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
 
-    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> threading.Event | None:
+    def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> tuple[bool, threading.Event | None]:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one, and keep it without
-        a load when nothing about it changed. The swap's done event (set once the new model runs), or None
-        when the old model stays."""
+        a load when nothing about it changed (with a deployed model, the config's file may have changed).
+        Returns whether ``pcfg.model`` is now the pipeline's (False: the reload failed), and the swap's done
+        event (set once the new model runs) or None when no new model was loaded."""
         deployed = self._deployed_model(pipe.name)
         if self.loader.unchanged(pipe.next_stages, pcfg, deployed):
             log.info(
@@ -431,7 +434,7 @@ class Daemon:
                 pipe.next_stages.info.describe(),
             )
             pipe.reload_applied()
-            return None
+            return True, None
         try:
             stages = self.loader.load(pcfg, deployed)
             try:
@@ -443,10 +446,10 @@ class Daemon:
             old = pipe.model_info.describe()
             pipe.reload_failed(f"still running {old}: {exc}")
             log.error("reload: pipeline %s keeps its old model %s: %s", pipe.name, old, exc)
-            return None
+            return False, None
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())
         pipe.reload_applied()
-        return done
+        return True, done
 
     def _deployed_model(self, pipeline: str) -> Path | None:
         """The model a fleet deployment put in place for ``pipeline`` (a reload keeps it), or None."""

@@ -114,8 +114,12 @@ def make_agent(
     groups: tuple[str, ...] = (),
     watch_s: float = 0.5,
     client_kw: dict[str, Any] | None = None,
+    config_models: dict[str, Path] | None = None,
     **cfg: Any,
 ) -> tuple[DeployAgent, FakeDevice, FleetClient]:
+    """``config_models``: pipeline -> the config's model, read at each use (a test changes it as a reload
+    would); default ``{"cam": initial}``."""
+    models = {"cam": initial} if config_models is None else config_models
     client = device_client(broker, device_id, **(client_kw or {}))
     device = FakeDevice(initial)
     agent = DeployAgent(
@@ -124,7 +128,7 @@ def make_agent(
         ),
         device_id=device_id,
         state_dir=state_dir,
-        initial_models={"cam": initial},
+        config_models=lambda: dict(models),
         subscribe=client.subscribe,
         publish=client.publish,
         load_candidate=device.load_candidate,

@@ -88,13 +88,14 @@ def deploy(
     publish_model: bytes | None = None,
     number: int | None = None,
     padding: int = 1000,
+    pipeline: str = "cam",
 ) -> tuple[int, str]:
     files = read_model(make_model(env["tmp"] / "ws", name, behaviour, padding=padding))
     if number is None:
         env["number"] += 1
         number = env["number"]
     dep = build_deployment(
-        files, number=number, target=target, pipeline="cam", key=env[key], prefix="edge", healthy_for_s=0.5
+        files, number=number, target=target, pipeline=pipeline, key=env[key], prefix="edge", healthy_for_s=0.5
     )
     env["op"].publish(
         model_topic("edge", files.sha256), files.data if publish_model is None else publish_model
@@ -248,6 +249,36 @@ def test_rolls_back_when_errors_rise_and_on_command(env: dict[str, Any]) -> None
     assert agent.store.entry("cam")["previous"] is None
 
 
+def test_follows_the_config_a_reload_gives(env: dict[str, Any]) -> None:
+    """The agent asks for the config's pipelines and models at each use, as a reload (SIGHUP) changes them:
+    a rollback to the config's own model loads the file the config names now (what a restart would load)
+    and reports its sha256; a pipeline a reload adds takes deployments, one it removes refuses them."""
+    models = {"cam": env["initial"]}
+    agent, fake, _ = start(env, config_models=models)
+    number, _ = deploy(env, "v2", b"GOOD")
+    assert outcome(env, number)["state"] == "active"
+    newer = make_model(env["tmp"] / "etc", "newer", b"GOOD", padding=1500)
+    models["cam"] = newer  # the reload: another model for cam, and a second pipeline
+    models["door"] = env["initial"]
+    env["number"] += 1
+    cmd = build_rollback(number=env["number"], target=("device", "cam-01"), pipeline="cam", key=env["key"])
+    env["op"].publish("edge/cam-01/command", encode(cmd))
+    state = outcome(env, env["number"])
+    assert state["state"] == "rolled_back", state
+    assert fake.running.path == newer
+    assert state["running"]["cam"] == {"sha256": read_model(newer).sha256, "number": None, "model": "newer"}
+    assert agent.store.current_model("cam") is None  # a restart loads the config's model too
+    number, sha = deploy(env, "d2", b"GOOD", pipeline="door")
+    state = outcome(env, number)
+    assert state["state"] == "active" and state["running"]["door"]["sha256"] == sha, state
+    del models["door"]  # a reload removed it
+    number, _ = deploy(env, "d3", b"GOOD", pipeline="door")
+    state = outcome(env, number)  # signed: reported with its number, which edge-fleet waits for
+    assert state["state"] == "failed" and state["pipeline"] == "door", state
+    assert state["reason"].startswith("unknown_pipeline:") and "runs ['cam']" in state["reason"], state
+    assert set(state["running"]) == {"cam"}
+
+
 def test_restart_during_test_resumes_and_twice_during_watch_rolls_back(env: dict[str, Any]) -> None:
     """A SIGKILL leaves the record's 'pending' behind; a new agent over the same state_dir finishes it."""
     state_dir = env["tmp"] / "cam-01"
@@ -310,7 +341,7 @@ def test_fuzz_agent_inbound_never_raises_nor_swaps(tmp_path_factory: Any, payloa
     fake = FakeDevice(initial)
     agent = DeployAgent(
         FleetConfig(trusted_keys_dir=tmp / "none", max_inbound_bytes=2048),
-        device_id="cam-01", state_dir=tmp / "state", initial_models={"cam": initial},
+        device_id="cam-01", state_dir=tmp / "state", config_models=lambda: {"cam": initial},
         subscribe=lambda t, h, m: None, publish=lambda t, p, r: published.append((t, p, r)),
         load_candidate=fake.load_candidate, run_golden=fake.run_golden, swap=fake.swap,
         pipeline_health=fake.pipeline_health, trusted_keys={"0" * 16: object()},

@@ -501,3 +501,49 @@ def test_deploy_and_rollback_from_a_central_broker_through_a_site_bridge(
         assert results(watch, "cam-02")[-1]["model"]["sha256"] == v2[:12], "only cam-01 was rolled back"
         assert site.log_tail(10_000).count("Connecting bridge (step 2) central") >= 1, site.log_tail()
         watch.check()
+
+
+def test_deployments_and_rollbacks_follow_what_a_reload_changed(
+    fleet: Fleet, privacy: Any, fleet_models: FleetModels
+) -> None:
+    """A reload (SIGHUP) that names another model for the pipeline and adds a second one: the deploy agent
+    sees the running config, not the one of the start. The new pipeline takes a deployment (the deploy state
+    lists it), and a rollback goes to the model the config names now, the one a restart would load."""
+    import yaml
+
+    m = fleet_models
+    config = fleet.config("cam-01")
+    reloaded = yaml.safe_load(config.read_text())
+    reloaded["pipelines"][0]["model"]["path"] = str(m.v3)
+    reloaded["pipelines"].append({**reloaded["pipelines"][0], "name": "door", "model": {"path": str(m.v1)}})
+    after = config.with_name("reloaded.yaml")
+    after.write_text(yaml.safe_dump(reloaded, sort_keys=False))
+    watch = privacy(fleet.broker, config, extra_topics=fleet_topics([config, after]),
+                    username="operator", password="pw-operator")  # fmt: skip
+    v1, v2, v3 = m.sha(m.v1), m.sha(m.v2), m.sha(m.v3)
+    agent = fleet.start("cam-01")
+    wait_results_of(watch, agent, "cam-01", v1, 3)
+    res = fleet.deploy(m.v2, "--device", "cam-01")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    door = ("deploy", str(m.v2), "--pipeline", "door", "--device", "cam-01", "--healthy-for", "1s")
+    res = fleet.cli(*door)  # not yet: refused, and edge-fleet hears so at once (no wait for its timeout)
+    assert res.returncode != 0 and "failed  (unknown_pipeline: " in res.stdout, res.stdout + res.stderr
+    config.write_text(after.read_text())
+    agent.send(signal.SIGHUP)
+    agent.wait_log("reload: pipeline door started", timeout=60)
+    res = fleet.cli(*door)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = wait_state(watch, agent, "cam-01", lambda s: s["pipeline"] == "door" and s["state"] == "active")
+    assert s["running"]["door"]["sha256"] == v2 and running_sha(s) == v2, s
+
+    res = fleet.cli("rollback", "--pipeline", PIPELINE, "--device", "cam-01")
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = wait_state(watch, agent, "cam-01", lambda s: s["state"] == "rolled_back")
+    assert s["pipeline"] == PIPELINE and running_sha(s) == v3, s  # not v1, the config's model at the start
+    wait_results_of(watch, agent, "cam-01", v3, 5)
+    assert agent.stop() == 0
+    again = fleet.start("cam-01")  # what a restart loads is what the rollback put in place
+    wait_results_of(watch, again, "cam-01", v3, count=10)
+    assert again.stop() == 0
+    watch.check()

@@ -4,6 +4,7 @@ receive -> verify -> fetch -> store -> test (load in a second interpreter + gold
 watch -> active (confirmed) or rolled_back. The daemon hands in narrow callables, so this module knows
 neither paho nor a runtime:
 
+    config_models() -> {pipeline: the model file its config names}  (asked each time: a reload changes it)
     subscribe(topic, handler, max_bytes) -> unsubscribe callable or None; handler(topic, payload: bytes)
     publish(topic, payload: bytes, retain: bool)
     load_candidate(pipeline, model_path, manifest: dict | None) -> candidate   (None: the config's model)
@@ -51,7 +52,7 @@ class DeployAgent:
         *,
         device_id: str,
         state_dir: Path,
-        initial_models: Mapping[str, Path],
+        config_models: Callable[[], Mapping[str, Path]],
         subscribe: Callable[[str, Callable[[str, bytes], None], int], Any],
         publish: Callable[[str, bytes, bool], Any],
         load_candidate: Callable[[str, Path, dict[str, Any] | None], Any],
@@ -63,8 +64,7 @@ class DeployAgent:
         poll_s: float = 1.0,
     ):
         self.cfg, self.prefix, self.poll_s = cfg, topic_prefix, poll_s
-        self.initial_models = dict(initial_models)
-        self.me = DeviceIdentity(device_id, frozenset(cfg.groups), frozenset(self.initial_models))
+        self.device_id, self.config_models = device_id, config_models
         self.trusted_keys = load_trusted_keys(cfg.trusted_keys_dir) if trusted_keys is None else trusted_keys
         self.store = ModelStore(state_dir)
         self._subscribe, self._load, self._golden = subscribe, load_candidate, run_golden
@@ -76,7 +76,7 @@ class DeployAgent:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(_QUEUE_MAX)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._initial_sha: dict[str, str | None] = {}
+        self._config_sha: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
         self._busy: tuple[str, int] | None = None
         self._startup: list[tuple[str, Any]] = []
 
@@ -85,11 +85,24 @@ class DeployAgent:
         return self.cfg.enabled and bool(self.trusted_keys)
 
     # -- what runs -----------------------------------------------------------------------------------------
+    @property
+    def me(self) -> DeviceIdentity:
+        """Who this device is now: its pipelines are the running config's (a reload adds or removes some)."""
+        return DeviceIdentity(self.device_id, frozenset(self.cfg.groups), frozenset(self.config_models()))
+
     def _config_model(self, pipeline: str) -> dict[str, Any]:
-        path = self.initial_models[pipeline]
-        if pipeline not in self._initial_sha:
-            self._initial_sha[pipeline] = file_sha256(path) if path.is_file() else None
-        return {"sha256": self._initial_sha[pipeline], "number": None, "model": path.stem, "path": str(path)}
+        """The config's own model for ``pipeline``: its file now (a reload may name another), its sha256
+        computed again only when the file changed."""
+        path = Path(self.config_models()[pipeline])
+        try:
+            st = path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        known = self._config_sha.get(path)
+        if known is None or known[0] != stamp:
+            self._config_sha[path] = known = (stamp, _sha256_or_none(path) if stamp is not None else None)
+        return {"sha256": known[1], "number": None, "model": path.stem, "path": str(path)}
 
     def _current(self, pipeline: str) -> dict[str, Any]:
         return self.store.entry(pipeline)["current"] or self._config_model(pipeline)
@@ -97,14 +110,14 @@ class DeployAgent:
     def running(self) -> dict[str, Running]:
         return {
             p: Running(sha256=c.get("sha256"), number=c.get("number"), model=c.get("model"))
-            for p in self.initial_models
+            for p in self.config_models()
             for c in [self._current(p)]
         }
 
     def recover(self) -> dict[str, Path]:
         """Call before the pipelines are built: finish what a crash interrupted, and return the model file
         each pipeline must load instead of its config's (pipelines not listed keep the config's)."""
-        for pipeline in self.initial_models:
+        for pipeline in self.config_models():
             pending = self.store.entry(pipeline)["pending"]
             if not pending:
                 continue
@@ -112,8 +125,8 @@ class DeployAgent:
             if phase == "watching":
                 restarts = pending.get("restarts", 0) + 1
                 if restarts >= 2:
-                    entry = self.store.entry(pipeline)
-                    self.store.update(pipeline, current=entry["previous"], previous=None, pending=None)
+                    back = _record(self.store.entry(pipeline)["previous"])
+                    self.store.update(pipeline, current=back, previous=None, pending=None)
                     self._startup.append(
                         (
                             "report",
@@ -149,7 +162,7 @@ class DeployAgent:
                     self.store.update(pipeline, pending={**pending, "attempts": attempts})
                     self._startup.append(("redeploy", pending["deployment"]))
         self.store.prune()
-        return {p: path for p in self.initial_models if (path := self.store.current_model(p)) is not None}
+        return {p: path for p in self.config_models() if (path := self.store.current_model(p)) is not None}
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,7 +227,7 @@ class DeployAgent:
     # -- inbound -------------------------------------------------------------------------------------------
     def _duplicate(self, payload: bytes) -> bool:
         """A retained message seen again after a reconnect (same number as applied or in progress)."""
-        peek = peek_number(payload, self.initial_models)
+        peek = peek_number(payload, self.config_models())
         if peek is None:
             return False
         return peek == self._busy or peek[1] == self.store.last_number(peek[0])
@@ -230,6 +243,8 @@ class DeployAgent:
     def _refuse(self, run: DeployRun, exc: DeployRefused) -> None:
         self.counts["refused"] += 1
         self.counts[f"refused_{exc.reason}"] += 1
+        if run.number is None and exc.subject is not None:
+            run.pipeline, run.number = exc.subject
         if run.state is None:
             run.advance("received")
         run.advance("failed", f"{exc.reason}: {exc}")
@@ -238,7 +253,7 @@ class DeployAgent:
         if self._duplicate(payload):
             self.counts["duplicates_ignored"] += 1
             return
-        peek = peek_number(payload, self.initial_models)
+        peek = peek_number(payload, self.config_models())
         run = self.reporter.run(*(peek or (None, None)))
         self.counts["received"] += 1
         run.advance("received")
@@ -299,7 +314,13 @@ class DeployAgent:
             return
         baseline = self._safe_health(pipeline)
         old = self._current(pipeline)
-        self._swap(pipeline, candidate)
+        try:
+            self._swap(pipeline, candidate)
+        except DeployRefused as exc:  # a reload removed the pipeline since the test
+            self.store.update(pipeline, pending=None)
+            self.store.prune()
+            self._refuse(run, exc)
+            return
         self.store.update(
             pipeline,
             current={"sha256": sha, "number": dep.number, "model": manifest.name},
@@ -376,8 +397,15 @@ class DeployAgent:
             self.store.update(pipeline, pending=None)
             self._refuse(run, DeployRefused("no_previous", f"{reason}; no previous model to go back to"))
             return
-        if prev.get("path"):  # the config's own model
-            path, manifest = Path(prev["path"]), None
+        if prev.get("path"):
+            # the config's own model: the file the config names now (a reload may have changed it since the
+            # deployment), the one a restart would load
+            path, manifest = self.config_models().get(pipeline), None
+            if path is None:
+                self.store.update(pipeline, pending=None)
+                self._refuse(run, DeployRefused("unknown_pipeline", f"{reason}; pipeline {pipeline!r} is no "
+                                                "longer in this device's config"))  # fmt: skip
+                return
         else:
             path = self.store.model_path(prev["sha256"])
             manifest = _read_json(self.store.manifest_path(prev["sha256"]))
@@ -390,7 +418,7 @@ class DeployAgent:
                 run, DeployRefused("no_previous", f"{reason}; the previous model failed to load: {exc}")
             )
             return
-        self.store.update(pipeline, current=prev, previous=None, pending=None)
+        self.store.update(pipeline, current=_record(prev), previous=None, pending=None)
         self.store.prune()
         self.counts["rolled_back"] += 1
         run.advance("rolled_back", reason)
@@ -399,7 +427,7 @@ class DeployAgent:
         if self._duplicate(payload):
             self.counts["duplicates_ignored"] += 1
             return
-        run = self.reporter.run(*(peek_number(payload, self.initial_models) or (None, None)))
+        run = self.reporter.run(*(peek_number(payload, self.config_models()) or (None, None)))
         run.advance("received")
         try:
             cmd = verify_command(payload, **self._verify_args())
@@ -412,6 +440,19 @@ class DeployAgent:
         run.advance("verified")
         run.advance("testing")
         self._roll_back(run, cmd.pipeline, "rollback command")
+
+
+def _record(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``current`` becomes when ``previous`` runs again: the config's own model is kept as no record
+    (None): which file and sha256 that is follows the config, as at a start, even after a reload."""
+    return None if previous is None or previous.get("path") else previous
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:  # not a readable file: the config names a model that is not there (yet)
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

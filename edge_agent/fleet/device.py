@@ -1,6 +1,8 @@
 """The daemon's side of a deployment: the narrow callables ``DeployAgent`` asks for, over the real model
 loader, the running pipelines and the broker connection (``DeviceHooks``), and the agent's construction.
 
+- ``config_models`` and the pipeline configs: the daemon's running config, asked at each use (a reload
+  (SIGHUP) adds, removes or changes pipelines; a deployment loads with the settings that run now).
 - ``load_candidate``: ``ModelLoader.load(pcfg, model_path=...)`` with the manifest beside the stored model: a
   *second* interpreter, on the pipeline's inference CPUs, while the running one keeps going; it must also fit
   what the pipeline's source delivers now (a window's size), so a model that would not fit is refused
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.fleet import golden as golden_mod
-from edge_agent.fleet.errors import STATS_COUNTERS
+from edge_agent.fleet.errors import STATS_COUNTERS, DeployRefused
 from edge_agent.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -48,12 +50,12 @@ class DeviceHooks:
 
     def __init__(
         self,
-        pcfgs: Mapping[str, PipelineConfig],
+        pcfgs: Callable[[], Mapping[str, PipelineConfig]],
         loader: ModelLoader,
         pipelines: Callable[[], Mapping[str, Pipeline]],
         connection: MqttConnection,
     ) -> None:
-        self.pcfgs, self.loader, self._pipelines, self.connection = pcfgs, loader, pipelines, connection
+        self._pcfgs, self.loader, self._pipelines, self.connection = pcfgs, loader, pipelines, connection
         self._last_state: tuple[str, bytes] | None = None
         self._lock = threading.Lock()
         connection.add_on_connect(self._resend_state)
@@ -80,9 +82,14 @@ class DeviceHooks:
             connection.publish(last[0], last[1], qos=1, retain=True)
 
     # -- models --------------------------------------------------------------------------------------------
+    def config_models(self) -> dict[str, Path]:
+        return {name: pcfg.model.path for name, pcfg in self._pcfgs().items()}
+
     def load_candidate(self, pipeline: str, model_path: Path, manifest: dict[str, Any] | None) -> ModelStages:
         """A second interpreter for ``model_path`` (manifest beside it), fitted to the running pipeline."""
-        pcfg = self.pcfgs[pipeline]
+        pcfg = self._pcfgs().get(pipeline)
+        if pcfg is None:
+            raise _gone(pipeline)
         own = Path(model_path) == pcfg.model.path  # the config's model: its config (manifest path) applies
         stages = self.loader.load(pcfg, None if own else Path(model_path))
         pipe = self._pipelines().get(pipeline)
@@ -109,8 +116,10 @@ class DeviceHooks:
             raise
 
     def swap(self, pipeline: str, candidate: ModelStages) -> None:
-        pipe = self._pipelines()[pipeline]
+        pipe = self._pipelines().get(pipeline)
         try:
+            if pipe is None:
+                raise _gone(pipeline)
             done = pipe.swap_model(candidate)
         except Exception:
             candidate.model.close()
@@ -129,10 +138,17 @@ class DeviceHooks:
         }
 
 
+def _gone(pipeline: str) -> DeployRefused:
+    return DeployRefused(
+        "unknown_pipeline", f"pipeline {pipeline!r} is no longer running here (a reload removed it)"
+    )
+
+
 def make_agent(
     cfg: AgentConfig,
     state_dir: Path,
     loader: ModelLoader,
+    pcfgs: Callable[[], Mapping[str, PipelineConfig]],
     pipelines: Callable[[], Mapping[str, Pipeline]],
     connection: MqttConnection,
 ) -> DeployAgent | None:
@@ -146,13 +162,12 @@ def make_agent(
         return None
     from edge_agent.fleet.agent import DeployAgent
 
-    pcfgs = {p.name: p for p in cfg.pipelines}
     hooks = DeviceHooks(pcfgs, loader, pipelines, connection)
     return DeployAgent(
         cfg.fleet,
         device_id=cfg.device_id,
         state_dir=state_dir,
-        initial_models={p.name: p.model.path for p in cfg.pipelines},
+        config_models=hooks.config_models,
         subscribe=hooks.subscribe,
         publish=hooks.publish,
         load_candidate=hooks.load_candidate,

@@ -15,9 +15,10 @@ class DeployRefused(EdgeAgentError):
 
     exit_code = 9
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, subject: tuple[str, int] | None = None):
         super().__init__(message)
         self.reason = reason
+        self.subject = subject  # (pipeline, number) of a signed message refused after its signature checked
 
 
 REASONS = (

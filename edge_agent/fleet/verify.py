@@ -66,10 +66,11 @@ def _check_device(number: int, target: Any, pipeline: str, me: DeviceIdentity, l
             "wrong_target",
             f"{what} {number} targets group {target.name!r}; this device is in {sorted(me.groups)}",
         )
-    if pipeline not in me.pipelines:
-        raise DeployRefused(
+    if pipeline not in me.pipelines:  # signed: its number is reported, so the operator's edge-fleet stops
+        raise DeployRefused(  # waiting for it
             "unknown_pipeline",
             f"{what} {number} is for pipeline {pipeline!r}; this device runs {sorted(me.pipelines)}",
+            subject=(pipeline, number),
         )
     if last_number is not None and number <= last_number:
         raise DeployRefused(
