@@ -14,6 +14,11 @@ neither paho nor a runtime:
 
 Threads: handlers run on the network thread and only put the payload on a bounded queue (never raise,
 never block); one worker thread does everything else, one deployment at a time.
+
+A little over the usual ~450 lines on purpose: the steps above share one record (``ModelStore``: pending,
+current, previous) and one state report per deployment, and recovery after a restart resumes any of them;
+split by step, each piece would reach into the others' record. Verifying, fetching, storing, golden samples,
+the health watch and the state payloads are modules of their own.
 """
 
 from __future__ import annotations
@@ -397,15 +402,9 @@ class DeployAgent:
             self.store.update(pipeline, pending=None)
             self._refuse(run, DeployRefused("no_previous", f"{reason}; no previous model to go back to"))
             return
-        if prev.get("path"):
-            # the config's own model: the file the config names now (a reload may have changed it since the
-            # deployment), the one a restart would load
-            path, manifest = self.config_models().get(pipeline), None
-            if path is None:
-                self.store.update(pipeline, pending=None)
-                self._refuse(run, DeployRefused("unknown_pipeline", f"{reason}; pipeline {pipeline!r} is no "
-                                                "longer in this device's config"))  # fmt: skip
-                return
+        if prev.get("path"):  # the config's own model: the file it names now, as a restart would load (a
+            # pipeline a reload removed fails to load below, and is refused there)
+            path, manifest = self.config_models().get(pipeline, Path(prev["path"])), None
         else:
             path = self.store.model_path(prev["sha256"])
             manifest = _read_json(self.store.manifest_path(prev["sha256"]))
