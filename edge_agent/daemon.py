@@ -444,7 +444,7 @@ class Daemon:
                 raise
         except EdgeAgentError as exc:
             old = pipe.model_info.describe()
-            pipe.reload_failed(f"still running {old}: {exc}")
+            pipe.reload_failed(f"the config's model was not taken: {exc}")  # the stats' `model`: what runs
             log.error("reload: pipeline %s keeps its old model %s: %s", pipe.name, old, exc)
             return False, None
         log.info("reload: pipeline %s will run %s", pipe.name, stages.info.describe())

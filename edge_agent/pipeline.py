@@ -411,7 +411,9 @@ class Pipeline:
             swap.done.set()
 
     def reload_failed(self, message: str) -> None:
-        """A reload could not give this pipeline its new model; the old one runs on (stats say so)."""
+        """A reload could not give this pipeline its new model; the old one runs on (stats say so). The
+        message names what failed, not the model that runs: a deployment may swap that before a reload
+        succeeds."""
         self.last_error = f"{RELOAD_FAILED}, {message}"
 
     def reload_applied(self) -> None:
