@@ -49,6 +49,14 @@ def test_sign_verify_round_trip_and_tamper(tmp_path: Path) -> None:
     assert canonical_bytes(signed) == '{"a":{"z":[1.5,"é"]},"b":1,"signer":"%s"}'.encode() % kid.encode()
     assert not signature_valid({**signed, "b": 2}, pub)
     assert not signature_valid({**signed, "signature": "AAAA"}, pub)
+    # Not base64 at all, and the right signature with a stray character: refused, never let through by
+    # a decoder that skips what it cannot read.
+    assert not signature_valid({**signed, "signature": "not base64!"}, pub)
+    good = signed["signature"]
+    assert not signature_valid({**signed, "signature": f"{good[:8]}*{good[8:]}"}, pub)
+    assert not signature_valid({k: v for k, v in signed.items() if k != "signature"}, pub)
+    with pytest.raises(ValueError):  # NaN has no canonical JSON: it is never signed
+        sign({"x": float("nan")}, key)
     other = generate_keypair(tmp_path / "other")[1]
     assert not signature_valid(signed, load_public_key(other.read_bytes()))
 
@@ -65,8 +73,27 @@ def test_trusted_keys_pem_and_base64(tmp_path: Path) -> None:
     (trusted / "README").write_text("not a key, and not *.pub: ignored")
     assert set(load_trusted_keys(trusted)) == {kid, kid_b}
     (trusted / "typo.pub").write_text("hello")
-    with pytest.raises(ConfigError, match=r"typo\.pub is not an Ed25519 public key"):
+    not_a_key = r"typo\.pub is not an Ed25519 public key"
+    with pytest.raises(ConfigError, match=not_a_key + r" \(neither PEM nor base64\)"):
         load_trusted_keys(trusted)
+    (trusted / "typo.pub").write_text(base64.b64encode(raw[:16]).decode())
+    with pytest.raises(ConfigError, match="base64 decodes to 16 bytes, an Ed25519 key has 32"):
+        load_trusted_keys(trusted)
+    text = base64.b64encode(raw).decode()
+    (trusted / "typo.pub").write_text(f"{text[:20]}*{text[20:]}")
+    with pytest.raises(ConfigError, match="neither PEM nor base64"):  # a stray character is not skipped
+        load_trusted_keys(trusted)
+    (trusted / "typo.pub").write_bytes(_rsa_public_pem())
+    with pytest.raises(ConfigError, match=not_a_key + r" \(PEM, but of another algorithm\)"):
+        load_trusted_keys(trusted)
+
+
+def _rsa_public_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_private_key_errors_are_one_line(tmp_path: Path) -> None:

@@ -20,17 +20,29 @@ DATA = b"model bytes " * 100
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
+def _refusal(data: bytes, size: int, max_bytes: int) -> tuple[str, str]:
+    with pytest.raises(DeployRefused) as info:
+        check_model_bytes(data, SHA, size, max_bytes)
+    return info.value.reason, str(info.value)
+
+
 def test_checks_size_and_hash() -> None:
     check_model_bytes(DATA, SHA, len(DATA), 10_000)
-    with pytest.raises(DeployRefused) as info:
-        check_model_bytes(DATA[:-1], SHA, len(DATA), 10_000)
-    assert info.value.reason == "truncated"
-    with pytest.raises(DeployRefused) as info:
-        check_model_bytes(DATA[:-1] + b"X", SHA, len(DATA), 10_000)
-    assert info.value.reason == "sha256_mismatch"
-    with pytest.raises(DeployRefused) as info:
-        check_model_bytes(DATA, SHA, len(DATA), 100)
-    assert info.value.reason == "too_large"
+    check_model_bytes(DATA, SHA, len(DATA), len(DATA))  # exactly at fleet.max_model_bytes: taken
+    reason, message = _refusal(DATA[:-1], len(DATA), 10_000)
+    assert reason == "truncated" and f"{len(DATA) - 1} of its {len(DATA)} bytes" in message
+    reason, message = _refusal(DATA[:-1] + b"X", len(DATA), 10_000)
+    assert reason == "sha256_mismatch" and f"differs from the signed {SHA[:12]}..." in message
+    reason, message = _refusal(DATA + b"X", len(DATA), 10_000)  # more bytes than the signed size
+    assert reason == "sha256_mismatch" and f"{len(DATA) + 1} bytes, the deployment says {len(DATA)}" in (
+        message
+    )
+    reason, message = _refusal(DATA, len(DATA), len(DATA) - 1)
+    assert reason == "too_large" and f"exceeds fleet.max_model_bytes ({len(DATA) - 1})" in message
+    # The signed size alone over the limit is refused, whatever arrived (nothing larger is ever fetched),
+    # and so is a body over the limit that claims a small size.
+    assert _refusal(DATA[:10], 10_001, 10_000)[0] == "too_large"
+    assert _refusal(DATA, 10, len(DATA) - 1)[0] == "too_large"
 
 
 def test_crash_between_temp_write_and_rename(tmp_path: Path) -> None:
@@ -74,6 +86,31 @@ def test_corrupt_record_falls_back_to_config_models(tmp_path: Path) -> None:
     (tmp_path / "fleet.json").write_text("{garbage")
     store = ModelStore(tmp_path)
     assert store.current_model("cam") is None and store.last_number("cam") is None
+
+
+def test_a_deployed_model_file_that_is_gone_falls_back_to_the_config_model(tmp_path: Path) -> None:
+    """A record naming a file someone deleted: the daemon starts with the config's model, not a missing
+    path."""
+    store = ModelStore(tmp_path)
+    path = store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "m"})
+    store.update("cam", current={"sha256": SHA, "number": 3}, last_number=3)
+    assert store.current_model("cam") == path
+    path.unlink()
+    assert store.current_model("cam") is None
+    assert store.last_number("cam") == 3  # the replay guard stays
+
+
+def test_prune_keeps_a_deployment_in_progress(tmp_path: Path) -> None:
+    """The model of a deployment between its download and its swap is no pipeline's current or previous
+    yet: a prune then (another pipeline's deployment finishing) must not delete it under its feet."""
+    store = ModelStore(tmp_path)
+    other = DATA + b"pending"
+    other_sha = hashlib.sha256(other).hexdigest()
+    store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "old"})
+    store.write_model(other, other_sha, len(other), 1 << 20, {"name": "new"})
+    store.update("door", pending={"deployment": {"number": 4}, "sha256": other_sha, "phase": "testing"})
+    assert sorted(store.prune()) == [f"{SHA}.json", f"{SHA}.tflite"]
+    assert store.model_path(other_sha).read_bytes() == other and store.manifest_path(other_sha).is_file()
 
 
 def _manifest(quantized: bool) -> Manifest:
@@ -121,8 +158,10 @@ def test_the_users_own_models_are_never_touched(tmp_path: Path) -> None:
         (own / name).write_bytes(b"the user's")
     store = ModelStore(tmp_path)
     store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "m"})
-    (store.dir / "notes.json").write_text("{}")  # not ours either, even in our directory
+    strangers = ["notes.json", "abc123.tflite", f"{'x' * 64}.tflite"]  # not <sha256> names: not ours
+    for name in strangers:
+        (store.dir / name).write_text("{}")
     store.prune()  # no pipeline refers to SHA: it goes, nothing else does
     assert sorted(p.name for p in own.iterdir()) == ["door.json", "door.tflite"]
-    assert sorted(p.name for p in store.dir.iterdir()) == ["notes.json"]
+    assert sorted(p.name for p in store.dir.iterdir()) == sorted(strangers)
     assert store.dir != own

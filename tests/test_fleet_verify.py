@@ -104,6 +104,54 @@ def test_each_refusal_has_its_reason(setup: dict[str, Any]) -> None:
     assert _reason(lambda: _verify(setup, encode(bad_sha))) == "schema"
 
 
+def _message(fn: Any) -> str:
+    with pytest.raises(DeployRefused) as info:
+        fn()
+    return str(info.value)
+
+
+def test_each_refusal_says_what_it_refused_and_what_to_do(setup: dict[str, Any]) -> None:
+    """The sentence is what an operator reads (edge-fleet, the device's log and stats): it names the number,
+    the key, the target or the setting involved, not only a reason code."""
+    good = _deployment(setup)
+    rogue = _deployment(setup, key="rogue")
+    message = _message(lambda: _verify(setup, encode(rogue)))
+    assert f"deployment 10 is signed by key {rogue['signer']!r}" in message
+    assert "put its .pub in fleet.trusted_keys_dir" in message
+    message = _message(lambda: _verify(setup, encode({**good, "healthy_for_s": 999.0})))
+    assert message.endswith("deployment 10: the signature does not match (altered or forged)")
+    message = _message(lambda: _verify(setup, encode(good), last=12))
+    assert "deployment number 10 is not greater than the last one applied (12)" in message
+    assert "a replayed old message is refused" in message
+    other = _deployment(setup, target=("device", "cam-02"))
+    assert "deployment 10 targets device 'cam-02', not this one" in _message(
+        lambda: _verify(setup, encode(other))
+    )
+    garage = _deployment(setup, target=("group", "garage"))
+    assert "targets group 'garage'; this device is in ['lobby']" in _message(
+        lambda: _verify(setup, encode(garage))
+    )
+    door = _deployment(setup, pipeline="door")
+    assert "is for pipeline 'door'; this device runs ['cam']" in _message(
+        lambda: _verify(setup, encode(door))
+    )
+    message = _message(lambda: _verify(setup, encode(good), max_bytes=100))
+    assert f"deployment of {len(encode(good))} bytes exceeds fleet.max_inbound_bytes (100)" in message
+    assert "is JSON but not an object" in _message(lambda: _verify(setup, b"[1, 2]"))
+    assert "NaN is not JSON" in _message(lambda: _verify(setup, b'{"x": NaN}'))
+    assert "field 'extra'" in _message(lambda: _verify(setup, encode({**good, "extra": 1})))
+
+
+def test_a_signature_that_is_not_base64_is_refused(setup: dict[str, Any]) -> None:
+    """A signature field that is not exactly an Ed25519 signature in base64 is refused by the schema, naming
+    the field; ``signature_valid`` refuses it again on its own (tests/test_fleet_signing.py)."""
+    good = _deployment(setup)
+    for signature in ("not base64!", f"{good['signature'][:8]}*{good['signature'][8:]}", ""):
+        with pytest.raises(DeployRefused) as info:
+            _verify(setup, encode({**good, "signature": signature}))
+        assert info.value.reason == "schema" and "field 'signature'" in str(info.value)
+
+
 def test_rollback_command_is_verified_too(setup: dict[str, Any]) -> None:
     cmd = build_rollback(number=20, target=("group", "lobby"), pipeline="cam", key=setup["key"])
     args: dict[str, Any] = {"max_bytes": 4096, "trusted_keys": setup["trusted"], "me": ME}
@@ -118,6 +166,15 @@ def test_rollback_command_is_verified_too(setup: dict[str, Any]) -> None:
 def test_remote_deploy_off_without_keys(tmp_path: Path) -> None:
     on, why = remote_deploy_status(True, {}, tmp_path)
     assert not on and "no trusted keys" in why and str(tmp_path) in why
+    assert "copy an operator's fleet.pub there" in why
+
+
+def test_remote_deploy_on_with_keys_and_off_when_disabled(setup: dict[str, Any], tmp_path: Path) -> None:
+    on, why = remote_deploy_status(True, setup["trusted"], tmp_path)
+    (kid,) = setup["trusted"]
+    assert on and why == f"remote deployment is on: 1 trusted key(s) ({kid})"
+    on, why = remote_deploy_status(False, setup["trusted"], tmp_path)  # keys present, fleet.enabled: false
+    assert not on and why == "remote deployment is off (fleet.enabled: false)"
     assert remote_deploy_status(False, {"k": object()}, tmp_path)[0] is False
 
 

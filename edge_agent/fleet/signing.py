@@ -137,7 +137,7 @@ def load_public_key(data: bytes) -> Any:
     if text.startswith(b"-----BEGIN"):
         key = serialization.load_pem_public_key(text)
         if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise ValueError("not an Ed25519 public key")
+            raise ValueError("PEM, but of another algorithm")
         return key
     try:
         raw = base64.b64decode(text, validate=True)
