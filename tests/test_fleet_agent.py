@@ -4,6 +4,7 @@ runner, swap and health are the fakes in fleet_support (the daemon's real ones c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from edge_agent.fleet.agent import DeployAgent
 from edge_agent.fleet.broker import FleetClient
 from edge_agent.fleet.config import FleetConfig
 from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
+from edge_agent.fleet.device import deployed_models
 from edge_agent.fleet.signing import generate_keypair, load_private_key
 from edge_agent.fleet.store import ModelStore
 from edge_agent.fleet.topics import model_topic
@@ -319,6 +321,34 @@ def test_restart_during_test_resumes_and_twice_during_watch_rolls_back(env: dict
     agent2.start()
     state = wait_state(env, "cam-01", lambda s: s["state"] == "rolled_back")
     assert "restarted twice" in state["reason"] and state["running"]["cam"]["number"] is None
+
+
+def test_an_unreadable_record_is_said_and_the_retained_deployment_applied_again(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """fleet.json torn by a file system that lost a renamed file's data: the start says so in the log, runs
+    the config's model, and the deployment the broker still retains brings the deployed model back."""
+    agent, _, client = start(env)
+    number, sha = deploy(env, "v2", b"GOOD")
+    assert outcome(env, number)["state"] == "active"
+    agent.stop()
+    client.close()
+    state_dir = env["tmp"] / "cam-01"
+    (state_dir / "fleet.json").write_text('{"pipelines": {"cam": {"curr')
+    agent2, fake2, client2 = make_agent(
+        env["broker"], state_dir, "cam-01", env["trusted"], env["initial"], groups=("lobby",)
+    )
+    env["cleanup"].append((agent2, client2))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.fleet.device"):
+        assert deployed_models(agent2) == {}  # the config's model, and the stray deployed file removed
+    assert f"fleet: {state_dir / 'fleet.json'} could not be read" in caplog.text, caplog.text
+    assert not agent2.store.model_path(sha).exists()
+    agent2.start()
+    deadline = time.monotonic() + 15
+    while not fake2.swaps and time.monotonic() < deadline:  # the retained state says "active" already
+        time.sleep(0.05)
+    assert fake2.swaps == [agent2.store.model_path(sha)]
+    assert agent2.store.model_path(sha).is_file() and agent2.store.last_number("cam") == number
 
 
 def test_without_trusted_keys_remote_deploy_is_off(env: dict[str, Any], tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ from edge_agent.fleet.signing import (
 
 
 def test_keygen_modes_and_refuses_to_overwrite(tmp_path: Path) -> None:
-    keydir = tmp_path / "keys"
+    keydir = tmp_path / "operator" / "keys"  # made with its parents
     private, public, kid = generate_keypair(keydir)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
     assert stat.S_IMODE(keydir.stat().st_mode) == 0o700
     assert private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert len(kid) == 16
@@ -102,3 +103,14 @@ def test_private_key_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.key").write_text("garbage")
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
         load_private_key(tmp_path / "bad.key")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "rsa.key").write_bytes(pem)
+    with pytest.raises(
+        ConfigError, match=r"rsa\.key is not an Ed25519 key; make one with  edge-fleet keygen"
+    ):
+        load_private_key(tmp_path / "rsa.key")

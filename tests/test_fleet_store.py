@@ -86,6 +86,34 @@ def test_corrupt_record_falls_back_to_config_models(tmp_path: Path) -> None:
     (tmp_path / "fleet.json").write_text("{garbage")
     store = ModelStore(tmp_path)
     assert store.current_model("cam") is None and store.last_number("cam") is None
+    assert store.unreadable_record is not None and str(tmp_path / "fleet.json") in store.unreadable_record
+    (aside,) = tmp_path.glob("fleet.json.corrupt-*")  # kept for inspection, as the outbox keeps its own
+    assert aside.read_text() == "{garbage" and f"moved aside to {aside.name}" in store.unreadable_record
+    aside.unlink()
+    (tmp_path / "fleet.json").write_text('{"pipelines": []}')  # JSON, but not a record
+    assert "not a record of pipelines" in (ModelStore(tmp_path).unreadable_record or "")
+    assert not (tmp_path / "fleet.json").exists()  # moved aside too: the next start is a first start,
+    assert ModelStore(tmp_path).unreadable_record is None  # with nothing to say
+
+
+def test_where_things_are_and_what_an_entry_holds(tmp_path: Path) -> None:
+    """The layout the README and the daemon's start-up check (``_has_deployments``) rely on, the manifest
+    stored as given, and entries handed out as copies (a caller's change never reaches the record)."""
+    store = ModelStore(tmp_path)
+    assert store.entry("cam") == {"current": None, "previous": None, "last_number": None, "pending": None}
+    path = store.write_model(DATA, SHA, len(DATA), 1 << 20, {"name": "m", "labels": ["a", "é"]})
+    assert path == tmp_path / "deployed" / f"{SHA}.tflite" and path.read_bytes() == DATA
+    assert json.loads((tmp_path / "deployed" / f"{SHA}.json").read_text()) == {
+        "name": "m",
+        "labels": ["a", "é"],
+    }
+    returned = store.update("cam", current={"sha256": SHA, "number": 2}, last_number=2)
+    assert returned == {**store.entry("cam")} and returned["current"] == {"sha256": SHA, "number": 2}
+    returned["current"]["number"] = 99
+    store.entry("cam")["current"]["number"] = 98
+    record = json.loads((tmp_path / "fleet.json").read_text())
+    assert record["version"] == 1 and record["pipelines"]["cam"]["current"]["number"] == 2
+    assert store.entry("cam")["current"]["number"] == 2
 
 
 def test_a_deployed_model_file_that_is_gone_falls_back_to_the_config_model(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from edge_agent.fleet.signing import (
     load_trusted_keys,
     remote_deploy_status,
 )
-from edge_agent.fleet.verify import DeviceIdentity, verify_command, verify_deployment
+from edge_agent.fleet.verify import DeviceIdentity, peek_number, verify_command, verify_deployment
 from tests.fleet_support import make_model
 
 ME = DeviceIdentity("cam-01", frozenset({"lobby"}), frozenset({"cam"}))
@@ -139,7 +139,19 @@ def test_each_refusal_says_what_it_refused_and_what_to_do(setup: dict[str, Any])
     assert f"deployment of {len(encode(good))} bytes exceeds fleet.max_inbound_bytes (100)" in message
     assert "is JSON but not an object" in _message(lambda: _verify(setup, b"[1, 2]"))
     assert "NaN is not JSON" in _message(lambda: _verify(setup, b'{"x": NaN}'))
-    assert "field 'extra'" in _message(lambda: _verify(setup, encode({**good, "extra": 1})))
+    assert "deployment field 'extra'" in _message(lambda: _verify(setup, encode({**good, "extra": 1})))
+
+
+def test_peek_number_names_only_what_looks_like_ours(setup: dict[str, Any]) -> None:
+    """The cheap look at a payload (before any check) for duplicate detection: never raises, and gives a
+    (pipeline, number) only for one of this device's pipelines with an integer number."""
+    good = _deployment(setup)
+    assert peek_number(encode(good), {"cam"}) == ("cam", 10)
+    assert peek_number(encode(good), {"door"}) is None
+    assert peek_number(encode({**good, "number": True}), {"cam"}) is None  # a bool is not a number here
+    assert peek_number(encode({**good, "number": "10"}), {"cam"}) is None
+    for junk in (b"", b"\xff", b"[1]", b'{"pipeline": "cam"}', b"null"):
+        assert peek_number(junk, {"cam"}) is None
 
 
 def test_a_signature_that_is_not_base64_is_refused(setup: dict[str, Any]) -> None:
@@ -150,6 +162,43 @@ def test_a_signature_that_is_not_base64_is_refused(setup: dict[str, Any]) -> Non
         with pytest.raises(DeployRefused) as info:
             _verify(setup, encode({**good, "signature": signature}))
         assert info.value.reason == "schema" and "field 'signature'" in str(info.value)
+
+
+def test_the_replay_guard_is_per_pipeline_and_the_size_bound_exact(setup: dict[str, Any]) -> None:
+    """Each pipeline has its own last number: 10 is a replay on a pipeline that applied 12, not on one that
+    applied 5; and a message of exactly fleet.max_inbound_bytes is taken."""
+    me = DeviceIdentity("cam-01", frozenset({"lobby"}), frozenset({"cam", "door"}))
+    last = {"cam": 5, "door": 12}.get
+    args: dict[str, Any] = {"trusted_keys": setup["trusted"], "me": me, "last_number": last}
+    payload = encode(_deployment(setup, pipeline="cam"))
+    assert verify_deployment(payload, max_bytes=len(payload), **args).number == 10
+    door = encode(_deployment(setup, pipeline="door"))
+    assert _reason(lambda: verify_deployment(door, max_bytes=1 << 20, **args)) == "replayed"
+    rollback = build_rollback(number=10, target=("device", "cam-01"), pipeline="door", key=setup["key"])
+    message = _message(lambda: verify_command(encode(rollback), max_bytes=4096, **args))
+    assert "command number 10 is not greater than the last one applied (12)" in message
+    cam = build_rollback(number=10, target=("device", "cam-01"), pipeline="cam", key=setup["key"])
+    assert verify_command(encode(cam), max_bytes=4096, **args).pipeline == "cam"
+
+
+def test_unknown_pipeline_refusal_carries_its_subject(setup: dict[str, Any]) -> None:
+    """Signed, so trusted to name its pipeline and number: the device reports them and edge-fleet stops
+    waiting at once."""
+    with pytest.raises(DeployRefused) as info:
+        _verify(setup, encode(_deployment(setup, pipeline="door")))
+    assert info.value.subject == ("door", 10)
+    cmd = build_rollback(number=20, target=("group", "lobby"), pipeline="door", key=setup["key"])
+    args: dict[str, Any] = {"max_bytes": 4096, "trusted_keys": setup["trusted"], "me": ME}
+    with pytest.raises(DeployRefused) as info:
+        verify_command(encode(cmd), last_number=lambda p: None, **args)
+    assert info.value.subject == ("door", 20) and str(info.value).startswith("command 20 is for pipeline")
+    forged = {**cmd, "number": 21}
+    message = _message(lambda: verify_command(encode(forged), last_number=lambda p: None, **args))
+    assert message.endswith("command 21: the signature does not match (altered or forged)")
+    assert "command is not UTF-8 JSON" in _message(lambda: verify_command(b"\xff", last_number=None, **args))
+    assert "command field 'extra'" in _message(
+        lambda: verify_command(encode({**cmd, "extra": 1}), last_number=None, **args)
+    )
 
 
 def test_rollback_command_is_verified_too(setup: dict[str, Any]) -> None:

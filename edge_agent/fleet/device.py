@@ -202,6 +202,8 @@ def deployed_models(agent: DeployAgent | None) -> dict[str, Path]:
     load instead of the config's."""
     if agent is None:
         return {}
+    if agent.store.unreadable_record is not None:
+        log.error("fleet: %s", agent.store.unreadable_record)
     overrides = agent.recover()
     for name, path in overrides.items():
         log.info("pipeline %s runs the deployed model %s", name, path)

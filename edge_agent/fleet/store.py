@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -82,20 +83,37 @@ class ModelStore:
         for p in leftovers:  # a write interrupted before its rename: the final file is still the old one
             p.unlink(missing_ok=True)
         self.removed_leftovers = [p.name for p in leftovers]
+        self.unreadable_record: str | None = None  # why fleet.json was started over, for the daemon's log
         self._record = self._load()
 
     def _load(self) -> dict[str, Any]:
+        # An unreadable record is only reachable if the file system lost a renamed file's data; start over
+        # with the config's models (the daemon's fallback) rather than refuse to run, and say so.
         try:
             rec = json.loads(self.record_path.read_text())
         except FileNotFoundError:
             return {"version": RECORD_VERSION, "pipelines": {}}
-        except (OSError, ValueError):
-            # Only reachable if the file system lost a renamed file's data; start over with the config's
-            # models (the daemon's fallback) rather than refuse to run.
-            return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
+        except (OSError, ValueError) as exc:
+            return self._start_over(str(exc))
         if not isinstance(rec, dict) or not isinstance(rec.get("pipelines"), dict):
-            return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
+            return self._start_over("not a record of pipelines")
         return rec
+
+    def _start_over(self, why: str) -> dict[str, Any]:
+        aside = self.record_path.with_name(
+            f"{self.record_path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        )
+        try:
+            os.replace(self.record_path, aside)
+            kept = f"moved aside to {aside.name} for inspection"
+        except OSError as exc:
+            kept = f"left in place ({exc.strerror})"
+        self.unreadable_record = (
+            f"{self.record_path} could not be read ({why[:120]}), {kept}; started over: each pipeline runs "
+            "its config's model, deployed files no record names are removed, and a deployment the broker "
+            "still retains is applied again"
+        )
+        return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
 
     def _save(self) -> None:
         atomic_write(self.record_path, [json.dumps(self._record, indent=1, sort_keys=True).encode()])
