@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.config import EvidenceConfig
 from edge_agent.evidence import EvidenceStore
@@ -247,6 +249,135 @@ def test_the_evidence_store_masks_again_and_stores_nothing_it_cannot_mask(tmp_pa
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [path.name]
 
 
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([(0, 0), (1, 0)], "a polygon needs at least 3 points [x, y] (got 2)"),
+        ([(0, 0), (1.5, 0), (1, 1)], "point 1 [1.5, 0] is outside the frame: coordinates are fractions"),
+        ([(0, 0), (1, 0), (0, -0.1)], "point 2 [0, -0.1] is outside the frame"),
+        ([(0, 0), (1, 0), (0.5, 1.2)], "point 2 [0.5, 1.2] is outside the frame"),
+        ([(0, 0), (0, 0), (1, 1)], "points 0 and 1 are the same point; remove one"),
+        ([(0, 0), (1, 0), (0, 0)], "points 2 and 0 are the same point"),  # the closing edge
+        ([(0, 0), (1, 1), (1, 0), (0, 1)], "edge 0-1 crosses edge 2-3: the polygon intersects itself"),
+        ([(0, 0), (1, 0), (1, 1), (0.5, 0), (0, 1)], "edge 0-1 crosses edge 2-3"),  # a corner on an edge
+        ([(0, 1), (0, 0), (1, 1), (1, 0)], "edge 1-2 crosses edge 3-0"),  # the closing edge crosses
+        ([(0, 0), (0.5, 0.5), (1, 1)], "the polygon has no area (its points lie on one line)"),
+    ],
+)
+def test_each_bad_polygon_is_named(points: list, message: str) -> None:
+    """check_polygon without pydantic or OpenCV (``edge-agent check`` runs it): each fault its sentence."""
+    from edge_agent.processing.polygons import check_polygon
+
+    with pytest.raises(ValueError) as info:
+        check_polygon([tuple(map(float, p)) for p in points])
+    assert message in str(info.value), str(info.value)
+
+
+def test_good_polygons_pass_and_containment_is_half_open() -> None:
+    """Concave and tiny polygons pass; a point on a left or top edge is inside, on a right or bottom edge
+    outside (neighbouring zones never share a point); coverage is the union's share of the frame."""
+    from edge_agent.processing.polygons import area, check_polygon, contains, coverage
+
+    ell = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (1.0, 0.5), (1.0, 1.0), (0.0, 1.0)]
+    square = [(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)]
+    tiny = [(0.5, 0.5), (0.502, 0.5), (0.5, 0.502)]
+    for poly in (ell, square, tiny, [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]):
+        assert check_polygon(poly) == poly
+    assert area(square) == pytest.approx(0.25) and area(ell) == pytest.approx(0.75)
+    xs = np.array([0.25, 0.75, 0.5, 0.5, 0.5, 0.1, 0.9])
+    ys = np.array([0.5, 0.5, 0.25, 0.75, 0.5, 0.1, 0.9])
+    assert contains(square, xs, ys).tolist() == [True, False, True, False, True, False, False]
+    assert contains(ell, np.array([0.75, 0.25, 0.75]), np.array([0.25, 0.25, 0.75])).tolist() == [
+        False,  # the notch
+        True,
+        True,
+    ]
+    left, top = (
+        [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)],
+        [(0.0, 0.0), (1.0, 0.0), (1.0, 0.5), (0.0, 0.5)],
+    )
+    assert coverage([left]) == pytest.approx(0.5) and coverage([left, top]) == pytest.approx(0.75)
+    assert coverage([ell, left]) == pytest.approx(0.75)  # the left half lies inside the L
+    assert coverage([ell, [(0.5, 0.0), (1.0, 0.0), (1.0, 0.5), (0.5, 0.5)]]) == 1.0
+
+
+GRID = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])  # coarse on purpose: corners on edges, collinear runs
+
+
+@settings(max_examples=600, deadline=None)
+@given(points=st.lists(st.tuples(GRID, GRID), min_size=3, max_size=7))
+def test_check_polygon_agrees_with_geos(points: list[tuple[float, float]]) -> None:
+    """GEOS (shapely), a geometry engine no one here wrote, is the oracle: a polygon passes exactly when its
+    ring is simple (no edge touches or crosses another), no two neighbouring corners coincide, and it has an
+    area. A grid of 5 values makes touching corners and overlapping edges common."""
+    from shapely.geometry import LinearRing, Polygon
+
+    from edge_agent.processing.polygons import check_polygon
+
+    n = len(points)
+    repeated = any(points[i] == points[(i + 1) % n] for i in range(n))
+    expected = not repeated and LinearRing(points).is_simple and Polygon(points).area >= 1e-6
+    try:
+        check_polygon(points)
+        passed = True
+    except ValueError:
+        passed = False
+    assert passed == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    points=st.lists(st.tuples(GRID, GRID), min_size=3, max_size=7),
+    probes=st.lists(st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99)), min_size=1, max_size=20),
+)
+def test_contains_agrees_with_geos(
+    points: list[tuple[float, float]], probes: list[tuple[float, float]]
+) -> None:
+    """Inside or outside a valid polygon, as GEOS says, for points off its edges (on an edge the zones'
+    half-open rule decides: test_good_polygons_pass_and_containment_is_half_open)."""
+    from shapely.geometry import Point, Polygon
+
+    from edge_agent.processing.polygons import check_polygon, contains
+
+    try:
+        check_polygon(points)
+    except ValueError:
+        return
+    shape = Polygon(points)
+    probes = [p for p in probes if shape.exterior.distance(Point(p)) > 1e-9]
+    if not probes:
+        return
+    xs, ys = np.array([p[0] for p in probes]), np.array([p[1] for p in probes])
+    assert contains(points, xs, ys).tolist() == [shape.contains(Point(p)) for p in probes]
+
+
+def test_a_frame_mask_blacks_out_exactly_its_polygon_at_every_size() -> None:
+    """A glance's small grey copy and the full colour frame go through the same FrameMask: each size gets its
+    own pixel mask, masked pixels are 0, the rest and the caller's frame are untouched, the cached mask is
+    read-only, and anything that is not an image is refused (so the caller drops it, never keeps it)."""
+    from edge_agent.processing.masks import FrameMask
+
+    quarter = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]
+    mask = FrameMask([quarter])
+    for h, w, channels in ((48, 64, (3,)), (12, 16, ()), (48, 64, ())):
+        frame = np.full((h, w, *channels), 200, np.uint8)
+        out = mask.apply(frame)
+        assert (out[: h // 2, : w // 2] == 0).all()
+        assert (out[h // 2 + 1 :] == 200).all() and (out[:, w // 2 + 1 :] == 200).all()
+        assert (frame == 200).all()
+    assert not mask.pixels(48, 64).flags.writeable
+    for bad in (
+        np.zeros(5, np.uint8),
+        np.zeros((2, 2, 2, 2), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        [[1]],
+    ):
+        with pytest.raises(ValueError, match="not an image"):
+            mask.apply(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one polygon"):
+        FrameMask([])
+
+
 TOP_LEFT = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]
 BOTTOM_RIGHT = [[0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.5, 1.0]]
 
@@ -321,6 +452,16 @@ def test_a_detection_is_in_a_zone_exactly_when_its_anchor_is() -> None:
     top = ZoneAssigner(zones.model_copy(update={"anchor": "top_center", "filter": True})).apply(result)
     assert [d.box for d in top.detections] == [(0.2, 0.1, 0.78, 0.9), (0.1, 0.1, 0.3, 0.85)]
     assert top.zone_counts == {"left": {"person": 1, "car": 1}, "bottom": {}}
+    crowd = DetectionResult((
+        *result.detections,
+        det("car", (0.3, 0.2, 0.4, 0.6)),  # a second car on the left: counted twice
+        det("dog", (0.6, 0.7, 0.7, 1.0)),  # centre (0.65, 0.85): bottom only
+    ))  # fmt: skip
+    centre = ZoneAssigner(zones.model_copy(update={"anchor": "center"})).apply(crowd)
+    assert [d.zones for d in centre.detections] == [("left",), (), ("left",), ("left",), ("bottom",)]
+    assert centre.zone_counts == {"left": {"person": 1, "car": 2}, "bottom": {"dog": 1}}
+    empty = ZoneAssigner(zones).apply(DetectionResult(()))
+    assert empty.detections == () and empty.zone_counts == {"left": {}, "bottom": {}}
 
 
 def test_zones_in_published_results(tmp_path: Path, yolo_float32) -> None:

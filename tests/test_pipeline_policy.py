@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -85,3 +86,37 @@ def test_evidence_labels_filter(tmp_path: Path) -> None:
     store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True, labels=["person"]))
     assert store.wants("person", None) and not store.wants("car", 0.99)
     assert not EvidenceStore(tmp_path / "x", EvidenceConfig(enabled=False)).wants("person", 1.0)
+
+
+def test_evidence_names_folder_quality_and_exact_bounds(tmp_path: Path) -> None:
+    """File names made only of safe characters (a label cannot leave the folder), a folder other users cannot
+    read, the configured JPEG quality, the counters, and the bounds at their exact values."""
+    pytest.importorskip("cv2")
+    from edge_agent.evidence import EvidenceStore
+
+    frame = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    folder = tmp_path / "evidence" / "cam"  # made with its parents
+    store = EvidenceStore(folder, EvidenceConfig(enabled=True, jpeg_quality=95))
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o007 == 0
+    escape = store.save(frame, 7, "../../etc/passwd x")
+    assert escape == folder / "000000000007-.._.._etc_passwd_x.jpg"
+    assert store.save(frame, 8, None) == folder / "000000000008-result.jpg"
+    assert store.save(frame, 9, "a" * 100) == folder / f"000000000009-{'a' * 40}.jpg"
+    sizes = [p.stat().st_size for p in sorted(folder.iterdir())]
+    assert store.saved == store.count == 3 and store.total_bytes == sum(sizes) and store.last_error is None
+    low = EvidenceStore(tmp_path / "low", EvidenceConfig(enabled=True, jpeg_quality=20)).save(frame, 1, "x")
+    assert low is not None and low.stat().st_size < escape.stat().st_size * 0.7
+
+    scratch = EvidenceStore(tmp_path / "scratch", EvidenceConfig(enabled=True)).save(frame, 1, "x")
+    assert scratch is not None
+    one = scratch.stat().st_size  # the same frame encodes to the same bytes: every file has this size
+    exact = EvidenceStore(tmp_path / "exact", EvidenceConfig(enabled=True, max_files=2, max_bytes=2 * one))
+    for seq in range(1, 4):
+        exact.save(frame, seq, "x")
+    assert exact.count == 2 and exact.total_bytes == 2 * one  # at the bounds: kept; one more: the oldest goes
+    assert sorted(p.name[:12] for p in (tmp_path / "exact").iterdir()) == ["000000000002", "000000000003"]
+    assert EvidenceStore(tmp_path / "s", EvidenceConfig(enabled=True, min_score=0.5)).wants("x", 0.5)
+
+    (tmp_path / "exact" / "000000000004-x.jpg").mkdir()  # a file that cannot be written: said, not raised
+    assert exact.save(frame, 4, "x") is None and exact.count == 2
+    assert exact.last_error is not None and "could not write" in exact.last_error
