@@ -6,7 +6,9 @@ model file is either absent or whole (its sha256 is checked again before use any
 ``state_dir/fleet.json`` is written the same way; it says per pipeline which model is current, which is
 the previous one, the last deployment number applied, and the deployment in progress (with its phase),
 so a restart knows whether it was interrupted before the swap (old model still current) or after it.
-Leftover ``.tmp-`` files are removed at open. Only the current and previous models are kept.
+Leftover ``.tmp-`` files are removed at open. Only the current and previous models are kept. A record
+that cannot be read (a file system that lost a renamed file's data) is moved aside, as the outbox moves a
+damaged database aside, and the store starts over; ``unreadable_record`` says so for the daemon's log.
 """
 
 from __future__ import annotations
