@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.config import EvidenceConfig
-from edge_agent.errors import missing_extra
+from edge_agent.extras import OPENCV
 
 if TYPE_CHECKING:
     from edge_agent.processing.masks import FrameMask
@@ -60,10 +60,7 @@ class EvidenceStore:
         """Write the frame, with the privacy ``mask`` applied right before encoding; None (and
         ``last_error``) when masking, encoding or writing failed: evidence is best effort and must never stop
         the results, but a frame that could not be masked is never written (fail closed)."""
-        try:
-            import cv2
-        except ImportError as exc:
-            raise missing_extra("opencv-python-headless", "camera", exc) from exc
+        cv2 = OPENCV.load()
         if mask is not None:
             try:
                 frame_bgr = mask.apply(frame_bgr)

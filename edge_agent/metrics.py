@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent import __version__
-from edge_agent.errors import ConfigError, missing_extra
+from edge_agent.errors import ConfigError
+from edge_agent.extras import PROMETHEUS
 
 if TYPE_CHECKING:
     from edge_agent.daemon import Daemon
@@ -118,15 +119,12 @@ def serve_metrics(cfg: MetricsConfig | None, daemon: Daemon) -> MetricsServer | 
     be bound (a port in use) is a ``ConfigError`` naming ``metrics.listen``."""
     if cfg is None:
         return None
-    try:
-        from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-    except ImportError as exc:
-        raise missing_extra("prometheus-client", "device", exc) from None
-    registry = CollectorRegistry(auto_describe=False)
+    prometheus = PROMETHEUS.load()
+    registry = prometheus.CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    ProcessCollector(registry=registry)  # the process' RSS, CPU seconds, open files: what a Pi runs short of
+    prometheus.ProcessCollector(registry=registry)  # RSS, CPU seconds, open files: what a Pi runs short of
     try:
-        server, thread = start_http_server(cfg.port, cfg.host, registry)
+        server, thread = prometheus.start_http_server(cfg.port, cfg.host, registry)
     except OSError as exc:
         raise ConfigError(
             f"metrics.listen: cannot serve on {cfg.listen} ({exc.strerror or exc}); choose a free port "

@@ -216,7 +216,7 @@ def test_check_reports_config_and_model_problems_in_one_pass(tmp_path: Path, reg
     assert proc.returncode == ConfigError.exit_code
     assert "missing.csv does not exist" in proc.stderr  # the config problem...
     assert "cannot fill for any number of channels" in proc.stderr  # ...and the model problems, one run
-    assert "1 config and 2 model problem(s)" in proc.stderr
+    assert "1 config problem(s) and 2 model problem(s), listed above" in proc.stderr
 
 
 def test_finite_run_with_the_broker_away_exits_6_and_keeps_the_results(

@@ -1,7 +1,8 @@
 """``edge-agent check CONFIG``: validate a config (and load its models) without starting anything.
 
 Exit 0 when everything is fine, 2 for config problems (every one listed with its key path and value),
-3 when a model cannot be loaded or does not match its manifest.
+3 when a model cannot be loaded or does not match its manifest, 7 when only an optional package the config
+needs is missing (OpenCV for a camera, pyserial, prometheus-client, cryptography for trusted keys).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError
+from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig
 
@@ -48,15 +50,50 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     return problems
 
 
+def needed_extras(cfg: AgentConfig) -> dict[Extra, list[str]]:
+    """The optional packages the daemon imports for this config -> the keys that need each."""
+    needs: dict[Extra, list[str]] = {}
+    for i, p in enumerate(cfg.pipelines):
+        if isinstance(p.source, CameraSourceConfig):
+            needs.setdefault(OPENCV, []).append(f"pipelines[{i}].source (camera)")
+        elif p.source.type == "serial":
+            needs.setdefault(PYSERIAL, []).append(f"pipelines[{i}].source (serial)")
+    if cfg.metrics is not None:
+        needs.setdefault(PROMETHEUS, []).append("metrics")
+    return needs
+
+
+def missing_packages(cfg: AgentConfig) -> list[str]:
+    """Each optional package this config needs that cannot be imported here (``edge-agent run`` would stop
+    at its start with exit 7), with the keys that need it and the extra to install."""
+    problems: list[str] = []
+    for extra, keys in needed_extras(cfg).items():
+        try:
+            extra.load()
+        except DependencyError as exc:
+            problems.append(f"{', '.join(keys)}: {exc}")
+    return problems
+
+
 def fleet_summary(cfg: AgentConfig) -> str:
-    """Whether remote deployment is on, as the daemon will log it (a bad key file raises ConfigError)."""
+    """Whether remote deployment is on, as the daemon will log it. The keys are read as the daemon reads them
+    at its start, enabled or not: a bad key file raises ConfigError, cryptography missing DependencyError."""
     from edge_agent.fleet.signing import load_trusted_keys, remote_deploy_status
 
     fleet = cfg.fleet
-    keys = load_trusted_keys(fleet.trusted_keys_dir) if fleet.enabled else {}
+    keys = load_trusted_keys(fleet.trusted_keys_dir)
     _, why = remote_deploy_status(fleet.enabled, keys, fleet.trusted_keys_dir)
     groups = f"; groups: {', '.join(fleet.groups)}" if fleet.groups else ""
     return why + groups
+
+
+def missing_model_files(cfg: AgentConfig) -> list[str]:
+    """What ``--no-models`` checks of the models: that each file is there."""
+    return [
+        f"pipelines[{i}].model.path: {p.model.path} does not exist"
+        for i, p in enumerate(cfg.pipelines)
+        if not p.model.path.is_file()
+    ]
 
 
 def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
@@ -92,6 +129,12 @@ def check_models(cfg: AgentConfig) -> tuple[list[str], list[str]]:
     return lines, problems
 
 
+def _list(title: str, lines: list[str]) -> None:
+    if lines:
+        listing = "\n".join(f"  {line}" for line in lines)
+        click.echo(f"{title}:\n{listing}", err=True)
+
+
 @click.command("check")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
@@ -107,21 +150,35 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
         raise click.UsageError("give the CONFIG file to check (or --schema)")
     cfg = load_config(config)
     problems = environment_problems(cfg)
-    if problems:  # the models are still checked: one run of `check` shows every problem there is
-        listing = "\n".join(f"  {line}" for line in problems)
-        click.echo(f"{config}: {len(problems)} config problem(s):\n{listing}", err=True)
-        _, model_problems = check_models(cfg) if models else ([], [])
-        if model_problems:
-            listing = "\n".join(f"  {line}" for line in model_problems)
-            click.echo(f"{len(model_problems)} model problem(s):\n{listing}", err=True)
-        raise ConfigError(
-            f"{config}: {len(problems)} config and {len(model_problems)} model problem(s), listed above"
-        )
+    missing = missing_packages(cfg)
+    fleet = ""
+    try:
+        fleet = fleet_summary(cfg)
+    except ConfigError as exc:  # a file in the trusted keys folder that is not a key
+        problems.append(str(exc))
+    except DependencyError as exc:  # keys to read, and no cryptography to read them
+        missing.append(f"fleet.trusted_keys_dir: {exc}")
+    if problems or missing:  # the models are still checked: one run of `check` shows every problem there is
+        _list(f"{config}: {len(problems)} config problem(s)", problems)
+        _list(f"{config}: {len(missing)} missing package(s)", missing)
+        _, model_problems = check_models(cfg) if models else ([], missing_model_files(cfg))
+        _list(f"{len(model_problems)} model problem(s)", model_problems)
+        counts = [
+            f"{len(found)} {what}"
+            for found, what in (
+                (problems, "config problem(s)"),
+                (missing, "missing package(s)"),
+                (model_problems, "model problem(s)"),
+            )
+            if found
+        ]
+        error = ConfigError if problems else ModelError if model_problems else DependencyError
+        raise error(f"{config}: {' and '.join(counts)}, listed above")
     click.echo(
         f"{config}: OK: device '{cfg.device_id}', broker {cfg.mqtt.host}:{cfg.mqtt.port}, "
         f"state in {cfg.state_dir}, {len(cfg.pipelines)} pipeline(s)"
     )
-    click.echo(f"  fleet: {fleet_summary(cfg)}")
+    click.echo(f"  fleet: {fleet}")
     click.echo(f"  metrics: {cfg.metrics.url if cfg.metrics is not None else 'off'}")
     for p in cfg.pipelines:
         click.echo(
@@ -129,13 +186,9 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
             f"(qos {p.publish.qos}, {p.publish.policy})"
         )
     if not models:
-        missing = [
-            f"  pipelines[{i}].model.path: {p.model.path} does not exist"
-            for i, p in enumerate(cfg.pipelines)
-            if not p.model.path.is_file()
-        ]
-        if missing:
-            raise ModelError(f"{len(missing)} model problem(s):\n" + "\n".join(missing))
+        absent = missing_model_files(cfg)
+        if absent:
+            raise ModelError(f"{len(absent)} model problem(s):\n" + "\n".join(f"  {line}" for line in absent))
         return
     lines, model_problems = check_models(cfg)
     for line in lines:

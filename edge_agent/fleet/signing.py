@@ -30,7 +30,7 @@ def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError as exc:  # pragma: no cover - depends on the install
+    except ImportError as exc:
         raise missing_extra("cryptography", "fleet", exc) from None
     return serialization, ed25519
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import DataError, ModelError, missing_extra
+from edge_agent.errors import DataError, ModelError
+from edge_agent.extras import OPENCV
 from edge_agent.manifest import InputSpec, Preprocess
 from edge_agent.processing.quantization import dequantize, quantize
 
@@ -33,11 +34,7 @@ _cv2: Any = None
 def _import_cv2() -> Any:
     global _cv2
     if _cv2 is None:
-        try:
-            import cv2
-        except ImportError as exc:
-            raise missing_extra("opencv-python-headless", "camera", exc) from None
-        _cv2 = cv2
+        _cv2 = OPENCV.load()
     return _cv2
 
 
@@ -296,8 +293,3 @@ class TensorPreprocessor:
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise DataError(f"window for input '{self.input.name}' contains NaN or infinity")
         out[...] = quantize(x.reshape(self.shape), self.input.quantization, self.dtype)
-
-
-def check_dependencies() -> None:
-    """Raise DependencyError now (e.g. at ``edge-agent check``) rather than at the first frame."""
-    _import_cv2()

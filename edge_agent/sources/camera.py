@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge_agent.errors import ConfigError, SourceError, missing_extra
+from edge_agent.errors import ConfigError, SourceError
+from edge_agent.extras import OPENCV
 from edge_agent.runtime.memory import fit_frames
 from edge_agent.sources.base import (
     Backoff,
@@ -148,14 +149,6 @@ def camera_kind(url: str | int) -> CameraKind:
     return "file"
 
 
-def _import_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as exc:
-        raise missing_extra("opencv-python-headless", "camera", exc) from exc
-    return cv2
-
-
 class _Attempt:
     """One connection: opened and read in its own thread; the supervisor watches ``progress``."""
 
@@ -180,7 +173,7 @@ class CameraSource(Interruptible, Source):
             raise ConfigError("window: applies to sensor sources only; remove it from the camera pipeline")
         self.cfg = cfg
         self.kind = camera_kind(cfg.url)
-        self._cv2 = _import_cv2()
+        self._cv2 = OPENCV.load()
         self._label = str(cfg.url)
         # A file replay without an fps cap delivers every frame; everything else keeps only the newest.
         self._deliver_all = self.kind == "file" and cfg.fps is None

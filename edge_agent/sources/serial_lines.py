@@ -7,11 +7,11 @@ and with a stable name (/dev/serial/by-id/...) it does so under the same path.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from edge_agent.errors import missing_extra
+from edge_agent.extras import PYSERIAL
 from edge_agent.sources.base import Backoff, SourceConfigBase
 from edge_agent.sources.lines import LineParser, LineSplitter
 from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
@@ -42,19 +42,11 @@ class SerialSourceConfig(SourceConfigBase):
         return len(self.fields) if self.fields else None
 
 
-def _import_serial() -> Any:
-    try:
-        import serial
-    except ImportError as exc:
-        raise missing_extra("pyserial", "serial", exc) from exc
-    return serial
-
-
 class SerialSource(SampleSource):
     def __init__(self, cfg: SerialSourceConfig, window: WindowConfig | None = None) -> None:
         super().__init__(f"serial {cfg.port}", window, overflow=cfg.overflow)
         self.cfg = cfg
-        self._serial = _import_serial()
+        self._serial = PYSERIAL.load()
         self._parser = LineParser(cfg.format, cfg.fields)
 
     def _run(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from edge_agent.errors import missing_extra
+from edge_agent.extras import OPENCV
 from edge_agent.processing.steps.base import DataKind, FrameStep, StepConfigBase
 from edge_agent.sources.base import glance_copy
 
@@ -94,11 +94,7 @@ class MotionGate(FrameStep):
 
     def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(cfg)
-        try:
-            import cv2
-        except ImportError as exc:
-            raise missing_extra("opencv-python-headless", "camera", exc) from exc
-        self._cv2 = cv2
+        self._cv2 = OPENCV.load()
         self.cfg: MotionConfig = cfg
         self._clock = clock
         self._kernel = np.ones((3, 3), np.uint8)
