@@ -627,11 +627,15 @@ def test_full_install_runs_edge_agent(full_stage: Path) -> None:
     check = subprocess.run(
         [str(exe), "check", "--no-models", str(full_stage / CONF)], capture_output=True, text=True
     )
-    assert check.returncode == 3 and "OK: device" in check.stdout and TEMPLATE_MODEL in check.stderr
-    # the device venv has no TensorFlow, and no OpenCV unless a camera was there
+    assert check.returncode == 3 and TEMPLATE_MODEL in check.stderr, check.stdout + check.stderr
+    # the device venv has no TensorFlow, and no OpenCV unless a camera was there: then the template's camera
+    # pipeline needs it, and check says so (the service would stop at its start with exit 7)
     pkgs = subprocess.run([str(full_stage / VENV / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
                           capture_output=True, text=True, check=True).stdout.lower()  # fmt: skip
     assert "ai-edge-litert==" in pkgs and "tensorflow" not in pkgs
+    has_opencv = "opencv-python-headless==" in pkgs
+    assert ("pip install 'edge-agent[camera]'" in check.stderr) == (not has_opencv), check.stderr
+    assert ("OK: device" in check.stdout) == has_opencv
     litert = re.search(r"^ai-edge-litert==(\S+)$", pkgs, re.M).group(1)
     empty = full_stage / "empty"
     empty.mkdir(exist_ok=True)
@@ -663,7 +667,16 @@ def test_enable_refuses_without_a_model_then_enables(full_stage: Path, checkout:
     models = full_stage / STATE / "models"
     shutil.copy(color_int8.path, models / "model.tflite")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        pkgs = subprocess.run([str(full_stage / VENV / "bin" / "python"), "-m", "pip", "list"],
+                              capture_output=True, text=True, check=True).stdout.lower()  # fmt: skip
+        if "opencv-python-headless" not in pkgs:  # no camera here; the template's camera pipeline needs it
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+            assert proc.returncode == 6 and "--enable refused" in proc.stderr, proc.stdout + proc.stderr
+            assert "pipelines[0].source (camera): opencv-python-headless is not installed" in proc.stderr
+            assert "run the installer again with --camera" in proc.stderr
+            assert not (full_stage / WANTS).exists()
+            cmd.append("--camera")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         link = full_stage / WANTS
         assert link.is_symlink() and os.readlink(link) == "/etc/systemd/system/edge-agent.service"
