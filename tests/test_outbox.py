@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -264,6 +267,14 @@ def test_full_file_system_drops_and_counts_then_recovers_keeping_what_was_stored
         assert payloads[-2:] == [b"late", b"later"] and len(stored) == 50
         dropped_total = box.dropped
         assert dropped_total == dropped
+        filler = fill(state)  # a second episode counts its own drops
+        again = sum(not box.append_many([("t", b"y" * 4096, 1)]) for _ in range(200))
+        filler.unlink()
+        assert len(box.append_many([("t", b"room", 1)])) == 1
+        said = [r.getMessage() for r in caplog.records if "storing again" in r.getMessage()]
+        assert again > 0 and said[-1].endswith(f"storing again ({again} dropped while full)")
+        dropped_total = box.dropped
+        assert dropped_total == dropped + again
         box.close()
         with Outbox(state / "outbox.sqlite3") as again:  # the drops were persisted once there was room
             assert again.dropped == dropped_total
@@ -376,3 +387,127 @@ def test_full_and_damaged_are_told_apart_by_the_message_where_sqlite_gives_no_co
     not_a_db = sqlite3.DatabaseError("file is not a database")
     assert [is_disk_full(e) for e in (full, locked, malformed)] == [True, False, False]
     assert [_corrupt(e) for e in (malformed, not_a_db, full, locked)] == [True, True, False, False]
+
+
+def test_an_ack_that_fails_midway_deletes_nothing_and_the_outbox_stays_usable(db: Path) -> None:
+    """Acks of a burst go in one transaction: a failure on the second row (injected with a trigger on this
+    connection) must roll back the first row's delete, not leave it half done or the transaction open."""
+    with Outbox(db) as ob:
+        first, second, third = ob.append_many([("t", b"a", 1), ("t", b"b", 1), ("t", b"c", 1)])
+        ob._conn.execute(
+            f"CREATE TEMP TRIGGER refuse BEFORE DELETE ON outbox WHEN old.id = {second} "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+            ob.ack_many([first, second, third])
+        assert not ob._conn.in_transaction
+        assert [m.id for m in ob.pending()] == [first, second, third] and ob.depth() == 3
+        ob._conn.execute("DROP TRIGGER refuse")
+        ob.ack_many([first, third])
+        assert [m.id for m in ob.pending()] == [second] and (ob.depth(), ob.size_bytes()) == (1, 1)
+
+
+def test_boot_number_on_a_full_file_system_is_a_clear_error_and_rolled_back(tmp_path: Path) -> None:
+    from edge_agent.errors import StorageFullError
+
+    with small_tmpfs(tmp_path / "state", "1m") as state:
+        box = Outbox(state / "outbox.sqlite3")
+        before = box.next_boot()
+        filler = fill(state)
+        with pytest.raises(StorageFullError) as raised:
+            for _ in range(200):  # the WAL may still have a page or two of room
+                before = box.next_boot()
+        assert str(raised.value).startswith(f"state_dir: the file system of {state} is full (")
+        assert str(raised.value).endswith("free space there (the service starts again by itself)")
+        assert not box._conn.in_transaction
+        filler.unlink()
+        assert box.next_boot() == before + 1  # the failed one was rolled back: numbers go on, none lost
+        box.close()
+
+
+def test_a_boot_number_that_fails_midway_is_rolled_back(db: Path) -> None:
+    with Outbox(db) as ob:
+        first = ob.next_boot()
+        ob._conn.execute(
+            "CREATE TEMP TRIGGER refuse BEFORE UPDATE ON counters "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+            ob.next_boot()
+        assert not ob._conn.in_transaction
+        ob._conn.execute("DROP TRIGGER refuse")
+        assert ob.next_boot() == first + 1
+
+
+def test_a_damaged_database_is_moved_aside_with_its_wal_and_shm(
+    db: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash the results may still be in the -wal file: it goes aside with the database (a fresh
+    database must not pick up an old WAL), under one name stamped in UTC (whatever the device's zone)."""
+    crashed = db.parent / "crashed"
+    with Outbox(db) as ob:
+        ob.append_many([("t", b"p" * 200, 1)] * 2000)  # checkpointed into the database when it closes
+    with Outbox(db) as ob:
+        ob.append_many([("t", b"waiting %d" % i, 1) for i in range(20)])
+        crashed.mkdir()
+        for part in db.parent.glob(db.name + "*"):  # the files as a SIGKILL leaves them: WAL not checkpointed
+            shutil.copy(part, crashed / part.name)
+    path = crashed / db.name
+    wal = Path(f"{path}-wal").read_bytes()
+    assert len(wal) > 0 and Path(f"{path}-shm").exists()
+    with path.open("r+b") as f:  # and the database lost its end (pages the WAL does not hold)
+        f.truncate(path.stat().st_size // 3)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30
+    time.tzset()
+    try:
+        with Outbox(path) as fresh:
+            assert fresh.depth() == 0
+            fresh.append("t", b"new", 1)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    aside = sorted(p.name for p in crashed.glob(db.name + ".corrupt-*"))
+    stamp = re.fullmatch(re.escape(db.name) + r"\.corrupt-(\d{8}T\d{6}Z)", aside[0])
+    assert stamp is not None, aside
+    when = datetime.strptime(stamp[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - when).total_seconds()) < 60
+    assert aside == [f"{db.name}.corrupt-{stamp[1]}{suffix}" for suffix in ("", "-shm", "-wal")]
+    assert (crashed / f"{aside[0]}-wal").read_bytes() == wal  # kept as it was, for inspection
+    assert f"moved it aside to {aside[0]}" in caplog.text
+
+
+def test_a_seq_reservation_that_fails_midway_is_rolled_back(db: Path) -> None:
+    counter = SeqCounter(db, "cam", block=5)
+    try:
+        first = [counter.next() for _ in range(5)]
+        counter._conn.execute(
+            "CREATE TEMP TRIGGER refuse BEFORE UPDATE ON seq_reservations "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+            counter.next()
+        assert not counter._conn.in_transaction
+        counter._conn.execute("DROP TRIGGER refuse")
+        assert counter.next() == first[-1] + 1  # no number handed out by the failed reservation
+    finally:
+        counter.close()
+    counter.close()  # twice: a no-op
+
+
+def test_drops_are_warned_at_the_first_then_every_thousandth(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="edge_agent.publish.outbox"), Outbox(db, max_messages=1) as ob:
+        ob.append("t", b"a", 1)
+        assert not caplog.records
+        ob.append("t", b"b", 1)
+        (first,) = [r.getMessage() for r in caplog.records]
+        assert first == (
+            f"outbox {db} is full (max_messages=1, max_bytes=268435456): "
+            "dropped the oldest results, 1 so far; "
+            "is the broker reachable? raise outbox.max_messages/max_bytes to keep more"
+        )
+        for i in range(2100):
+            ob.append("t", b"%d" % i, 1)
+    said = [int(re.search(r"results, (\d+) so far", r.getMessage())[1]) for r in caplog.records]
+    assert said == [1, 1000, 2000]

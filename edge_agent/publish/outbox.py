@@ -387,24 +387,16 @@ class SeqCounter:
     only skip numbers, never repeat them. Subscribers de-duplicate on ``seq``; gaps are harmless.
     """
 
-    def __init__(
-        self, path_or_conn: Path | str | Outbox | sqlite3.Connection, pipeline: str, block: int = SEQ_BLOCK
-    ):
+    def __init__(self, database: Path | str | Outbox, pipeline: str, block: int = SEQ_BLOCK):
         if block < 1:
             raise ValueError("block must be >= 1")
         self.pipeline = pipeline
         self._block = block
         self._lock = threading.Lock()
-        if isinstance(path_or_conn, sqlite3.Connection):
-            self._conn = path_or_conn
-            self._owns_conn = False
-            self._conn.executescript(_SCHEMA)
-        else:
-            path = path_or_conn.path if isinstance(path_or_conn, Outbox) else Path(path_or_conn)
-            # FULL here (not NORMAL): a reservation is one commit per `block` numbers, and it must survive a
-            # power cut too, or numbers already published could be handed out again.
-            self._conn = _connect(path, synchronous="FULL")
-            self._owns_conn = True
+        path = database.path if isinstance(database, Outbox) else Path(database)
+        # Its own connection, FULL (not NORMAL): a reservation is one commit per `block` numbers, and it must
+        # survive a power cut too, or numbers already published could be handed out again.
+        self._conn = _connect(path, synchronous="FULL")
         self._next = 0
         self._limit = 0  # numbers in [_next, _limit) are reserved and unused
 
@@ -451,8 +443,6 @@ class SeqCounter:
         self._next, self._limit = start, limit
 
     def close(self) -> None:
-        """Close the connection if this counter opened it. Unused reserved numbers are skipped next time."""
+        """Close its connection (again: a no-op). Unused reserved numbers are skipped next time."""
         with self._lock:
-            if self._owns_conn:
-                self._conn.close()
-                self._owns_conn = False
+            self._conn.close()
