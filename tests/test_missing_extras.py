@@ -97,15 +97,15 @@ def test_check_names_each_missing_package_the_config_needs(tmp_path: Path) -> No
     assert "1 config problem(s) and 1 missing package(s), listed above" in proc.stderr
 
 
-def test_run_stops_with_the_same_sentence_as_check(tmp_path: Path) -> None:
+def test_run_stops_at_start_naming_every_missing_package_as_check_does(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("1,2\n")
-    write_config(tmp_path, "file", metrics={"listen": "127.0.0.1:9108"})
-    checked = check(tmp_path, "prometheus_client")
-    run = without(("prometheus_client",), "edge_agent.cli", "run", "config.yaml", cwd=tmp_path)
+    write_config(tmp_path, "serial", "file", metrics={"listen": "127.0.0.1:9108"})
+    checked = check(tmp_path, "serial", "prometheus_client")
+    run = without(("serial", "prometheus_client"), "edge_agent.cli", "run", "config.yaml", cwd=tmp_path)
     assert checked.returncode == run.returncode == DependencyError.exit_code, checked.stderr + run.stderr
-    said = checked.stderr.splitlines()[1].removeprefix("  metrics: ")
-    assert run.stderr.splitlines()[-1] == f"edge-agent: error: {said}"
-    assert "Traceback" not in run.stderr
+    said = [line.removeprefix("  ") for line in checked.stderr.splitlines()[1:3]]
+    assert said[0].startswith("pipelines[0].source (serial)") and said[1].startswith("metrics: ")
+    assert run.stderr.splitlines() == [f"edge-agent: error: {'; '.join(said)}"]  # before anything started
 
 
 def test_without_cryptography_keys_are_refused_by_name_and_a_keyless_device_still_checks(
@@ -134,3 +134,15 @@ def test_without_cryptography_keys_are_refused_by_name_and_a_keyless_device_stil
             "  fleet.trusted_keys_dir: cryptography is not installed"
         )
         assert FLEET in proc.stderr and "Traceback" not in proc.stderr and "OK" not in proc.stdout
+
+
+def test_check_knows_every_optional_package_the_daemon_imports(tmp_path: Path) -> None:
+    """A package added to ``edge_agent.extras`` for the daemon must be one that ``check`` asks for too."""
+    from edge_agent import extras
+    from edge_agent.commands.check import needed_extras
+    from edge_agent.config import load_config
+
+    (tmp_path / "x.csv").write_text("1,2\n")
+    write_config(tmp_path, "camera", "serial", "file", metrics={"listen": "127.0.0.1:9108"})
+    every = {v for v in vars(extras).values() if isinstance(v, extras.Extra)}
+    assert set(needed_extras(load_config(tmp_path / "config.yaml"))) == every

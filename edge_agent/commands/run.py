@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edge_agent.config import load_config
+from edge_agent.errors import DependencyError
 
 
 @click.command("run")
@@ -23,9 +24,13 @@ def command(ctx: click.Context, config: Path) -> int:
     video file without loop) it exits 0 once everything was processed and delivered. Validate a config
     first with `edge-agent check CONFIG`.
     """
+    from edge_agent.commands.check import missing_packages
     from edge_agent.daemon import Daemon
 
     cfg = load_config(config)
+    missing = missing_packages(cfg)
+    if missing:  # all of them at once, with the keys that need them (the daemon would stop at the first)
+        raise DependencyError("; ".join(missing))
     root = logging.getLogger()
     verbose = bool(ctx.parent and ctx.parent.params.get("verbose"))
     if not verbose:
