@@ -29,6 +29,14 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "outbox.db"
 
 
+def refuse(conn: sqlite3.Connection, statement: str) -> None:
+    """Make ``statement`` (e.g. ``UPDATE ON counters``) fail on this connection only: a fault injected in
+    the middle of a transaction, where a full disk would make SQLite roll back by itself."""
+    conn.execute(
+        f"CREATE TEMP TRIGGER refuse BEFORE {statement} BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+
+
 def test_append_pending_ack_in_id_order(db: Path) -> None:
     with Outbox(db) as ob:
         ids = [ob.append("t/a", f"m{i}".encode(), 1) for i in range(5)]
@@ -394,10 +402,7 @@ def test_an_ack_that_fails_midway_deletes_nothing_and_the_outbox_stays_usable(db
     connection) must roll back the first row's delete, not leave it half done or the transaction open."""
     with Outbox(db) as ob:
         first, second, third = ob.append_many([("t", b"a", 1), ("t", b"b", 1), ("t", b"c", 1)])
-        ob._conn.execute(
-            f"CREATE TEMP TRIGGER refuse BEFORE DELETE ON outbox WHEN old.id = {second} "
-            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        )
+        refuse(ob._conn, f"DELETE ON outbox WHEN old.id = {second}")
         with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
             ob.ack_many([first, second, third])
         assert not ob._conn.in_transaction
@@ -428,10 +433,7 @@ def test_boot_number_on_a_full_file_system_is_a_clear_error_and_rolled_back(tmp_
 def test_a_boot_number_that_fails_midway_is_rolled_back(db: Path) -> None:
     with Outbox(db) as ob:
         first = ob.next_boot()
-        ob._conn.execute(
-            "CREATE TEMP TRIGGER refuse BEFORE UPDATE ON counters "
-            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        )
+        refuse(ob._conn, "UPDATE ON counters")
         with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
             ob.next_boot()
         assert not ob._conn.in_transaction
@@ -480,10 +482,7 @@ def test_a_seq_reservation_that_fails_midway_is_rolled_back(db: Path) -> None:
     counter = SeqCounter(db, "cam", block=5)
     try:
         first = [counter.next() for _ in range(5)]
-        counter._conn.execute(
-            "CREATE TEMP TRIGGER refuse BEFORE UPDATE ON seq_reservations "
-            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        )
+        refuse(counter._conn, "UPDATE ON seq_reservations")
         with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
             counter.next()
         assert not counter._conn.in_transaction
