@@ -137,6 +137,67 @@ def test_rollback_cli_and_errors(fleet_env: dict[str, Any]) -> None:
     assert res.returncode == 6 and "cannot connect" in res.stderr and res.stderr.count("\n") == 1
 
 
+BAD_OPTIONS = [
+    (["--pipeline", "door/cam"], "--pipeline 'door/cam'"),
+    (["--device", "cam-01", "--device", "edge/#"], "--device 'edge/#'"),
+    (["--group", "lobby+"], "--group 'lobby+'"),
+    (["--url", "ftp://models.example/v2.tflite"], "--url 'ftp://"),
+    (["--url", "https://models.example/a b.tflite"], "--url 'https://"),
+    (["--healthy-for", "48h"], "--healthy-for 48h: at most 24h"),
+    (["--healthy-for", "soon"], "--healthy-for: 'soon' is not a duration"),
+    (["--prefix", "site/#"], "--prefix 'site/#'"),
+    (["--broker", "127.0.0.1:99999"], "--broker: write HOST:PORT with a port from 1 to 65535"),
+    (["--canary", "-1"], "'--canary': -1 is not in the range"),
+    (["--device", "cam-01", "--canary", "1"], "--canary needs --group"),
+]
+
+
+@pytest.mark.parametrize(("options", "named"), BAD_OPTIONS, ids=[o[1][:24] for o in BAD_OPTIONS])
+def test_a_bad_option_is_named_before_the_broker_is_asked(
+    tmp_path: Path, options: list[str], named: str
+) -> None:
+    """Every option is checked before edge-fleet connects: nothing listens on the broker given here, so
+    a check made after connecting would say "cannot connect" (exit 6) instead."""
+    model = make_model(tmp_path / "ws", "v2", b"GOOD")
+    private, _, _ = generate_keypair(tmp_path / "keys")
+    defaults = {"--pipeline": "cam", "--broker": "127.0.0.1:1"}
+    if not {"--device", "--group"} & set(options):
+        defaults["--group"] = "lobby"
+    args = [a for k, v in defaults.items() if k not in options for a in (k, v)]
+    res = fleet("deploy", str(model), "--key", str(private), *args, *options)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert named in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "gc", "rollback"])
+def test_the_other_commands_check_before_connecting(tmp_path: Path, command: str) -> None:
+    private, _, _ = generate_keypair(tmp_path / "keys")
+    rollback = ["--pipeline", "cam", "--device", "cam/01", "--key", str(private)]
+    extra = rollback if command == "rollback" else []
+    res = fleet(command, "--prefix", "/edge", *extra, "--broker", "127.0.0.1:1")
+    assert res.returncode == 2 and "--prefix '/edge'" in res.stderr and "Traceback" not in res.stderr
+    if command == "rollback":
+        res = fleet(command, *extra, "--broker", "127.0.0.1:1")
+        assert res.returncode == 2 and "--device 'cam/01'" in res.stderr, res.stderr
+
+
+def test_a_refused_deploy_leaves_nothing_retained(tmp_path: Path, mosquitto: Any, subscriber: Any) -> None:
+    """A bad option, or a canary larger than the online part of its group, publishes nothing: before,
+    the model was retained first and the deployment refused after, leaving a model no deployment uses."""
+    broker = mosquitto()
+    model = make_model(tmp_path / "ws", "v2", b"GOOD")
+    private, _, _ = generate_keypair(tmp_path / "keys")
+    common = ["--key", str(private), "--broker", f"{broker.host}:{broker.port}"]
+    bad = fleet("deploy", str(model), "--pipeline", "door/cam", "--device", "cam-01", *common)
+    assert bad.returncode == 2 and "--pipeline 'door/cam'" in bad.stderr, bad.stderr
+    canary = fleet("deploy", str(model), "--pipeline", "cam", "--group", "lobby", "--canary", "2", *common)
+    assert canary.returncode == 10 and "--canary 2: group 'lobby' has 0 online device(s)" in canary.stderr
+    assert "published" not in bad.stdout + canary.stdout
+    watch = subscriber(broker, "edge/#")
+    time.sleep(1.0)  # retained messages arrive at once on subscribing
+    assert watch.snapshot() == []
+
+
 def _client(broker: Any, user: str) -> mqtt.Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=mqtt.MQTTv311)
     c.username_pw_set(user, "pw-" + user)

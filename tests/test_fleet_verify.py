@@ -11,9 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_agent.config import TOPIC_SAFE
+from edge_agent.errors import ConfigError
 from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
 from edge_agent.fleet.errors import DeployRefused
-from edge_agent.fleet.messages import SCHEMA_DIR, json_schemas
+from edge_agent.fleet.messages import NAME_PATTERN, SCHEMA_DIR, json_schemas
 from edge_agent.fleet.signing import (
     generate_keypair,
     load_private_key,
@@ -289,3 +291,21 @@ def test_watch_rule_p99_needs_a_factor_and_a_real_rise() -> None:
     assert unhealthy_reason(start, {**slow, "results": 10}, 1.5) is None  # too few invokes to judge
     assert "errors rose from 0 to 1" in (unhealthy_reason(start, {**noisy, "errors": 1}, 1.5) or "")
     assert "failed after the swap" in (unhealthy_reason(start, {**noisy, "state": "failed"}, 1.5) or "")
+
+
+@pytest.mark.parametrize("build", ["deployment", "rollback"])
+def test_the_workstation_signs_nothing_a_device_would_refuse(setup: dict[str, Any], build: str) -> None:
+    """The last guard behind edge-fleet's option checks: an invalid message is never signed, and the error
+    names the field."""
+    target = ("group", "lobby/#")
+    with pytest.raises(ConfigError, match=rf"the {'deployment' if build == 'deployment' else 'command'} "
+                       r"would be invalid: field 'target.name': String should match"):  # fmt: skip
+        if build == "deployment":
+            _deployment(setup, target=target)
+        else:
+            build_rollback(number=10, target=target, pipeline="cam", key=setup["key"])
+
+
+def test_names_follow_the_daemons_rule() -> None:
+    """Device, group and pipeline names in messages and in the config are one rule (both are topic levels)."""
+    assert TOPIC_SAFE.pattern == NAME_PATTERN

@@ -7,10 +7,11 @@ Retained models no deployment refers to are cleared at the end of every successf
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from edge_agent import __version__
 from edge_agent.cli import run_cli
 from edge_agent.errors import ConfigError, EdgeAgentError
 
+Connect = Callable[[], contextlib.AbstractContextManager[Any]]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -37,7 +39,9 @@ def parse_duration(text: str, option: str) -> float:
 
 
 def broker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--broker, --username, --password-file, --tls-* and --prefix, turned into a connected client."""
+    """--broker, --username, --password-file, --tls-* and --prefix, checked at once and handed to the command
+    as ``connect()``: each command checks its own options before it connects, so a typo is one line and
+    never a half-done deployment on the broker (a model retained that no deployment refers to)."""
 
     @click.option("--broker", default="127.0.0.1:1883", show_default=True, help="HOST:PORT of the broker.")
     @click.option(
@@ -54,10 +58,13 @@ def broker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(**kw: Any) -> Any:
         from edge_agent.fleet.broker import BrokerOptions, FleetClient
+        from edge_agent.publish.config import topic_prefix_problem
 
         host, _, port = kw.pop("broker").rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("--broker: write HOST:PORT, e.g. 127.0.0.1:1883")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError("--broker: write HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:1883")
+        if problem := topic_prefix_problem(kw["prefix"]):
+            raise ConfigError(f"--prefix {kw['prefix']!r}: {problem} (it is the devices' mqtt.topic_prefix)")
         password = None
         pw_file = kw.pop("password_file")
         if pw_file is not None:
@@ -68,13 +75,30 @@ def broker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         opts = BrokerOptions(host=host, port=int(port), username=kw.pop("username"), password=password,
                              tls_ca=kw.pop("tls_ca"), tls_cert=kw.pop("tls_cert"), tls_key=kw.pop("tls_key"),
                              tls_insecure=kw.pop("tls_insecure"))  # fmt: skip
-        client = FleetClient(opts).connect()
-        try:
-            return fn(client=client, **kw)
-        finally:
-            client.close()
+
+        @contextlib.contextmanager
+        def connect() -> Iterator[FleetClient]:
+            client = FleetClient(opts).connect()
+            try:
+                yield client
+            finally:
+                client.close()
+
+        return fn(connect=connect, **kw)
 
     return wrapper
+
+
+def _check_name(option: str, value: str) -> str:
+    """A device, group or pipeline name as the devices' config allows it (it becomes a topic level)."""
+    from edge_agent.fleet.messages import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, value):
+        raise ConfigError(
+            f"{option} {value!r}: use letters, digits, '_', '-' and '.' (starting with a letter or digit, "
+            "at most 64), as in the devices' config"
+        )
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +121,17 @@ def keygen(keydir: Path) -> None:
 def _target(device: tuple[str, ...], group: str | None) -> list[tuple[str, str]]:
     if bool(device) == bool(group):
         raise ConfigError("give either --device ID (one or more) or --group NAME")
-    return [("device", d) for d in device] if device else [("group", group)]  # type: ignore[list-item]
+    if device:
+        return [("device", _check_name("--device", d)) for d in device]
+    return [("group", _check_name("--group", group))]  # type: ignore[arg-type]
+
+
+def _check_url(url: str | None) -> None:
+    from edge_agent.fleet.messages import HTTP_URL_MAX, HTTP_URL_PATTERN
+
+    if url is not None and (len(url) > HTTP_URL_MAX or not re.match(HTTP_URL_PATTERN, url)):
+        raise ConfigError(f"--url {url[:80]!r}: give an http:// or https:// URL without spaces "
+                          f"(at most {HTTP_URL_MAX} characters)")  # fmt: skip
 
 
 @cli.command()
@@ -108,71 +142,86 @@ def _target(device: tuple[str, ...], group: str | None) -> list[tuple[str, str]]
 @click.option(
     "--key", required=True, type=click.Path(path_type=Path), help="Private key (edge-fleet keygen)."
 )
-@click.option("--canary", type=int, default=0, help="With --group: deploy to N devices first.")
+@click.option(
+    "--canary", type=click.IntRange(min=0), default=0, help="With --group: deploy to N devices first."
+)
 @click.option("--healthy-for", default="60s", show_default=True, help="Watch period after each swap.")
-@click.option("--timeout", "timeout_", default="15m", show_default=True, help="Give up waiting after this.")
+@click.option(
+    "--timeout",
+    "timeout_",
+    default="15m",
+    show_default=True,
+    help="Give up on a device that has not reported the swap by then (--healthy-for comes on top).",
+)
 @click.option("--url", default=None, help="Devices fetch the model from this http(s) URL instead of MQTT.")
 @broker_options
-def deploy(client: Any, model: Path, pipeline: str, device: tuple[str, ...], group: str | None, key: Path,
-           canary: int, healthy_for: str, timeout_: str, url: str | None, prefix: str) -> None:  # fmt: skip
+def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...], group: str | None,
+           key: Path, canary: int, healthy_for: str, timeout_: str, url: str | None,
+           prefix: str) -> None:  # fmt: skip
     """Sign MODEL (with the manifest beside it) and deploy it; follow every device until done."""
     from edge_agent.fleet import deploy as d
+    from edge_agent.fleet.messages import MAX_HEALTHY_FOR_S
     from edge_agent.fleet.signing import load_private_key
     from edge_agent.fleet.topics import model_topic
 
     targets = _target(device, group)
+    _check_name("--pipeline", pipeline)
     if canary and not group:
         raise ConfigError("--canary needs --group")
     watch_s, timeout = parse_duration(healthy_for, "--healthy-for"), parse_duration(timeout_, "--timeout")
+    if watch_s > MAX_HEALTHY_FOR_S:
+        raise ConfigError(f"--healthy-for {healthy_for}: at most {MAX_HEALTHY_FOR_S // 3600}h")
+    _check_url(url)
     files = d.read_model(model)
     signing_key = load_private_key(key)
-    view = d.start_view(client, prefix)
-    if url is None:
-        client.publish(model_topic(prefix, files.sha256), files.data, retain=True)
-        click.echo(
-            f"model {files.manifest.get('name')} {files.sha256[:12]} ({len(files.data)} bytes) published"
-        )
-    wait = timeout + watch_s
-
-    def send(kind: str, name: str) -> int:
-        number = d.next_number(key)
-        target = (kind, name)
-        dep = d.build_deployment(files, number=number, target=target, pipeline=pipeline, key=signing_key,
-                                 prefix=prefix, healthy_for_s=watch_s, url=url)  # fmt: skip
-        client.publish(d.target_topic(prefix, kind, name), d.encode(dep), retain=True)
-        click.echo(f"deployment {number} -> {kind} {name}")
-        return number
-
-    failed: dict[str, str] = {}
-    canaries: list[str] = []
-    if canary:
-        members = view.members(group)  # type: ignore[arg-type]
-        online = [m for m in members if view.devices[m].online is not False]
-        if len(online) < canary:
-            raise FleetFailure(
-                f"--canary {canary}: group {group!r} has {len(online)} online device(s) ({online})"
+    with connect() as client:
+        view = d.start_view(client, prefix)
+        canaries: list[str] = []
+        if canary:
+            online = [m for m in view.members(group) if view.devices[m].online is not False]  # type: ignore[arg-type]
+            if len(online) < canary:
+                raise FleetFailure(
+                    f"--canary {canary}: group {group!r} has {len(online)} online device(s) ({online})"
+                )
+            canaries = online[:canary]
+        if url is None:
+            client.publish(model_topic(prefix, files.sha256), files.data, retain=True)
+            click.echo(
+                f"model {files.manifest.get('name')} {files.sha256[:12]} ({len(files.data)} bytes) published"
             )
-        canaries = online[:canary]
-        numbers = {c: send("device", c) for c in canaries}
-        for c in canaries:
-            out = d.follow(view, [c], numbers[c], timeout=wait, done_state="active", echo=click.echo)
-            failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
-        if failed:
+        wait = timeout + watch_s
+
+        def send(kind: str, name: str) -> int:
+            number = d.next_number(key)
+            dep = d.build_deployment(files, number=number, target=(kind, name), pipeline=pipeline,
+                                     key=signing_key, prefix=prefix, healthy_for_s=watch_s,
+                                     url=url)  # fmt: skip
+            client.publish(d.target_topic(prefix, kind, name), d.encode(dep), retain=True)
+            click.echo(f"deployment {number} -> {kind} {name}")
+            return number
+
+        failed: dict[str, str] = {}
+        if canaries:
+            numbers = {c: send("device", c) for c in canaries}
             for c in canaries:
-                client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
-            raise FleetFailure(f"canary failed, not deploying to group {group!r}: " + _describe(failed))
-    for kind, name in targets:
-        number = send(kind, name)
-        devices = [name] if kind == "device" else view.members(name)
-        if not devices:
-            click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
-        out = d.follow(view, devices, number, timeout=wait, done_state="active", echo=click.echo)
-        failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
-    for c in canaries:  # the group deployment covers them now
-        client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
-    if failed:
-        raise FleetFailure("deployment failed on " + _describe(failed))
-    cleared = d.clear_unreferenced_models(client, prefix, frozenset({files.sha256}))
+                out = d.follow(view, [c], numbers[c], timeout=wait, done_state="active", echo=click.echo)
+                failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+            if failed:
+                for c in canaries:
+                    client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
+                raise FleetFailure(f"canary failed, not deploying to group {group!r}: " + _describe(failed))
+        for kind, name in targets:
+            number = send(kind, name)
+            devices = [name] if kind == "device" else view.members(name)
+            if not devices:
+                click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
+            out = d.follow(view, devices, number, timeout=wait, done_state="active", echo=click.echo)
+            failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+        for c in canaries:  # the group deployment covers them now
+            client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
+        if failed:
+            raise FleetFailure("deployment failed on " + _describe(failed))
+        cleared = d.clear_unreferenced_models(client, prefix, frozenset({files.sha256}))
     click.echo(f"done; cleared {len(cleared)} unreferenced retained model(s)")
 
 
@@ -184,12 +233,13 @@ def _describe(failed: dict[str, str]) -> str:
 @click.option("--group", default=None, help="Only devices of this group.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @broker_options
-def status(client: Any, group: str | None, as_json: bool, prefix: str) -> None:
+def status(connect: Connect, group: str | None, as_json: bool, prefix: str) -> None:
     """Every device seen on the broker: online, groups, each pipeline's model and the last deploy state."""
     from edge_agent.fleet.deploy import start_view
     from edge_agent.fleet.view import render_table
 
-    views = list(start_view(client, prefix).snapshot().values())
+    with connect() as client:
+        views = list(start_view(client, prefix).snapshot().values())
     if group:
         views = [v for v in views if group in v.groups]
     if as_json:
@@ -205,35 +255,39 @@ def status(client: Any, group: str | None, as_json: bool, prefix: str) -> None:
 @click.option("--key", required=True, type=click.Path(path_type=Path))
 @click.option("--timeout", "timeout_", default="2m", show_default=True)
 @broker_options
-def rollback(client: Any, pipeline: str, device: tuple[str, ...], group: str | None, key: Path, timeout_: str,
-             prefix: str) -> None:  # fmt: skip
+def rollback(connect: Connect, pipeline: str, device: tuple[str, ...], group: str | None, key: Path,
+             timeout_: str, prefix: str) -> None:  # fmt: skip
     """Send a signed command back to the previous model; follow the devices until done."""
     from edge_agent.fleet import deploy as d
     from edge_agent.fleet.signing import load_private_key
 
+    targets = _target(device, group)
+    _check_name("--pipeline", pipeline)
+    timeout = parse_duration(timeout_, "--timeout")
     signing_key = load_private_key(key)
-    view = d.start_view(client, prefix)
     failed: dict[str, str] = {}
-    for kind, name in _target(device, group):
-        number = d.next_number(key)
-        cmd = d.build_rollback(number=number, target=(kind, name), pipeline=pipeline, key=signing_key)
-        client.publish(d.target_topic(prefix, kind, name, command=True), d.encode(cmd), retain=True)
-        click.echo(f"rollback {number} -> {kind} {name}")
-        devices = [name] if kind == "device" else view.members(name)
-        out = d.follow(view, devices, number, timeout=parse_duration(timeout_, "--timeout"),
-                       done_state="rolled_back", echo=click.echo)  # fmt: skip
-        failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+    with connect() as client:
+        view = d.start_view(client, prefix)
+        for kind, name in targets:
+            number = d.next_number(key)
+            cmd = d.build_rollback(number=number, target=(kind, name), pipeline=pipeline, key=signing_key)
+            client.publish(d.target_topic(prefix, kind, name, command=True), d.encode(cmd), retain=True)
+            click.echo(f"rollback {number} -> {kind} {name}")
+            devices = [name] if kind == "device" else view.members(name)
+            out = d.follow(view, devices, number, timeout=timeout, done_state="rolled_back", echo=click.echo)
+            failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
     if failed:
         raise FleetFailure("rollback failed on " + _describe(failed))
 
 
 @cli.command()
 @broker_options
-def gc(client: Any, prefix: str) -> None:
+def gc(connect: Connect, prefix: str) -> None:
     """Clear retained models that no retained deployment refers to."""
     from edge_agent.fleet.deploy import clear_unreferenced_models
 
-    cleared = clear_unreferenced_models(client, prefix)
+    with connect() as client:
+        cleared = clear_unreferenced_models(client, prefix)
     click.echo("\n".join([*cleared, f"cleared {len(cleared)} retained model(s)"]))
 
 

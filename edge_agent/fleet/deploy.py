@@ -17,7 +17,14 @@ from typing import Any
 
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.fleet.broker import FleetClient
-from edge_agent.fleet.messages import COMMAND_SCHEMA, DEPLOYMENT_SCHEMA, Deployment, split_manifest
+from edge_agent.fleet.messages import (
+    COMMAND_SCHEMA,
+    DEPLOYMENT_SCHEMA,
+    Deployment,
+    FleetCommand,
+    parse_model,
+    split_manifest,
+)
 from edge_agent.fleet.signing import sign
 from edge_agent.fleet.state import now_iso
 from edge_agent.fleet.store import atomic_write
@@ -88,12 +95,7 @@ def build_deployment(
         "healthy_for_s": healthy_for_s,
         "created": now_iso(),
     }
-    signed = sign(body, key)
-    try:
-        Deployment.model_validate(signed)
-    except ValueError as exc:
-        raise ConfigError(f"the deployment would be invalid: {str(exc).splitlines()[0]}") from None
-    return signed
+    return _signed(Deployment, body, key)
 
 
 def build_rollback(*, number: int, target: tuple[str, str], pipeline: str, key: Any) -> dict[str, Any]:
@@ -105,7 +107,18 @@ def build_rollback(*, number: int, target: tuple[str, str], pipeline: str, key: 
         "pipeline": pipeline,
         "created": now_iso(),
     }
-    return sign(body, key)
+    return _signed(FleetCommand, body, key)
+
+
+def _signed(model: type[Deployment | FleetCommand], body: dict[str, Any], key: Any) -> dict[str, Any]:
+    """``body`` signed, after the check the devices will make: nothing invalid goes out under a signature."""
+    signed = sign(body, key)
+    try:
+        parse_model(model, signed)
+    except ValueError as exc:
+        kind = "deployment" if model is Deployment else "command"
+        raise ConfigError(f"the {kind} would be invalid: {exc}") from None
+    return signed
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -21,12 +21,17 @@ DEPLOY_STATE_SCHEMA = "edge-agent/deploy-state/1"
 COMMAND_SCHEMA = "edge-agent/fleet-command/1"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# Names that become topic levels (device, group, pipeline): the daemon's config holds them to the same rule.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+HTTP_URL_PATTERN = r"^https?://[^\s]+$"
+HTTP_URL_MAX = 2000
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]  # 64 bytes
 Timestamp = Annotated[str, StringConstraints(max_length=40)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
+MAX_HEALTHY_FOR_S = 86_400
 DeployNumber = Annotated[int, Field(ge=1, le=2**53 - 1)]
 State = Literal["received", "verified", "fetching", "testing", "active", "failed", "rolled_back"]
 
@@ -47,7 +52,7 @@ class MqttTransport(_Strict):
 
 class HttpTransport(_Strict):
     kind: Literal["http"] = "http"
-    url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s]+$")]
+    url: Annotated[str, StringConstraints(max_length=HTTP_URL_MAX, pattern=HTTP_URL_PATTERN)]
 
 
 class ModelRef(_Strict):
@@ -79,7 +84,10 @@ class Deployment(_Strict):
     model: ModelRef
     transport: MqttTransport | HttpTransport = Field(discriminator="kind")
     healthy_for_s: float | None = Field(
-        default=None, ge=0, le=86_400, description="Watch period after the swap; default: fleet.watch_s."
+        default=None,
+        ge=0,
+        le=MAX_HEALTHY_FOR_S,
+        description="Watch period after the swap; default: fleet.watch_s.",
     )
     created: Timestamp
     signer: KeyId

@@ -88,9 +88,16 @@ class MqttConfig(BaseModel):
             )
         if given and not self.username:
             raise ValueError(f"{given[0]} is set but username is not")
-        if self.topic_prefix.strip("/") != self.topic_prefix or any(c in self.topic_prefix for c in "#+"):
-            raise ValueError("topic_prefix must not start or end with '/' nor contain '#' or '+'")
+        if problem := topic_prefix_problem(self.topic_prefix):
+            raise ValueError(f"topic_prefix {problem}")
         return self
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """What is wrong with a topic prefix, or None: the daemon's config and ``edge-fleet --prefix`` ask."""
+    if prefix.strip("/") != prefix or any(c in prefix for c in "#+"):
+        return "must not start or end with '/' nor contain '#' or '+'"
+    return None
 
 
 LINGER_MS_SHARED_CORES = 10.0
