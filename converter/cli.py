@@ -304,10 +304,12 @@ def quantize(
 @click.argument("tflite", type=click.Path(path_type=Path))
 @click.option(
     "--data",
+    "--eval",
     "data_path",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="Labelled data: .npz (x, y), .csv (last column y) or a folder of class folders.",
+    help="Labelled data: .npz (x, y), .csv (last column y) or a folder of class folders (--eval as in "
+    "quantize).",
 )
 @click.option(
     "--task", type=click.Choice(TASKS), default=None, help="Default: from the manifest, else classification."

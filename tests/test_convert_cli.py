@@ -564,7 +564,7 @@ def test_bad_input_one_clear_line(case, code, expected, digits_keras, digits_spl
 def test_evaluate_command(digits_keras, digits_int8, digits_split, tmp_path):
     report = tmp_path / "eval.json"
     proc = run_edge_convert(
-        "evaluate", digits_keras, digits_int8, "--data", digits_split.test, "--json", report
+        "evaluate", digits_keras, digits_int8, "--eval", digits_split.test, "--json", report
     )
     assert_clean(proc)
     result = json.loads(report.read_text())
