@@ -120,6 +120,28 @@ def test_bench_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--threads" in bad.stderr
 
 
+@pytest.mark.parametrize("command", ["bench", "inspect"])
+def test_a_file_that_is_not_a_model_is_named_not_crashed_on(
+    command: str, color_logits_plain: TinyModel, tmp_path: Path
+) -> None:
+    """A folder, a file of another kind and a cut-off copy of a model without a manifest (bench then asks
+    the runtime for its outputs itself): one line naming the file, exit 3."""
+    (tmp_path / "labels.tflite").write_text("person\ncar\n")
+    cut = tmp_path / "cut.tflite"
+    whole = color_logits_plain.path.read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    expected = {
+        tmp_path: "not a file",
+        tmp_path / "labels.tflite": "not a TFLite model",
+        cut: "the litert runtime cannot",
+    }
+    for path, says in expected.items():
+        run = _run(command, str(path), *(["--no-compare"] if command == "bench" else []))
+        assert run.returncode == 3, run.stderr
+        assert run.stderr.count("\n") == 1 and f"{path}: {says}" in run.stderr, run.stderr
+        assert "crashed" not in run.stderr and "Traceback" not in run.stderr
+
+
 def test_inspect_shows_tensors_manifest_runtime_and_ops(color_int8: TinyModel) -> None:
     result = CliRunner().invoke(cli, ["inspect", str(color_int8.path), "--delegate", "edgetpu"])
     assert result.exit_code == 0, result.output

@@ -18,6 +18,7 @@ import click
 from edge_agent.errors import ConfigError, DependencyError, EdgeAgentError, ModelError
 from edge_agent.runtime.backends import AUTO_ORDER, BACKENDS, available_runtimes
 from edge_agent.runtime.benchmark import BenchRun, BenchSpec, run_from_dict
+from edge_agent.runtime.model import check_model_file
 
 ERRORS = {cls.__name__: cls for cls in (ConfigError, DependencyError, ModelError)}
 
@@ -263,8 +264,7 @@ def command(
 ) -> None:
     """Benchmark MODEL: init, first inference, steady-state latency, peak RSS, preprocessing."""
     threads = _threads(threads_text)
-    if not model.is_file():
-        raise ModelError(f"{model}: model file not found")
+    check_model_file(model, named_by="the MODEL argument")
     primary = _primary_runtime(runtime)
     runtimes = [primary]
     if compare:

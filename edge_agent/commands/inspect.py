@@ -14,6 +14,7 @@ from edge_agent.manifest import Manifest, file_sha256, load_manifest, manifest_p
 from edge_agent.runtime.backends import AUTO_ORDER, BACKENDS, available_runtimes, select_runtime
 from edge_agent.runtime.config import ModelConfig
 from edge_agent.runtime.delegates import EDGETPU_LIBRARY, edgetpu_model_path, load_edgetpu
+from edge_agent.runtime.model import check_model_file
 from edge_agent.runtime.tensors import op_names, spec_of
 
 
@@ -22,8 +23,7 @@ def _quant(q: dict | None) -> str:
 
 
 def _describe(model: Path, runtime: str, delegate: str, task: str | None = None) -> dict[str, Any]:
-    if not model.is_file():
-        raise ModelError(f"{model}: model file not found")
+    check_model_file(model, named_by="the MODEL argument")
     api = select_runtime(runtime)
     try:
         interpreter = api.make_interpreter(str(model), num_threads=1)

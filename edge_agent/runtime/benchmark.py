@@ -104,8 +104,9 @@ def _model_config(spec: BenchSpec) -> Any:
             fields["task"] = spec.task
         else:  # timing needs no meaning: call the first output 'values' and let the rest be
             from edge_agent.runtime.backends import select_runtime
+            from edge_agent.runtime.model import open_interpreter
 
-            it = select_runtime(spec.runtime).make_interpreter(str(path), num_threads=1)
+            it = open_interpreter(select_runtime(spec.runtime), path, num_threads=1, delegates=[])
             first = it.get_output_details()[0]["name"]
             fields.update(task="regression", output_roles={first: "values"}, input_kind="tensor")
     return ModelConfig(**fields)

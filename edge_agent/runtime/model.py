@@ -156,7 +156,8 @@ class LoadedModel:
         self._interpreter = None
 
 
-def _open_interpreter(api: RuntimeApi, path: Path, num_threads: int, delegates: list[Any]) -> Any:
+def open_interpreter(api: RuntimeApi, path: Path, num_threads: int, delegates: list[Any]) -> Any:
+    """An allocated interpreter, or a ModelError that names the file (runtimes raise bare ValueErrors)."""
     try:
         with routine_native_lines_hidden():
             interpreter = api.make_interpreter(str(path), num_threads=num_threads, delegates=delegates)
@@ -169,11 +170,13 @@ def _open_interpreter(api: RuntimeApi, path: Path, num_threads: int, delegates: 
     return interpreter
 
 
-def _check_file(path: Path) -> None:
+def check_model_file(path: Path, named_by: str = "model.path") -> None:
+    """A .tflite file is there (its identifier, not only its name): a runtime given anything else says
+    "not a valid Flatbuffer buffer", or crashes."""
     if not path.exists():
-        raise ModelError(f"{path}: model file not found; check model.path")
+        raise ModelError(f"{path}: model file not found; check {named_by}")
     if not path.is_file():
-        raise ModelError(f"{path}: not a file; model.path must name a .tflite file")
+        raise ModelError(f"{path}: not a file; {named_by} must name a .tflite file")
     with path.open("rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != TFLITE_MAGIC:
@@ -183,7 +186,7 @@ def _check_file(path: Path) -> None:
 def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
     """Load, verify and allocate a model. ModelError/ConfigError/DependencyError say what to fix."""
     path = Path(cfg.path).expanduser()
-    _check_file(path)
+    check_model_file(path)
     manifest_file = Path(cfg.manifest) if cfg.manifest else manifest_path_for(path)
     manifest: Manifest | None = None
     if cfg.manifest is not None or manifest_file.is_file():
@@ -220,7 +223,7 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
             variant = edgetpu_model_path(path)
             if variant is not None:
                 run_path = variant
-                _check_file(run_path)
+                check_model_file(run_path)
             else:
                 log.warning(
                     "%s: no %s_edgetpu%s beside it; the Edge TPU runs only ops compiled for it",
@@ -230,7 +233,7 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
                 )
 
     try:
-        interpreter = _open_interpreter(api, run_path, num_threads, delegates)
+        interpreter = open_interpreter(api, run_path, num_threads, delegates)
     except ModelError as exc:
         if not delegates:
             raise
@@ -239,7 +242,7 @@ def load_model(cfg: ModelConfig, *, xnnpack: bool = True) -> LoadedModel:
         delegate_error = f"Edge TPU delegate rejected {run_path.name}: {exc}"
         log.warning("%s: running on the CPU: %s", path.name, delegate_error)
         run_path = path
-        interpreter = _open_interpreter(api, run_path, num_threads, delegates)
+        interpreter = open_interpreter(api, run_path, num_threads, delegates)
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     if manifest is None:
