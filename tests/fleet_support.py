@@ -124,7 +124,7 @@ def make_agent(
     device = FakeDevice(initial)
     agent = DeployAgent(
         FleetConfig(
-            trusted_keys_dir=keys_dir, groups=list(groups), watch_s=watch_s, fetch_timeout_s=5, **cfg
+            trusted_keys_dir=keys_dir, groups=list(groups), watch_s=watch_s, **{"fetch_timeout_s": 5, **cfg}
         ),
         device_id=device_id,
         state_dir=state_dir,

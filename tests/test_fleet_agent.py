@@ -107,7 +107,7 @@ def deploy(
     return number, files.sha256
 
 
-def outcome(env: dict[str, Any], number: int, device: str = "cam-01") -> dict[str, Any]:
+def outcome(env: dict[str, Any], number: int, device: str = "cam-01", timeout: float = 15) -> dict[str, Any]:
     return wait_state(
         env,
         device,
@@ -115,6 +115,7 @@ def outcome(env: dict[str, Any], number: int, device: str = "cam-01") -> dict[st
             s["number"] == number
             and (s["state"] in ("failed", "rolled_back") or (s["state"] == "active" and s["confirmed"]))
         ),
+        timeout,
     )
 
 
@@ -425,5 +426,84 @@ def test_model_from_an_http_url(env: dict[str, Any]) -> None:
         env["op"].publish("edge/cam-01/deploy", encode(dep2))
         state = outcome(env, 901)
         assert state["state"] == "failed" and state["reason"].startswith("fetch_failed:"), state
+    finally:
+        server.shutdown()
+
+
+def test_a_stop_while_fetching_leaves_the_deployment_for_the_next_start(env: dict[str, Any]) -> None:
+    """systemctl stop or restart in the middle of a download: the deployment is neither failed nor counted
+    as an attempt (it was refused as fetch_failed, its number spent, so the retained deployment was never
+    applied again); each start takes it up again until the model arrives."""
+    files = read_model(make_model(env["tmp"] / "ws", "v2", b"GOOD"))
+    dep = build_deployment(files, number=300, target=("device", "cam-01"), pipeline="cam", key=env["key"],
+                           prefix="edge", healthy_for_s=0.2)  # fmt: skip
+    env["op"].publish("edge/cam-01/deploy", encode(dep))  # the model is not on the broker yet
+    for restart in range(3):  # three stops in a row: a crash is allowed one
+        seen = len(env["states"].snapshot())
+        agent, fake, client = start(env)
+        env["states"].wait_for(
+            lambda m, seen=seen: any(b'"fetching"' in p and b'"number":300' in p for _, p, _ in m[seen:])
+        )
+        agent.stop()
+        client.close()
+        pending = ModelStore(env["tmp"] / "cam-01").entry("cam")["pending"]
+        assert pending["phase"] == "fetching" and pending["attempts"] == 0, (restart, pending)
+        time.sleep(0.3)
+        assert not [p for _, p, _ in env["states"].snapshot()[seen:] if b'"failed"' in p], restart
+    env["op"].publish(model_topic("edge", files.sha256), files.data)
+    agent, fake, _ = start(env)
+    state = outcome(env, 300)
+    assert state["state"] == "active" and fake.swaps == [agent.store.model_path(files.sha256)]
+
+
+def test_a_download_that_trickles_gives_up_at_fetch_timeout_and_stops_at_once(env: dict[str, Any]) -> None:
+    """An http(s) model whose server sends a byte now and then (a stalled proxy, a link at its limit): the
+    device gives up after fleet.fetch_timeout_s, as for an MQTT model (it waited for hours: each byte
+    restarted a 30 s socket timeout), and a stop in the middle ends the download at once."""
+    import http.server
+    import threading
+
+    files = read_model(make_model(env["tmp"] / "ws", "slow", b"GOOD"))
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(files.data)))
+            self.end_headers()
+            try:
+                for byte in files.data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass  # the device hung up
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/slow.tflite"
+    try:
+        agent, _, client = start(env, fetch_timeout_s=2)
+        dep = build_deployment(files, number=310, target=("device", "cam-01"), pipeline="cam",
+                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
+        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        state = outcome(env, 310, timeout=10)
+        assert state["state"] == "failed" and "after 2 s (fleet.fetch_timeout_s)" in state["reason"], state
+        agent.stop()
+        client.close()
+        agent, _, client = start(env, fetch_timeout_s=60)
+        dep = build_deployment(files, number=311, target=("device", "cam-01"), pipeline="cam",
+                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
+        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        wait_state(env, "cam-01", lambda s: s["number"] == 311 and s["state"] == "fetching")
+        time.sleep(0.5)
+        began = time.monotonic()
+        agent.stop()
+        assert time.monotonic() - began < 2.0  # the join's own limit is 5 s
+        pending = ModelStore(env["tmp"] / "cam-01").entry("cam")["pending"]
+        assert pending["deployment"]["number"] == 311 and pending["stopped"] is True
     finally:
         server.shutdown()

@@ -34,7 +34,7 @@ from typing import Any
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.fleet.config import FleetConfig
-from edge_agent.fleet.errors import STATS_COUNTERS, DeployRefused
+from edge_agent.fleet.errors import STATS_COUNTERS, DeployRefused, Stopping
 from edge_agent.fleet.fetch import fetch_model
 from edge_agent.fleet.messages import Deployment, Running, split_manifest
 from edge_agent.fleet.signing import load_trusted_keys
@@ -148,7 +148,7 @@ class DeployAgent:
                     self.store.update(pipeline, pending={**pending, "restarts": restarts})
                     self._startup.append(("resume_watch", pipeline))
             else:
-                attempts = pending.get("attempts", 0) + 1
+                attempts = pending.get("attempts", 0) + (0 if pending.pop("stopped", False) else 1)
                 if attempts >= 2:
                     self.store.update(pipeline, pending=None)
                     self._startup.append(
@@ -316,6 +316,9 @@ class DeployAgent:
             self.store.update(pipeline, pending=None)
             self.store.prune()
             self._refuse(run, exc)
+            return
+        except Stopping:  # the next start takes it up again, as after a crash, but without counting it
+            self.store.update(pipeline, pending={**pending, "stopped": True})
             return
         baseline = self._safe_health(pipeline)
         old = self._current(pipeline)

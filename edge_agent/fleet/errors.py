@@ -21,6 +21,11 @@ class DeployRefused(EdgeAgentError):
         self.subject = subject  # (pipeline, number) of a signed message refused after its signature checked
 
 
+class Stopping(Exception):
+    """The daemon is stopping in the middle of a step: the deployment stays pending, not refused, and the
+    next start takes it up again (a stop is not the deployment's fault: not counted as an attempt)."""
+
+
 REASONS = (
     "malformed", "oversized", "schema", "unknown_key", "bad_signature", "replayed", "wrong_target",
     "unknown_pipeline", "sha256_mismatch", "truncated", "too_large", "fetch_failed", "incompatible",

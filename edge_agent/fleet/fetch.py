@@ -1,7 +1,9 @@
 """Fetch a deployment's model bytes: the retained ``<prefix>/models/<sha256>`` message, or an http(s) URL.
 
 Both read at most ``fleet.max_model_bytes + 1`` bytes, so an oversized model is refused (by the store's
-size check) without ever being held in full; the sha256 is checked by the store, not here.
+size check) without ever being held in full; the sha256 is checked by the store, not here. Both give up
+after ``fleet.fetch_timeout_s`` (a server that sends a byte now and then included) and end at once with
+``Stopping`` when the daemon stops, so a restart in the middle of a download resumes the deployment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.fleet.config import FleetConfig
-from edge_agent.fleet.errors import DeployRefused
+from edge_agent.fleet.errors import DeployRefused, Stopping
 from edge_agent.fleet.messages import Deployment
 
 
@@ -26,7 +28,7 @@ def fetch_model(
     if dep.transport.kind == "http":
         if not cfg.allow_http:
             raise DeployRefused("fetch_failed", "http(s) model URLs are off (fleet.allow_http: false)")
-        return fetch_http(dep.transport.url, limit)
+        return fetch_http(dep.transport.url, limit, cfg.fetch_timeout_s, stop)
     return fetch_mqtt(dep.transport.topic, limit, cfg.fetch_timeout_s, subscribe, stop)
 
 
@@ -44,7 +46,9 @@ def fetch_mqtt(topic: str, limit: int, timeout_s: float, subscribe: Callable[...
     try:
         deadline = time.monotonic() + timeout_s
         while not arrived.wait(0.2):
-            if stop.is_set() or time.monotonic() > deadline:
+            if stop.is_set():
+                raise Stopping(f"stopped while waiting for {topic}")
+            if time.monotonic() > deadline:
                 raise DeployRefused(
                     "fetch_failed",
                     f"no model on {topic} after {timeout_s:g} s (not published, cleared, or bigger than "
@@ -56,9 +60,29 @@ def fetch_mqtt(topic: str, limit: int, timeout_s: float, subscribe: Callable[...
     return got[0]
 
 
-def fetch_http(url: str, limit: int) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:  # the schema allows only http(s) URLs
-            return resp.read(limit + 1)
+HTTP_CHUNK = 1 << 16
+HTTP_SOCKET_TIMEOUT_S = 30.0
+
+
+def fetch_http(url: str, limit: int, timeout_s: float, stop: threading.Event) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    chunks: list[bytes] = []
+    got = 0
+    try:  # the schema allows only http(s) URLs
+        with urllib.request.urlopen(url, timeout=min(HTTP_SOCKET_TIMEOUT_S, timeout_s)) as resp:
+            while got <= limit:
+                if stop.is_set():
+                    raise Stopping(f"stopped while downloading {url[:200]}")
+                if time.monotonic() > deadline:
+                    raise DeployRefused(
+                        "fetch_failed",
+                        f"{url[:200]}: {got} bytes after {timeout_s:g} s (fleet.fetch_timeout_s)",
+                    )
+                chunk = resp.read1(min(HTTP_CHUNK, limit + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
     except (OSError, ValueError) as exc:
         raise DeployRefused("fetch_failed", f"cannot download {url[:200]}: {exc}") from None
+    return b"".join(chunks)
