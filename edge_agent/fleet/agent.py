@@ -148,7 +148,9 @@ class DeployAgent:
                     self.store.update(pipeline, pending={**pending, "restarts": restarts})
                     self._startup.append(("resume_watch", pipeline))
             else:
-                attempts = pending.get("attempts", 0) + (0 if pending.pop("stopped", False) else 1)
+                # "stopped" stays until the step runs again (_apply writes a new record): a stop before
+                # that is not an attempt either.
+                attempts = pending.get("attempts", 0) + (0 if pending.get("stopped") else 1)
                 if attempts >= 2:
                     self.store.update(pipeline, pending=None)
                     self._startup.append(
