@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.fleet.deploy import read_model
 from edge_agent.fleet.signing import generate_keypair
-from tests.fleet_support import make_agent, make_model
+from tests.fleet_support import device_client, make_agent, make_model
 
 EDGE_FLEET = str(Path(sys.executable).parent / "edge-fleet")
 ACL = Path(__file__).resolve().parents[1] / "edge_agent" / "templates" / "mosquitto-acl.example"
@@ -196,6 +196,42 @@ def test_a_refused_deploy_leaves_nothing_retained(tmp_path: Path, mosquitto: Any
     watch = subscriber(broker, "edge/#")
     time.sleep(1.0)  # retained messages arrive at once on subscribing
     assert watch.snapshot() == []
+
+
+def test_status_shows_a_fleet_whose_devices_publish_nonsense(mosquitto: Any) -> None:
+    """A deploy state is the devices' input to the operator's terminal: one that fails the schema, or names
+    another device, is shown as unreadable (it made `status` a traceback for the whole fleet), and no
+    control character reaches the terminal."""
+    broker = mosquitto()
+    good = {"schema": "edge-agent/deploy-state/1", "device": "cam-01", "state": "failed", "number": 7,
+            "groups": ["lobby"], "reason": "\x1b[2Jwiped", "ts": "2026-12-01T10:00:00Z"}  # fmt: skip
+    published = {
+        "cam-01": json.dumps(good),
+        "cam-02": '{"reason": 5, "state": "failed"}',
+        "cam-03": '{"running": [1]}',
+        "cam-04": '{"groups": [1, 2], "state": "active"}',
+        "cam-05": json.dumps({**good, "device": "cam-01"}),
+        "cam-06": "not json",
+    }
+    op = device_client(broker, "operator")
+    for device, payload in published.items():
+        op.publish(f"edge/{device}/deploy/state", payload.encode())
+    op.publish("edge/cam-01/status", b"online")
+    op.close()
+    table = fleet("status", "--broker", f"{broker.host}:{broker.port}")
+    assert table.returncode == 0 and "Traceback" not in table.stderr, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+    assert set(rows) == set(published)
+    assert "failed #7 (?[2Jwiped)" in rows["cam-01"] and "lobby" in rows["cam-01"]
+    assert "\x1b" not in table.stdout
+    for device in ("cam-02", "cam-03", "cam-04", "cam-05", "cam-06"):
+        assert rows[device].endswith("unreadable deploy state"), rows[device]
+    as_json = {d["device"]: d for d in json.loads(fleet("status", "--json", "--broker",
+                                                         f"{broker.host}:{broker.port}").stdout)}  # fmt: skip
+    assert as_json["cam-01"]["groups"] == ["lobby"] and as_json["cam-01"]["state_unreadable"] is False
+    assert as_json["cam-04"]["last"] is None and as_json["cam-04"]["state_unreadable"] is True
+    lobby = fleet("status", "--group", "lobby", "--broker", f"{broker.host}:{broker.port}")
+    assert [line.split()[0] for line in lobby.stdout.splitlines()[1:]] == ["cam-01"]
 
 
 def _client(broker: Any, user: str) -> mqtt.Client:
