@@ -37,6 +37,16 @@ def test_keygen_cli(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "refusing to overwrite" in again.stderr
     assert "Traceback" not in again.stderr
+    (tmp_path / "a-file").write_text("x")
+    onto_file = fleet("keygen", str(tmp_path / "a-file"))
+    assert onto_file.returncode == 2 and "a-file: cannot create the key (File exists)" in onto_file.stderr
+    assert onto_file.stderr.count("\n") == 1, onto_file.stderr
+    # A private key others can read is said before anything else happens (as ssh does).
+    (tmp_path / "k" / "fleet.key").chmod(0o644)
+    model = make_model(tmp_path / "ws", "v2", b"GOOD")
+    res = fleet("deploy", str(model), "--pipeline", "cam", "--device", "cam-01", "--key",
+                str(tmp_path / "k" / "fleet.key"), "--broker", "127.0.0.1:1")  # fmt: skip
+    assert "can be read by other users (mode 644); chmod 600" in res.stderr and res.returncode == 6
 
 
 @pytest.fixture

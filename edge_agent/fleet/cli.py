@@ -126,6 +126,18 @@ def _target(device: tuple[str, ...], group: str | None) -> list[tuple[str, str]]
     return [("group", _check_name("--group", group))]  # type: ignore[arg-type]
 
 
+def _signing_key(path: Path) -> Any:
+    """The operator's private key; a key others can read is said (as ssh does), not refused."""
+    from edge_agent.fleet.signing import load_private_key
+
+    key = load_private_key(path)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        click.echo(f"edge-fleet: warning: --key {path} can be read by other users (mode {mode:o}); "
+                   f"chmod 600 {path}", err=True)  # fmt: skip
+    return key
+
+
 def _check_url(url: str | None) -> None:
     from edge_agent.fleet.messages import HTTP_URL_MAX, HTTP_URL_PATTERN
 
@@ -161,7 +173,6 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
     """Sign MODEL (with the manifest beside it) and deploy it; follow every device until done."""
     from edge_agent.fleet import deploy as d
     from edge_agent.fleet.messages import MAX_HEALTHY_FOR_S
-    from edge_agent.fleet.signing import load_private_key
     from edge_agent.fleet.topics import model_topic
 
     targets = _target(device, group)
@@ -173,7 +184,7 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
         raise ConfigError(f"--healthy-for {healthy_for}: at most {MAX_HEALTHY_FOR_S // 3600}h")
     _check_url(url)
     files = d.read_model(model)
-    signing_key = load_private_key(key)
+    signing_key = _signing_key(key)
     with connect() as client:
         view = d.start_view(client, prefix)
         canaries: list[str] = []
@@ -259,12 +270,11 @@ def rollback(connect: Connect, pipeline: str, device: tuple[str, ...], group: st
              timeout_: str, prefix: str) -> None:  # fmt: skip
     """Send a signed command back to the previous model; follow the devices until done."""
     from edge_agent.fleet import deploy as d
-    from edge_agent.fleet.signing import load_private_key
 
     targets = _target(device, group)
     _check_name("--pipeline", pipeline)
     timeout = parse_duration(timeout_, "--timeout")
-    signing_key = load_private_key(key)
+    signing_key = _signing_key(key)
     failed: dict[str, str] = {}
     with connect() as client:
         view = d.start_view(client, prefix)

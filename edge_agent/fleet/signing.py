@@ -94,22 +94,26 @@ def generate_keypair(keydir: Path) -> tuple[Path, Path, str]:
     for p in (private_path, public_path):
         if p.exists():
             raise ConfigError(f"{p} already exists; refusing to overwrite a key (move it away first)")
-    keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    _write_new(
-        private_path,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-        0o600,
-    )
-    _write_new(
-        public_path,
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-        0o644,
-    )
+    try:
+        keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_new(
+            private_path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
+        _write_new(
+            public_path,
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            0o644,
+        )
+    except OSError as exc:
+        where = exc.filename or keydir
+        raise ConfigError(f"{where}: cannot create the key ({exc.strerror}); give a new folder") from None
     return private_path, public_path, key_id(key.public_key())
 
 
