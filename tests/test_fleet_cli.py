@@ -126,6 +126,34 @@ def test_canary_failure_stops_before_the_group(fleet_env: dict[str, Any], subscr
     assert fake01.running.path == env["initial"]  # rolled back on its own
 
 
+def test_a_canary_that_goes_offline_after_its_swap_stops_the_group(
+    fleet_env: dict[str, Any], subscriber: Any
+) -> None:
+    """A new model that kills its daemon takes the canary offline during its watch: that is no success.
+    edge-fleet waited only for online devices, so the group got the model; now it waits for the canary to
+    come back and confirm, and stops when it does not before --timeout."""
+    env = fleet_env
+    model = make_model(env["tmp"] / "ws", "v2", b"GOOD")
+    states = subscriber(env["broker"], "edge/cam-01/deploy/state")
+    args = ["deploy", str(model), "--pipeline", "cam", "--group", "lobby", "--canary", "1"]
+    proc = subprocess.Popen([EDGE_FLEET, *args, "--key", str(env["key"]), "--healthy-for", "3s",
+                             "--timeout", "3s", *env["common"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    swapped = b'"state":"active"'
+    states.wait_for(lambda m: any(swapped in p and b'"confirmed":false' in p for _, p, _ in m), timeout=30)
+    agent = env["devices"]["cam-01"][0]
+    agent.stop()  # as if the new model had killed the daemon: its watch never ends
+    op = device_client(env["broker"], "lwt")
+    op.publish("edge/cam-01/status", b"offline")  # what the broker's last will says then
+    op.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 10, out + err
+    assert "cam-01               offline: waiting for it to come back and confirm" in out, out
+    assert "canary failed, not deploying to group 'lobby': cam-01: offline, and no answer" in err, err
+    assert "-> group lobby" not in out
+    assert env["devices"]["cam-02"][1].swaps == [] and env["devices"]["cam-03"][1].swaps == []
+
+
 def test_rollback_cli_and_errors(fleet_env: dict[str, Any]) -> None:
     env = fleet_env
     model = make_model(env["tmp"] / "ws", "v3", b"GOOD")

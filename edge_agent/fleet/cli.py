@@ -215,8 +215,9 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
         if canaries:
             numbers = {c: send("device", c) for c in canaries}
             for c in canaries:
-                out = d.follow(view, [c], numbers[c], timeout=wait, done_state="active", echo=click.echo)
-                failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+                out = d.follow(view, [c], numbers[c], timeout=wait, done_state="active", echo=click.echo,
+                               wait_offline=True)  # fmt: skip
+                failed |= out.failed | _unanswered(view, out.pending)
             if failed:
                 for c in canaries:
                     client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
@@ -227,13 +228,21 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
             if not devices:
                 click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
             out = d.follow(view, devices, number, timeout=wait, done_state="active", echo=click.echo)
-            failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+            failed |= out.failed | _unanswered(view, out.pending)
         for c in canaries:  # the group deployment covers them now
             client.publish(d.target_topic(prefix, "device", c), b"", retain=True)
         if failed:
             raise FleetFailure("deployment failed on " + _describe(failed))
         cleared = d.clear_unreferenced_models(client, prefix, frozenset({files.sha256}))
     click.echo(f"done; cleared {len(cleared)} unreferenced retained model(s)")
+
+
+def _unanswered(view: Any, pending: list[str]) -> dict[str, str]:
+    offline = {d for d, v in view.snapshot().items() if v.online is False}
+    return {
+        d: "offline, and no answer before --timeout" if d in offline else "no answer before --timeout"
+        for d in pending
+    }
 
 
 def _describe(failed: dict[str, str]) -> str:
@@ -285,7 +294,7 @@ def rollback(connect: Connect, pipeline: str, device: tuple[str, ...], group: st
             click.echo(f"rollback {number} -> {kind} {name}")
             devices = [name] if kind == "device" else view.members(name)
             out = d.follow(view, devices, number, timeout=timeout, done_state="rolled_back", echo=click.echo)
-            failed |= out.failed | {p: "no answer before --timeout" for p in out.pending}
+            failed |= out.failed | _unanswered(view, out.pending)
     if failed:
         raise FleetFailure("rollback failed on " + _describe(failed))
 

@@ -139,36 +139,46 @@ class Outcome:
 
 
 def follow(view: FleetView, devices: list[str], number: int, *, timeout: float, done_state: str,
-           echo: Callable[[str], None]) -> Outcome:  # fmt: skip
+           echo: Callable[[str], None], wait_offline: bool = False) -> Outcome:  # fmt: skip
     """Wait until every device reported ``number`` as finished: ``done_state`` (with confirmed for active),
-    failed or rolled_back. Offline devices are not waited for. Prints each device's state changes."""
+    failed or rolled_back. Prints each device's state changes. An offline device is not waited for (it
+    applies the retained deployment when it reconnects) unless ``wait_offline``: a canary that goes offline
+    after its swap may have been killed by the new model, so it must come back and confirm in time."""
     out = Outcome()
     seen: dict[str, tuple[Any, ...]] = {}
+    said_offline: set[str] = set()
     deadline = time.monotonic() + timeout
     waiting = set(devices)
     with view.changed:
         while waiting:
             for d in sorted(waiting):
                 v = view.devices.get(d)
-                if v is not None and v.online is False:
-                    echo(f"  {d:<20} offline: it gets the deployment when it reconnects")
-                    out.offline.append(d)
-                    waiting.discard(d)
-                    continue
                 s = (v.state if v else None) or {}
-                if s.get("number") != number:
-                    continue
-                key = (s.get("state"), s.get("confirmed"), s.get("reason"))
-                if seen.get(d) != key:
-                    seen[d] = key
-                    reason = f"  ({s['reason']})" if s.get("reason") else ""
-                    echo(f"  {d:<20} {s.get('state')}{' (confirmed)' if s.get('confirmed') else ''}{reason}")
-                if s.get("state") in ("failed", "rolled_back") and s.get("state") != done_state:
-                    out.failed[d] = f"{s.get('state')}: {s.get('reason')}"
-                    waiting.discard(d)
-                elif s.get("state") == done_state and (done_state != "active" or s.get("confirmed")):
-                    out.ok.append(d)
-                    waiting.discard(d)
+                if s.get("number") == number:
+                    key = (s.get("state"), s.get("confirmed"), s.get("reason"))
+                    if seen.get(d) != key:
+                        seen[d] = key
+                        reason = f"  ({s['reason']})" if s.get("reason") else ""
+                        confirmed = " (confirmed)" if s.get("confirmed") else ""
+                        echo(f"  {d:<20} {s.get('state')}{confirmed}{reason}")
+                    if s.get("state") in ("failed", "rolled_back") and s.get("state") != done_state:
+                        out.failed[d] = f"{s.get('state')}: {s.get('reason')}"
+                        waiting.discard(d)
+                        continue
+                    if s.get("state") == done_state and (done_state != "active" or s.get("confirmed")):
+                        out.ok.append(d)
+                        waiting.discard(d)
+                        continue
+                if v is not None and v.online is False and d not in said_offline:
+                    said_offline.add(d)
+                    if not wait_offline:
+                        echo(f"  {d:<20} offline: it gets the deployment when it reconnects")
+                        out.offline.append(d)
+                        waiting.discard(d)
+                    else:
+                        echo(f"  {d:<20} offline: waiting for it to come back and confirm")
+                elif v is not None and v.online is not False:
+                    said_offline.discard(d)
             remaining = deadline - time.monotonic()
             if not waiting or remaining <= 0:
                 break
