@@ -236,6 +236,17 @@ def test_a_refused_deploy_leaves_nothing_retained(tmp_path: Path, mosquitto: Any
     assert watch.snapshot() == []
 
 
+def test_a_device_never_seen_is_said_at_once(tmp_path: Path, mosquitto: Any) -> None:
+    """A typo in --device waited silently until --timeout (15 minutes by default)."""
+    broker = mosquitto()
+    model = make_model(tmp_path / "ws", "v2", b"GOOD")
+    private, _, _ = generate_keypair(tmp_path / "keys")
+    args = ["--timeout", "1s", "--healthy-for", "0s", "--broker", f"{broker.host}:{broker.port}"]
+    res = fleet("deploy", str(model), "--pipeline", "cam", "--device", "cma-01", "--key", str(private), *args)
+    assert "cma-01               never seen on this broker: waiting for it (is the id right" in res.stdout
+    assert res.returncode == 10 and "cma-01: no answer before --timeout" in res.stderr, res.stderr
+
+
 def test_status_shows_a_fleet_whose_devices_publish_nonsense(mosquitto: Any) -> None:
     """A deploy state is the devices' input to the operator's terminal: one that fails the schema, or names
     another device, is shown as unreadable (it made `status` a traceback for the whole fleet), and no

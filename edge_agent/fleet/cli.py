@@ -224,9 +224,7 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
                 raise FleetFailure(f"canary failed, not deploying to group {group!r}: " + _describe(failed))
         for kind, name in targets:
             number = send(kind, name)
-            devices = [name] if kind == "device" else view.members(name)
-            if not devices:
-                click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
+            devices = _followed(view, kind, name)
             out = d.follow(view, devices, number, timeout=wait, done_state="active", echo=click.echo)
             failed |= out.failed | _unanswered(view, out.pending)
         for c in canaries:  # the group deployment covers them now
@@ -235,6 +233,21 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
             raise FleetFailure("deployment failed on " + _describe(failed))
         cleared = d.clear_unreferenced_models(client, prefix, frozenset({files.sha256}))
     click.echo(f"done; cleared {len(cleared)} unreferenced retained model(s)")
+
+
+def _followed(view: Any, kind: str, name: str) -> list[str]:
+    """The devices to follow for a target, saying when none or an unknown one is there (a typo in an id
+    would otherwise be a silent wait until --timeout)."""
+    if kind == "group":
+        members = view.members(name)
+        if not members:
+            click.echo(f"  no device of group {name!r} has reported yet: they apply it when they connect")
+        return members
+    if name not in view.snapshot():
+        click.echo(
+            f"  {name:<20} never seen on this broker: waiting for it (is the id right, and fleet on there?)"
+        )
+    return [name]
 
 
 def _unanswered(view: Any, pending: list[str]) -> dict[str, str]:
@@ -292,7 +305,7 @@ def rollback(connect: Connect, pipeline: str, device: tuple[str, ...], group: st
             cmd = d.build_rollback(number=number, target=(kind, name), pipeline=pipeline, key=signing_key)
             client.publish(d.target_topic(prefix, kind, name, command=True), d.encode(cmd), retain=True)
             click.echo(f"rollback {number} -> {kind} {name}")
-            devices = [name] if kind == "device" else view.members(name)
+            devices = _followed(view, kind, name)
             out = d.follow(view, devices, number, timeout=timeout, done_state="rolled_back", echo=click.echo)
             failed |= out.failed | _unanswered(view, out.pending)
     if failed:
