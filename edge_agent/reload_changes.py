@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from edge_agent.config import AgentConfig, PipelineConfig
 
-RESTART_ONLY = ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics")
+# fleet: its groups are subscriptions, enabled starts the deploy agent, its keys are read once at start.
+RESTART_ONLY = ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics", "fleet")
 PIPELINE_RESTARTED = ("source", "window", "evidence")  # a reload stops the pipeline and starts it again
 
 

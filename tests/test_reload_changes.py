@@ -39,8 +39,9 @@ def test_restart_only_changes_are_named() -> None:
         c["pipelines"][0]["source"]["fps"] = 5  # restarts that pipeline: applied, not named
         c["pipelines"].append({**c["pipelines"][0], "name": "yard"})  # started: applied
         c["homeassistant"] = {"discovery": True}
+        c["fleet"] = {"groups": ["lobby"]}  # a device added to a group must not wait in silence
 
-    assert changed(edit) == ["mqtt", "homeassistant.discovery"]
+    assert changed(edit) == ["mqtt", "fleet", "homeassistant.discovery"]
 
 
 def test_a_pipeline_is_restarted_for_its_source_window_or_evidence() -> None:
