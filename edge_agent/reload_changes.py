@@ -8,6 +8,8 @@ from edge_agent.config import AgentConfig, PipelineConfig
 
 # fleet: its groups are subscriptions, enabled starts the deploy agent, its keys are read once at start.
 RESTART_ONLY = ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics", "fleet")
+# homeassistant: all but discovery and prefix (named by restart_only_changes)
+APPLIED_LIVE = ("pipelines", "drain_timeout_s", "watchdog", "homeassistant")
 PIPELINE_RESTARTED = ("source", "window", "evidence")  # a reload stops the pipeline and starts it again
 
 

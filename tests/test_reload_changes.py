@@ -8,8 +8,13 @@ from typing import Any
 
 import yaml
 
-from edge_agent.config import parse_config
-from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
+from edge_agent.config import AgentConfig, parse_config
+from edge_agent.reload_changes import (
+    APPLIED_LIVE,
+    RESTART_ONLY,
+    pipeline_restart_reasons,
+    restart_only_changes,
+)
 from tests.test_config import GOOD
 
 
@@ -54,3 +59,9 @@ def test_a_pipeline_is_restarted_for_its_source_window_or_evidence() -> None:
     assert pipeline_restart_reasons(old.pipelines[0], new.pipelines[0]) == ["source"]
     assert pipeline_restart_reasons(old.pipelines[1], new.pipelines[1]) == ["window"]
     assert pipeline_restart_reasons(old.pipelines[1], old.pipelines[1]) == []
+
+
+def test_every_section_is_either_applied_or_named() -> None:
+    """A new section of the config must be sorted into one of the two, or a reload ignores it in silence
+    (as it did with fleet:)."""
+    assert sorted(AgentConfig.model_fields) == sorted(APPLIED_LIVE + RESTART_ONLY)
