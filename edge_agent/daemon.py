@@ -107,6 +107,13 @@ class Daemon:
         self._status_sent = -float("inf")
         self._stall_logged: set[str] = set()
         self.watchdog = Watchdog(self.notifier.watchdog_interval_s if cfg.watchdog.enabled else None)
+        if not cfg.watchdog.enabled and self.notifier.watchdog_interval_s is not None:
+            log.warning(
+                "watchdog.enabled is false, but systemd expects a ping every %.0f s (WatchdogSec=) and will "
+                "stop the daemon as hung without one: set watchdog.enabled: true, or WatchdogSec=0 with "
+                "systemctl edit edge-agent",
+                2 * self.notifier.watchdog_interval_s,
+            )
         self.loader = ModelLoader(self._inference_cpus)  # start, reload and fleet deployments use it
 
     @property

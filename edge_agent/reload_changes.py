@@ -8,7 +8,7 @@ from edge_agent.config import AgentConfig, PipelineConfig
 
 # fleet: its groups are subscriptions, enabled starts the deploy agent, its keys are read once at start.
 RESTART_ONLY = ("device_id", "mqtt", "state_dir", "outbox", "log_level", "cpu_pinning", "metrics", "fleet")
-# homeassistant: all but discovery and prefix (named by restart_only_changes)
+# homeassistant: all but discovery and prefix, watchdog: all but enabled (named by restart_only_changes)
 APPLIED_LIVE = ("pipelines", "drain_timeout_s", "watchdog", "homeassistant")
 PIPELINE_RESTARTED = ("source", "window", "evidence")  # a reload stops the pipeline and starts it again
 
@@ -22,6 +22,8 @@ def restart_only_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
         for k in ("discovery", "prefix")
         if getattr(old.homeassistant, k) != getattr(new.homeassistant, k)
     ]
+    if old.watchdog.enabled != new.watchdog.enabled:  # stall_after_s is live; the pings are set at start
+        changed.append("watchdog.enabled")
     return changed
 
 

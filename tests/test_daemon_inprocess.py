@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,23 @@ def test_a_start_that_fails_half_way_closes_what_it_made(
         daemon.run()
     assert closed == ["source", "source", "model", "model"]
     assert daemon.pipelines == []  # never made: nothing half-started is left for the stats or /metrics
+
+
+def test_watchdog_off_under_a_unit_that_expects_pings_is_said(
+    tmp_path: Path, regression_int8, caplog: pytest.LogCaptureFixture
+) -> None:
+    """systemd kills a daemon that does not ping (WatchdogSec=60 in the shipped unit): with
+    watchdog.enabled false that would be a restart every minute with nothing in the log but systemd's."""
+    source = {"type": "file", "path": str(csv_file(tmp_path / "s.csv", SAMPLES)), "fields": ["a", "b", "c"]}
+    doc = config(
+        tmp_path, SimpleNamespace(host="127.0.0.1", port=1), regression_int8.path, source
+    )  # never run
+    for enabled, usec in ((False, "60000000"), (True, "60000000"), (False, None)):
+        caplog.clear()
+        env = {"WATCHDOG_USEC": usec} if usec else {}
+        Daemon(parse_config({**doc, "watchdog": {"enabled": enabled}}), notifier=Notifier(env))
+        said = "systemd expects a ping every 60 s (WatchdogSec=)" in caplog.text
+        assert said == (not enabled and usec is not None), (enabled, usec, caplog.text)
 
 
 @contextmanager

@@ -45,8 +45,9 @@ def test_restart_only_changes_are_named() -> None:
         c["pipelines"].append({**c["pipelines"][0], "name": "yard"})  # started: applied
         c["homeassistant"] = {"discovery": True}
         c["fleet"] = {"groups": ["lobby"]}  # a device added to a group must not wait in silence
+        c["watchdog"] = {"enabled": False, "stall_after_s": 5}  # the stall time is applied
 
-    assert changed(edit) == ["mqtt", "fleet", "homeassistant.discovery"]
+    assert changed(edit) == ["mqtt", "fleet", "homeassistant.discovery", "watchdog.enabled"]
 
 
 def test_a_pipeline_is_restarted_for_its_source_window_or_evidence() -> None:
