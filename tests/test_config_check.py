@@ -264,3 +264,44 @@ def test_check_says_whether_remote_deployment_is_on(tmp_path: Path) -> None:
     assert proc.returncode == ConfigError.exit_code
     assert "fleet.groups" in proc.stderr
     assert "fleet.watch: unknown key; did you mean 'watch_s'?" in proc.stderr
+
+
+def test_check_loads_the_tls_files_as_the_start_does(tmp_path: Path) -> None:
+    """A CA file that is not a certificate, or a client key that does not match its certificate, passed
+    `check` and stopped `run` (exit 2): check now loads them as the MQTT client does."""
+    from tests.fixtures.broker import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    other = make_tls_files(tmp_path / "other")
+    (tmp_path / "s.csv").write_text("1,2,3\n")
+    (tmp_path / "m.tflite").write_bytes(b"")  # --no-models: only that it is there
+    cfg = {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [{"name": "s", "source": {"type": "file", "path": str(tmp_path / "s.csv")},
+                       "window": {"size": 2, "hop": 2}, "model": {"path": "m.tflite"}}],
+    }  # fmt: skip
+    cases = {
+        "good": (
+            {"ca_file": str(tls.ca_cert), "cert_file": str(tls.client_cert), "key_file": str(tls.client_key)},
+            None,
+        ),
+        "not a certificate": ({"ca_file": str(tmp_path / "s.csv")}, "NO_CERTIFICATE_OR_CRL_FOUND"),
+        "another's key": (
+            {
+                "ca_file": str(tls.ca_cert),
+                "cert_file": str(tls.client_cert),
+                "key_file": str(other.client_key),
+            },
+            "KEY_VALUES_MISMATCH",
+        ),
+    }
+    for name, (files, says) in cases.items():
+        cfg["mqtt"]["tls"] = files
+        proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+        if says is None:
+            assert proc.returncode == 0, (name, proc.stderr)
+        else:
+            assert proc.returncode == ConfigError.exit_code, (name, proc.stdout)
+            assert "mqtt.tls: cannot load the TLS files" in proc.stderr and says in proc.stderr, proc.stderr

@@ -102,14 +102,34 @@ def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt", unit: Path | N
 
 
 def tls_file_problems(tls: TlsConfig | None, field_prefix: str = "mqtt") -> list[str]:
-    """One line per TLS file the config names that is not there."""
+    """One line per TLS file the config names that is not there, else one if they do not load as paho's
+    ``tls_set`` loads them (not PEM, a key that does not match its certificate): ``check`` asks this, so it
+    says what the start would stop on."""
     if tls is None:
         return []
-    return [
+    missing = [
         f"{field_prefix}.tls.{name}: {path} does not exist; fix the path or copy the file there"
         for name in ("ca_file", "cert_file", "key_file")
         if (path := getattr(tls, name)) is not None and not Path(path).is_file()
     ]
+    if missing:
+        return missing
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if tls.cert_file:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        if tls.ca_file:
+            context.load_verify_locations(str(tls.ca_file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return [_tls_load_error(tls, field_prefix, exc)]
+    return []
+
+
+def _tls_load_error(tls: TlsConfig, field_prefix: str, exc: Exception) -> str:
+    return (
+        f"{field_prefix}.tls: cannot load the TLS files (ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
+        f"key_file={tls.key_file}): {exc}; they must be PEM and the key must match the certificate"
+    )
 
 
 def credentials_hint(cfg: MqttConfig) -> str:
@@ -166,11 +186,7 @@ def _configure_tls(client: Any, tls: TlsConfig, field_prefix: str) -> None:
             cert_reqs=ssl.CERT_REQUIRED,
         )
     except (ssl.SSLError, OSError, ValueError) as exc:
-        raise ConfigError(
-            f"{field_prefix}.tls: cannot load the TLS files (ca_file={tls.ca_file}, "
-            f"cert_file={tls.cert_file}, key_file={tls.key_file}): {exc}; "
-            "they must be PEM and the key must match the certificate"
-        ) from exc
+        raise ConfigError(_tls_load_error(tls, field_prefix, exc)) from exc
     if tls.insecure:
         client.tls_insecure_set(True)
 
