@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from edge_agent.errors import ConfigError, ModelError, SourceError
+from tests.test_pipeline_sensors import make_iio_device
 
 
 def edge_agent(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -186,7 +187,9 @@ def test_window_that_does_not_fit_the_model_is_refused_by_check_and_run(
     tmp_path: Path, regression_int8
 ) -> None:
     """regression_int8 takes 6 values: 3 IIO channels need windows of 2 samples, not 4."""
-    iio = {"type": "iio", "device": "iio:device0", "channels": ["x", "y", "z"], "sysfs_root": str(tmp_path)}
+    make_iio_device(tmp_path / "sys", [1, 2, 3], 0.01)
+    channels = ["accel_x", "accel_y", "accel_z"]
+    iio = {"type": "iio", "device": "adxl345", "channels": channels, "sysfs_root": str(tmp_path / "sys")}
     config = write(tmp_path, _sensor(regression_int8.path, iio, 4))
     checked = edge_agent("check", str(config), cwd=tmp_path)
     assert checked.returncode == ModelError.exit_code, checked.stdout + checked.stderr
@@ -305,3 +308,39 @@ def test_check_loads_the_tls_files_as_the_start_does(tmp_path: Path) -> None:
         else:
             assert proc.returncode == ConfigError.exit_code, (name, proc.stdout)
             assert "mqtt.tls: cannot load the TLS files" in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_check_asks_each_sensor_source_what_its_start_asks(tmp_path: Path) -> None:
+    """An IIO device or channel, or a command's program, that is not there passed check and stopped run
+    (exit 5); check now makes the start's own checks (nothing is opened, no thread started)."""
+    make_iio_device(tmp_path / "sys", [1, 2, 3], 0.01)
+    (tmp_path / "m.tflite").write_bytes(b"")  # --no-models: only that it is there
+    sys_root = str(tmp_path / "sys")
+    sources = [
+        {"type": "iio", "device": "bme280", "channels": ["accel_x"], "sysfs_root": sys_root},
+        {"type": "iio", "device": "adxl345", "channels": ["accel_x", "anglvel_z"], "sysfs_root": sys_root},
+        {"type": "command", "argv": ["no-such-sensor-tool", "--json"]},
+        {
+            "type": "iio",
+            "device": "adxl345",
+            "channels": ["accel_x", "accel_y", "accel_z"],
+            "sysfs_root": sys_root,
+        },
+    ]
+    cfg = {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [
+            {"name": f"s{i}", "source": s, "window": {"size": 2, "hop": 2}, "model": {"path": "m.tflite"}}
+            for i, s in enumerate(sources)
+        ],
+    }
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code, proc.stdout + proc.stderr
+    assert "3 config problem(s)" in proc.stderr, proc.stderr
+    assert "pipelines[0].source: iio device: no IIO device called 'bme280'" in proc.stderr
+    assert "found: iio:device0 (adxl345)" in proc.stderr
+    assert "pipelines[1].source: iio channels:" in proc.stderr and "no channel 'anglvel_z'" in proc.stderr
+    assert "pipelines[2].source: command argv: program 'no-such-sensor-tool' was not found" in proc.stderr
+    assert "pipelines[3]" not in proc.stderr

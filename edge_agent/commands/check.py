@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import ConfigError, DependencyError, ModelError
+from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceError
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig
@@ -32,8 +32,16 @@ def _source_summary(p: PipelineConfig) -> str:
     return f"file {s.path}"
 
 
+# Sensor sources whose start refuses what no retry fixes (a file, a program, an IIO device or channel that is
+# not there); a serial port may come later (the source retries), and a camera is retried too.
+PREFLIGHT_SOURCES = ("file", "command", "iio")
+
+
 def environment_problems(cfg: AgentConfig) -> list[str]:
-    """Files the config names that are not there (no device is opened, nothing is started)."""
+    """Files, programs and devices the config names that are not there, by the checks the start makes (no
+    device is opened, nothing is started)."""
+    from edge_agent.sources import create_source
+
     problems: list[str] = []
     try:
         resolve_password(cfg.mqtt)
@@ -45,8 +53,11 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
         if isinstance(s, CameraSourceConfig) and isinstance(s.url, str) and Path(s.url).is_absolute():
             if not s.url.startswith("/dev/") and not Path(s.url).is_file():
                 problems.append(f"pipelines[{i}].source.url: video file {s.url} does not exist")
-        elif s.type == "file" and s.path != "-" and not s.follow and not Path(s.path).is_file():
-            problems.append(f"pipelines[{i}].source.path: {s.path} does not exist")
+        elif s.type in PREFLIGHT_SOURCES:
+            try:
+                create_source(s, p.window).preflight()
+            except SourceError as exc:
+                problems.append(f"pipelines[{i}].source: {exc}")
     return problems
 
 

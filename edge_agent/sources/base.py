@@ -131,6 +131,11 @@ class Source(ABC):
         self.min_size = min_size
         self.gate = gate
 
+    def preflight(self) -> None:
+        """Raise SourceError for what the start would refuse and no retry fixes; nothing is opened. Sources
+        that retry everything (a camera, a serial port) have nothing to say here."""
+        return None
+
     @abstractmethod
     def start(self, stop: threading.Event) -> None: ...
 

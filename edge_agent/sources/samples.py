@@ -65,6 +65,11 @@ class SampleSource(Interruptible, Source):
 
     # -- Source interface -------------------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """The start's fatal checks alone (``_check``: nothing read yet, no thread): ``edge-agent check``
+        asks them, so it says what the start would stop on."""
+        self._check()
+
     def start(self, stop: threading.Event) -> None:
         self._stop = stop
         self._check()
