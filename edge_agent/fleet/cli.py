@@ -187,14 +187,7 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
     signing_key = _signing_key(key)
     with connect() as client:
         view = d.start_view(client, prefix)
-        canaries: list[str] = []
-        if canary:
-            online = [m for m in view.members(group) if view.devices[m].online is not False]  # type: ignore[arg-type]
-            if len(online) < canary:
-                raise FleetFailure(
-                    f"--canary {canary}: group {group!r} has {len(online)} online device(s) ({online})"
-                )
-            canaries = online[:canary]
+        canaries = _canaries(view, group, canary) if canary else []  # before anything is published
         if url is None:
             client.publish(model_topic(prefix, files.sha256), files.data, retain=True)
             click.echo(
@@ -233,6 +226,14 @@ def deploy(connect: Connect, model: Path, pipeline: str, device: tuple[str, ...]
             raise FleetFailure("deployment failed on " + _describe(failed))
         cleared = d.clear_unreferenced_models(client, prefix, frozenset({files.sha256}))
     click.echo(f"done; cleared {len(cleared)} unreferenced retained model(s)")
+
+
+def _canaries(view: Any, group: str | None, count: int) -> list[str]:
+    views = view.snapshot()
+    online = [m for m in view.members(group) if views[m].online is not False]
+    if len(online) < count:
+        raise FleetFailure(f"--canary {count}: group {group!r} has {len(online)} online device(s) ({online})")
+    return online[:count]
 
 
 def _followed(view: Any, kind: str, name: str) -> list[str]:
