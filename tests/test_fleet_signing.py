@@ -38,6 +38,9 @@ def test_keygen_modes_and_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="refusing to overwrite"):
         generate_keypair(keydir)
     assert private.read_bytes() == before
+    (tmp_path / "a-file").write_text("x")  # a folder that cannot be made: one line naming it, no traceback
+    with pytest.raises(ConfigError, match=r"^\S*a-file: cannot create the key \(File exists\); give a new"):
+        generate_keypair(tmp_path / "a-file")
 
 
 def test_sign_verify_round_trip_and_tamper(tmp_path: Path) -> None:
