@@ -512,3 +512,48 @@ def test_a_download_that_trickles_gives_up_at_fetch_timeout_and_stops_at_once(en
         assert pending["deployment"]["number"] == 311 and pending["stopped"] is True
     finally:
         server.shutdown()
+
+
+def test_a_stop_while_the_server_sends_nothing_ends_the_download_at_once(env: dict[str, Any]) -> None:
+    """A server that sent the headers and a few bytes, then nothing (a dead link that no reset reached): a
+    stop is not held by the read waiting for its 30 s socket timeout (the daemon's join gave up after 5 s,
+    and the fetch counted as an attempt, as after a crash); the deployment stays pending, marked stopped."""
+    import http.server
+    import threading
+
+    files = read_model(make_model(env["tmp"] / "ws", "stalled", b"GOOD"))
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(files.data)))
+            self.end_headers()
+            self.wfile.write(files.data[:16])
+            self.wfile.flush()
+            release.wait(60)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/stalled.tflite"
+    try:
+        agent, _, client = start(env, fetch_timeout_s=60)
+        dep = build_deployment(files, number=320, target=("device", "cam-01"), pipeline="cam",
+                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
+        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        wait_state(env, "cam-01", lambda s: s["number"] == 320 and s["state"] == "fetching")
+        time.sleep(0.5)  # inside the read that waits for bytes
+        began = time.monotonic()
+        agent.stop()
+        assert time.monotonic() - began < 2.0  # the join's own limit is 5 s
+        client.close()
+        pending = ModelStore(env["tmp"] / "cam-01").entry("cam")["pending"]
+        assert pending["deployment"]["number"] == 320 and pending["stopped"] is True
+        assert pending["attempts"] == 0
+    finally:
+        release.set()
+        server.shutdown()
