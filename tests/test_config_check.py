@@ -71,7 +71,9 @@ def test_check_missing_files_exit_2(tmp_path: Path, color_int8) -> None:
     cfg["mqtt"] |= {"username": "u", "password_file": "missing-password"}
     proc = edge_agent("check", str(write(tmp_path, cfg)), cwd=tmp_path)
     assert proc.returncode == ConfigError.exit_code
-    assert f"pipelines[0].source.url: video file {tmp_path / 'nope.mp4'} does not exist" in proc.stderr
+    assert (
+        f"pipelines[0].source: camera url: video file {tmp_path / 'nope.mp4'} does not exist" in proc.stderr
+    )
     assert "mqtt.password_file" in proc.stderr and "missing-password does not exist" in proc.stderr
 
 
@@ -344,3 +346,43 @@ def test_check_asks_each_sensor_source_what_its_start_asks(tmp_path: Path) -> No
     assert "pipelines[1].source: iio channels:" in proc.stderr and "no channel 'anglvel_z'" in proc.stderr
     assert "pipelines[2].source: command argv: program 'no-such-sensor-tool' was not found" in proc.stderr
     assert "pipelines[3]" not in proc.stderr
+
+
+def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video: Path) -> None:
+    """A video file that is there but does not decode (cut short before its first frame, not a video at all)
+    passed check and stopped run (exit 5, no restart fixes it): check now opens it and decodes its first
+    frame, as the start does. A folder is named as one; a camera device or stream is left to its retries."""
+    (tmp_path / "m.tflite").write_bytes(b"")  # --no-models: only that it is there
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    (tmp_path / "clips").mkdir()
+    urls = [
+        "notes.mp4",
+        "clips",
+        f"file://{test_video}",
+        str(test_video),
+        "/dev/video97",
+        "rtsp://127.0.0.1:1/x",
+    ]
+    cfg = {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [
+            {"name": f"c{i}", "source": {"type": "camera", "url": url}, "model": {"path": "m.tflite"}}
+            for i, url in enumerate(urls)
+        ],
+    }
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == ConfigError.exit_code, proc.stdout + proc.stderr
+    assert "2 config problem(s)" in proc.stderr, proc.stderr
+    notes = tmp_path / "notes.mp4"
+    assert (
+        f"pipelines[0].source: camera url: cannot decode video file {notes}: check that it plays"
+        in proc.stderr
+    )
+    assert f"pipelines[1].source: camera url: video file {tmp_path / 'clips'} is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    del cfg["pipelines"][:2]
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"c2: camera {test_video} ->" in proc.stdout  # a file URL is the file

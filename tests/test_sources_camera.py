@@ -52,6 +52,16 @@ def test_kind_of_url() -> None:
     assert camera_kind("recordings/door.mp4") == "file"
 
 
+def test_a_file_url_is_a_video_file() -> None:
+    """``file:///clips/door.mp4`` went to FFmpeg as a stream: at its end it was reconnected to forever, the
+    replay never finished. It is the file's path; a file URL naming another host is refused."""
+    assert CameraSourceConfig(url="file:///clips/door%20one.mp4").url == "/clips/door one.mp4"
+    assert CameraSourceConfig(url="FILE://localhost/clips/door.mp4").url == "/clips/door.mp4"
+    for url in ("file://nas/clips/door.mp4", "file://"):
+        with pytest.raises(ValueError, match="a file URL names a local file"):
+            CameraSourceConfig(url=url)
+
+
 def test_file_delivers_every_frame_in_order_then_finishes(open_source, test_video: Path) -> None:
     source = open_source(str(test_video))
     frames = []

@@ -16,7 +16,7 @@ from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceError
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
-from edge_agent.sources.camera import CameraSourceConfig
+from edge_agent.sources.camera import CameraSourceConfig, camera_kind
 
 
 def _source_summary(p: PipelineConfig) -> str:
@@ -32,9 +32,10 @@ def _source_summary(p: PipelineConfig) -> str:
     return f"file {s.path}"
 
 
-# Sensor sources whose start refuses what no retry fixes (a file, a program, an IIO device or channel that is
-# not there); a serial port may come later (the source retries), and a camera is retried too.
-PREFLIGHT_SOURCES = ("file", "command", "iio")
+# Sources whose start refuses what no retry fixes (a video or sample file, a program, an IIO device or
+# channel that is not there); a serial port may come later (the source retries), and a camera device or a
+# stream is retried too (their preflight passes).
+PREFLIGHT_SOURCES = ("camera", "file", "command", "iio")
 
 
 def environment_problems(cfg: AgentConfig) -> list[str]:
@@ -50,14 +51,15 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     problems += tls_file_problems(cfg.mqtt.tls)
     for i, p in enumerate(cfg.pipelines):
         s = p.source
-        if isinstance(s, CameraSourceConfig) and isinstance(s.url, str) and Path(s.url).is_absolute():
-            if not s.url.startswith("/dev/") and not Path(s.url).is_file():
-                problems.append(f"pipelines[{i}].source.url: video file {s.url} does not exist")
-        elif s.type in PREFLIGHT_SOURCES:
-            try:
-                create_source(s, p.window).preflight()
-            except SourceError as exc:
-                problems.append(f"pipelines[{i}].source: {exc}")
+        if s.type not in PREFLIGHT_SOURCES:
+            continue
+        try:
+            create_source(s, p.window).preflight()
+        except SourceError as exc:
+            problems.append(f"pipelines[{i}].source: {exc}")
+        except DependencyError:  # no OpenCV (missing_packages names it): only whether a video file is there
+            if camera_kind(s.url) == "file" and not Path(str(s.url)).is_file():
+                problems.append(f"pipelines[{i}].source: camera url: video file {s.url} does not exist")
     return problems
 
 

@@ -28,6 +28,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,17 @@ class CameraSourceConfig(SourceConfigBase):
         default=0.5, gt=0, description="First reconnect delay; doubles each failure."
     )
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+
+    @field_validator("url")
+    @classmethod
+    def _file_url(cls, value: str | int) -> str | int:
+        """``file:///clips/door.mp4`` is a video file (a replay that ends), not a stream to reconnect to."""
+        if isinstance(value, str) and value[:7].lower() == "file://":
+            parts = urllib.parse.urlsplit(value)
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise ValueError("a file URL names a local file: file:///path/to/video.mp4")
+            return urllib.parse.unquote(parts.path)
+        return value
 
     @field_validator("pixel_format")
     @classmethod
@@ -200,6 +212,13 @@ class CameraSource(Interruptible, Source):
         self._warn = RateLimitedWarning(log)
 
     # -- Source interface -------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """A video file that is not there or does not decode stops the start (exit 5), and no restart fixes
+        it: opened and its first frame decoded as the start does, then released. Devices and streams are
+        retried (a USB camera plugged in late: systemd restarts the daemon), so they pass."""
+        if self.kind == "file":
+            self._open_file_checked()[0].release()
 
     def start(self, stop: threading.Event) -> None:
         self._stop = stop
