@@ -109,6 +109,40 @@ def test_announced_again_on_home_assistant_birth_and_after_a_broker_restart(
     watch.check()
 
 
+def test_a_flood_of_births_is_answered_once_a_second_not_once_each(
+    tmp_path: Path, mosquitto, subscriber, models
+) -> None:
+    """Anyone who can write homeassistant/status (or a client repeating its birth) made the device publish
+    every entity's retained config once per ``online``: 2,000 births, 18,000 configs. Births are coalesced;
+    the last one is still answered."""
+    import time
+
+    broker = mosquitto()
+    config = ha_config(tmp_path / "config.yaml", broker, models, ["front.door"])
+    want = config_topics(["front.door"])
+    label = f"{PREFIX}/sensor/{NODE}/front_door_label/config"
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        watch = subscriber(broker, f"{PREFIX}/#")
+        agent.expect(watch, has_all(want), timeout=60)
+        flooder = broker.client("flooder")
+        flooder.connect(broker.host, broker.port)
+        flooder.loop_start()
+        began = time.monotonic()
+        seen = len(watch.snapshot())
+        for _ in range(500):
+            last = flooder.publish(f"{PREFIX}/status", b"online", qos=1)
+        last.wait_for_publish(10)
+        flooded_s = time.monotonic() - began
+        agent.wait_log("Home Assistant (re)started: announcing again (for ")
+        time.sleep(2.5)  # the announcement for the last births, if one is due, is out by now
+        flooder.loop_stop()
+        flooder.disconnect()
+        labels = sum(t == label and p != b"" for t, p, _ in watch.snapshot()[seen:])
+        assert 1 <= labels <= flooded_s + 3, (labels, flooded_s)
+        assert agent.stop() == 0, agent.log()
+
+
 def test_a_pipeline_that_leaves_the_config_loses_its_entities(
     tmp_path: Path, mosquitto, subscriber, privacy, models
 ) -> None:

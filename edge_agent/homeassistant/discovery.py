@@ -10,7 +10,10 @@ config). Any config there that is not in the current set gets an empty retained 
 entity in Home Assistant: a pipeline that left the config, a detection class no longer chosen.
 
 Inbound is bounded like every other subscription (``MqttConnection.subscribe``): the birth message to 64
-bytes, a config to 16 KiB; their content is never used beyond "is it ``online``" and "is it empty".
+bytes, a config to 16 KiB; their content is never used beyond "is it ``online``" and "is it empty". Births
+are coalesced: the first one schedules an announcement ``BIRTH_COALESCE_S`` later, and the births before it
+goes out share it, so a flood of ``online`` (a client that repeats it, anyone who can write the topic) costs
+at most one announcement a second instead of one per message (2,000 births made 18,000 retained configs).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 BIRTH_MAX_BYTES = 64
 CONFIG_MAX_BYTES = 16 * 1024  # ours are ~1 KB; anything far larger under our node is not ours to read
 SWAP_WAIT_S = 30.0  # a reload announces once the new models run (or after this long)
+BIRTH_COALESCE_S = 1.0  # births within this long of the first one get one announcement
 
 
 class Discovery:
@@ -60,6 +64,8 @@ class Discovery:
         self._announced = False  # before the first announcement nothing is stale: the set is not known yet
         self.configured: set[str] | None = None  # pipelines in the config file (None: every running one)
         self.announcements = 0
+        self._birth_pending = False  # an announcement for a birth is scheduled
+        self._births_coalesced = 0  # births served by the announcement already scheduled
 
     def start(self) -> None:
         """Subscribe and announce (now if connected, else at connect). Call once the pipelines exist: an
@@ -110,9 +116,24 @@ class Discovery:
 
     # -- inbound (paho's network thread) -------------------------------------------------------------------
     def _on_birth(self, msg: InboundMessage) -> None:
-        if msg.payload == b"online" and not msg.retain:  # a retained one is an old birth, seen at subscribe
-            log.info("Home Assistant (re)started: announcing again")
-            self.announce()
+        if msg.payload != b"online" or msg.retain:  # a retained one is an old birth, seen at subscribe
+            return
+        with self._lock:
+            if self._birth_pending:
+                self._births_coalesced += 1
+                return
+            self._birth_pending = True
+        timer = threading.Timer(BIRTH_COALESCE_S, self._announce_for_birth)
+        timer.name, timer.daemon = "ha-birth", True
+        timer.start()
+
+    def _announce_for_birth(self) -> None:
+        with self._lock:
+            self._birth_pending, more = False, self._births_coalesced
+            self._births_coalesced = 0
+        births = f" (for {more + 1} births)" if more else ""
+        log.info("Home Assistant (re)started: announcing again%s", births)
+        self.announce()
 
     def _on_own_config(self, msg: InboundMessage) -> None:
         with self._lock:
