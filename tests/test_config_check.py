@@ -361,7 +361,7 @@ def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video
         f"file://{test_video}",
         str(test_video),
         "/dev/video97",
-        "rtsp://127.0.0.1:1/x",
+        "rtsp://op:s3cret@127.0.0.1:1/x",
     ]
     cfg = {
         "device_id": "checkdev",
@@ -386,3 +386,4 @@ def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video
     proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"c2: camera {test_video} ->" in proc.stdout  # a file URL is the file
+    assert "c5: camera rtsp://op:***@127.0.0.1:1/x ->" in proc.stdout and "s3cret" not in proc.stdout

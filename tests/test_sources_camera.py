@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import ConfigError, SourceError
-from edge_agent.sources.camera import CameraSource, CameraSourceConfig, _Attempt, camera_kind, jpeg_scale
+from edge_agent.sources.camera import (
+    CameraSource,
+    CameraSourceConfig,
+    _Attempt,
+    camera_kind,
+    jpeg_scale,
+    shown_url,
+)
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.sources import read_frames
@@ -60,6 +67,35 @@ def test_a_file_url_is_a_video_file() -> None:
     for url in ("file://nas/clips/door.mp4", "file://"):
         with pytest.raises(ValueError, match="a file URL names a local file"):
             CameraSourceConfig(url=url)
+
+
+def test_a_password_in_the_url_is_never_logged(open_source, caplog) -> None:
+    """IP cameras take their login in the URL (rtsp://admin:secret@...): the journal is readable by more
+    people than the 0600 config, so logs show the password as ***, in the userinfo and in the query."""
+    assert (
+        shown_url("rtsp://admin:s3cret@192.168.1.20:554/stream1")
+        == "rtsp://admin:***@192.168.1.20:554/stream1"
+    )
+    assert shown_url("rtsp://admin:p@ss@cam/live") == "rtsp://admin:***@cam/live"  # up to the last '@'
+    assert (
+        shown_url("http://cam/video.cgi?user=admin&PWD=s3cret&res=1")
+        == "http://cam/video.cgi?user=admin&PWD=***&res=1"
+    )
+    assert shown_url("http://cam/live?token=abc#t") == "http://cam/live?token=***#t"
+    for plain in (
+        "rtsp://cam/a@b",
+        "rtsp://admin@cam/x",
+        "rtsp://cam:554/x",
+        "clips/a:b@c.mp4",
+        "/dev/video0",
+        0,
+    ):
+        assert shown_url(plain) == str(plain)
+    with caplog.at_level(logging.INFO, logger="edge_agent.sources.camera"):
+        open_source("rtsp://admin:s3cret@127.0.0.1:1/stream?pwd=s3cret", **FAST)
+        wait_until(lambda: "cannot open" in caplog.text)
+    assert "rtsp://admin:***@127.0.0.1:1/stream?pwd=***: cannot open" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 def test_file_delivers_every_frame_in_order_then_finishes(open_source, test_video: Path) -> None:

@@ -16,13 +16,13 @@ from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceError
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
-from edge_agent.sources.camera import CameraSourceConfig, camera_kind
+from edge_agent.sources.camera import CameraSourceConfig, camera_kind, shown_url
 
 
 def _source_summary(p: PipelineConfig) -> str:
     s = p.source
     if isinstance(s, CameraSourceConfig):
-        return f"camera {s.url}" + (f" @{s.fps:g} fps" if s.fps else "")
+        return f"camera {shown_url(s.url)}" + (f" @{s.fps:g} fps" if s.fps else "")
     if s.type == "iio":
         return f"iio {s.device} {','.join(s.channels)} @{s.rate_hz:g} Hz"
     if s.type == "serial":

@@ -49,7 +49,7 @@ from edge_agent.sources.base import (
 )
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
 
-__all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "fourcc_text", "jpeg_scale"]
+__all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "fourcc_text", "jpeg_scale", "shown_url"]
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class CameraSourceConfig(SourceConfigBase):
     def _pixel_format_for_devices(self) -> CameraSourceConfig:
         if self.pixel_format is not None and camera_kind(self.url) != "device":
             raise ValueError(
-                f"pixel_format applies to camera devices (/dev/video*), not to {self.url}: remove it "
-                "(a file or stream's codec is what it is)"
+                f"pixel_format applies to camera devices (/dev/video*), not to {shown_url(self.url)}: "
+                "remove it (a file or stream's codec is what it is)"
             )
         return self
 
@@ -161,6 +161,24 @@ def camera_kind(url: str | int) -> CameraKind:
     return "file"
 
 
+# rtsp://user:secret@host/...: the password (up to the last '@' before the path) -> ***
+_URL_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/]*@")
+# ...?user=admin&pwd=secret (cameras that take their login in the query)
+_QUERY_SECRET = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|key|auth|secret)=)[^&;#]*", re.IGNORECASE
+)
+
+
+def shown_url(url: str | int) -> str:
+    """The camera URL as logs and ``check`` show it: a password in it (``rtsp://admin:secret@...``, or a
+    ``password=``/``pwd=``/``token=`` query value) becomes ``***``. IP cameras take their login in the URL,
+    and the journal is readable by more people than the config (0600 is the rule for it)."""
+    text = str(url)
+    if camera_kind(url) != "stream":
+        return text
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
+
+
 class _Attempt:
     """One connection: opened and read in its own thread; the supervisor watches ``progress``."""
 
@@ -186,7 +204,7 @@ class CameraSource(Interruptible, Source):
         self.cfg = cfg
         self.kind = camera_kind(cfg.url)
         self._cv2 = OPENCV.load()
-        self._label = str(cfg.url)
+        self._label = shown_url(cfg.url)
         # A file replay without an fps cap delivers every frame; everything else keeps only the newest.
         self._deliver_all = self.kind == "file" and cfg.fps is None
         self._cond = threading.Condition()
