@@ -387,3 +387,34 @@ def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"c2: camera {test_video} ->" in proc.stdout  # a file URL is the file
     assert "c5: camera rtsp://op:***@127.0.0.1:1/x ->" in proc.stdout and "s3cret" not in proc.stdout
+
+
+def test_check_reads_a_credential_as_the_service_would(tmp_path: Path, monkeypatch) -> None:
+    """The shipped setup (mqtt.password_credential, the unit's LoadCredential=) failed `edge-agent check` run
+    by hand, as the README's step 3 says, with "CREDENTIALS_DIRECTORY is not set": check now reads the file
+    the unit names, as `probe` does and as systemd will."""
+    from click.testing import CliRunner
+
+    from edge_agent.cli import cli
+    from edge_agent.commands import check
+
+    (tmp_path / "m.tflite").write_bytes(b"")  # --no-models: only that it is there
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(f"[Service]\nLoadCredential=mqtt-password:{secret}\n")
+    cfg = base(tmp_path / "m.tflite", "rtsp://127.0.0.1:1/x")
+    cfg["mqtt"] |= {"username": "edge-device", "password_credential": "mqtt-password"}
+    config = str(write(tmp_path, cfg))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(check, "DEFAULT_UNIT", unit)
+    result = CliRunner().invoke(cli, ["check", "--no-models", config])
+    assert result.exit_code == 0, result.output
+    unit.write_text(f"[Service]\nLoadCredential=mqtt-password:{tmp_path}\n")  # not readable as a file
+    result = CliRunner().invoke(cli, ["check", "--no-models", config])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert f"cannot read {tmp_path} (Is a directory), which LoadCredential=mqtt-password" in result.output
+    unit.write_text("[Service]\n")
+    result = CliRunner().invoke(cli, ["check", "--no-models", config])
+    assert isinstance(result.exception, ConfigError), result.output  # one line and exit 2 from run_cli
+    assert "mqtt.password_credential needs LoadCredential=mqtt-password" in result.output

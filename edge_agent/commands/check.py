@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from edge_agent.commands.probe_device import DEFAULT_UNIT
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceError
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
@@ -44,8 +45,8 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     from edge_agent.sources import create_source
 
     problems: list[str] = []
-    try:
-        resolve_password(cfg.mqtt)
+    try:  # outside the service, a credential is read from the file its unit's LoadCredential= names
+        resolve_password(cfg.mqtt, unit=DEFAULT_UNIT)
     except ConfigError as exc:
         problems.append(str(exc))
     problems += tls_file_problems(cfg.mqtt.tls)

@@ -56,7 +56,13 @@ def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt", unit: Path | N
                 f"credential {cred!r} is not in {unit} ({field_prefix}.password_credential needs "
                 f"LoadCredential={cred}:/path/to/password there)"
             )
-        cfg = cfg.model_copy(update={"password_credential": None, "password_file": path})
+        try:
+            return _first_line(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"{field_prefix}.password_credential: cannot read {path} ({exc.strerror}), which "
+                f"LoadCredential={cred} in {unit} names: systemd reads it as root, so check as root (sudo)"
+            ) from None
     if cfg.password_file is not None:
         path = Path(cfg.password_file)
         try:
