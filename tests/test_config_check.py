@@ -403,7 +403,11 @@ def test_check_reads_a_credential_as_the_service_would(tmp_path: Path, monkeypat
     secret.write_text("s3cret\n")
     unit = tmp_path / "edge-agent.service"
     unit.write_text(f"[Service]\nLoadCredential=mqtt-password:{secret}\n")
-    cfg = base(tmp_path / "m.tflite", "rtsp://127.0.0.1:1/x")
+    drop_in = tmp_path / "edge-agent.service.d" / "override.conf"  # what `systemctl edit` writes
+    drop_in.parent.mkdir()
+    drop_in.write_text(f"[Service]\nLoadCredential=door:{secret}\n")
+    cfg = base(tmp_path / "m.tflite", "rtsp://admin@127.0.0.1:1/x")
+    cfg["pipelines"][0]["source"]["password_credential"] = "door"  # a camera's login, the same way
     cfg["mqtt"] |= {"username": "edge-device", "password_credential": "mqtt-password"}
     config = str(write(tmp_path, cfg))
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
@@ -415,6 +419,8 @@ def test_check_reads_a_credential_as_the_service_would(tmp_path: Path, monkeypat
     assert isinstance(result.exception, ConfigError), result.output
     assert f"cannot read {tmp_path} (Is a directory), which LoadCredential=mqtt-password" in result.output
     unit.write_text("[Service]\n")
+    drop_in.unlink()
     result = CliRunner().invoke(cli, ["check", "--no-models", config])
     assert isinstance(result.exception, ConfigError), result.output  # one line and exit 2 from run_cli
     assert "mqtt.password_credential needs LoadCredential=mqtt-password" in result.output
+    assert "pipelines[0].source.password_credential needs LoadCredential=door" in result.output

@@ -26,7 +26,7 @@ from edge_agent.sources.camera import (
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
 from tests.fixtures.sources import read_frames
-from tests.fixtures.streams import decode_frame_number, render_test_video
+from tests.fixtures.streams import decode_frame_number, encode_frame_number, render_test_video
 from tests.fixtures.v4l2 import FakeV4l2
 from tests.waiting import WAIT_S, wait_until
 
@@ -96,6 +96,92 @@ def test_a_password_in_the_url_is_never_logged(open_source, caplog) -> None:
         wait_until(lambda: "cannot open" in caplog.text)
     assert "rtsp://admin:***@127.0.0.1:1/stream?pwd=***: cannot open" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+@pytest.fixture
+def mjpeg_login_server() -> Callable[[str], tuple[str, list[str]]]:
+    """Factory: an HTTP MJPEG camera (multipart/x-mixed-replace, frame i shows i) that wants HTTP Basic
+    ``login`` ("user:password"), as IP cameras do; returns its url and the logins it was offered."""
+    import base64
+    import http.server
+
+    import cv2
+
+    servers = []
+
+    def make(login: str) -> tuple[str, list[str]]:
+        offered: list[str] = []
+
+        class Camera(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                given = base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else None
+                if given is not None:
+                    offered.append(given)
+                if given != login:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for number in range(1000):
+                        jpeg = cv2.imencode(".jpg", encode_frame_number(number % 250))[1].tobytes()
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                        self.wfile.write(head.encode() + jpeg + b"\r\n")
+                        time.sleep(0.02)
+                except OSError:
+                    pass  # the reader went away
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/video.mjpg", offered
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_streams_password_comes_from_a_file_not_the_config(
+    open_source, mjpeg_login_server, tmp_path: Path, caplog
+) -> None:
+    """The config is world-readable (the service runs as a dynamic user), so a camera's login names its
+    password as the MQTT login does (password_file, password_env or password_credential): put into the url's
+    login when the camera is opened (percent-encoded, FFmpeg decodes it), never shown in the log."""
+    password = "p@ss/w:rd%"  # every character a URL treats specially
+    url, offered = mjpeg_login_server(f"admin:{password}")
+    secret = tmp_path / "door-password"
+    secret.write_text(password + "\n")
+    with_user = url.replace("http://", "http://admin@")
+    with caplog.at_level(logging.INFO, logger="edge_agent.sources.camera"):
+        source = open_source(with_user, password_file=str(secret), **FAST)
+        numbers = [decode_frame_number(frame.data) for frame in read_frames(source, 5)]
+    assert numbers == sorted(numbers) and offered[-1] == f"admin:{password}"
+    assert password not in caplog.text and "p%40ss" not in caplog.text
+    secret.write_text("wrong\n")  # a wrong password: refused by the camera, retried, the log says so
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="edge_agent.sources.camera"):
+        source = open_source(with_user, password_file=str(secret), **FAST)
+        assert source.read(timeout=2.0) is None
+    assert "admin:wrong" in offered and f"camera {with_user}: cannot open" in caplog.text
+    secret.unlink()
+    with pytest.raises(ConfigError, match=r"camera\.password_file: .* does not exist"):
+        open_source(with_user, password_file=str(secret), **FAST)
+    for url_, why in (
+        (url, "put the user name in the url"),
+        (url.replace("http://", "http://admin:x@"), "the url has a password already"),
+        ("/dev/video0", "put the user name in the url"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            CameraSourceConfig(url=url_, password_env="DOOR_PASSWORD")
 
 
 def test_file_delivers_every_frame_in_order_then_finishes(open_source, test_video: Path) -> None:

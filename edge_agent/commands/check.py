@@ -52,6 +52,11 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     problems += tls_file_problems(cfg.mqtt.tls)
     for i, p in enumerate(cfg.pipelines):
         s = p.source
+        if isinstance(s, CameraSourceConfig):
+            try:  # a stream's password, read as the service will (the unit's LoadCredential=)
+                s.url_with_password(f"pipelines[{i}].source", unit=DEFAULT_UNIT)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if s.type not in PREFLIGHT_SOURCES:
             continue
         try:

@@ -1,110 +1,28 @@
-"""Making a paho client: one ``build_client`` and one credential resolver for the daemon, probe, check, tests.
+"""Making a paho client: one ``build_client`` for the daemon, probe, check, tests.
 
 Everything that opens an MQTT connection goes through here, so they agree on the protocol version, the TLS
-file checks, where the password comes from and what a refusal means. paho is imported inside the functions:
+file checks, where the password comes from (``edge_agent.credentials``, re-exported here) and what a
+refusal means. paho is imported inside the functions:
 ``edge-agent check`` validates a config without loading it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
+from edge_agent.credentials import resolve_password, unit_credential
 from edge_agent.errors import ConfigError
 from edge_agent.publish.config import MqttConfig, TlsConfig
+
+__all__ = ["build_client", "resolve_password", "tls_file_problems", "unit_credential"]
 
 log = logging.getLogger(__name__)
 
 _RESOLVE: Any = object()  # build_client(password=...) default: resolve it from the config
-
-
-def _first_line(text: str) -> str:
-    lines = text.splitlines()
-    return lines[0].strip() if lines else ""
-
-
-def unit_credential(name: str, unit: Path) -> Path | None:
-    """Where a systemd unit loads credential ``name`` from (``LoadCredential=name:/path``); None if not."""
-    try:
-        lines = unit.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        key, _, value = line.partition("=")
-        cred, sep, path = value.partition(":")
-        if key.strip() == "LoadCredential" and sep and cred.strip() == name:
-            return Path(path.strip())
-    return None
-
-
-def resolve_password(cfg: MqttConfig, field_prefix: str = "mqtt", unit: Path | None = None) -> str | None:
-    """The broker password from password_file, password_env or password_credential; None when none is set.
-
-    ``unit``: outside the service (no ``CREDENTIALS_DIRECTORY``), read a credential from the file that this
-    systemd unit's ``LoadCredential=`` names, as the service would see it (``edge-agent probe`` does, as
-    root). Raises ConfigError naming the field when the file, variable or credential is missing.
-    """
-    cred = cfg.password_credential
-    if cred is not None and unit is not None and not os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = unit_credential(cred, unit)
-        if path is None:
-            raise ConfigError(
-                f"credential {cred!r} is not in {unit} ({field_prefix}.password_credential needs "
-                f"LoadCredential={cred}:/path/to/password there)"
-            )
-        try:
-            return _first_line(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(
-                f"{field_prefix}.password_credential: cannot read {path} ({exc.strerror}), which "
-                f"LoadCredential={cred} in {unit} names: systemd reads it as root, so check as root (sudo)"
-            ) from None
-    if cfg.password_file is not None:
-        path = Path(cfg.password_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{field_prefix}.password_file: {path} does not exist; create it with the broker password "
-                "on its first line (chmod 600), or fix the path"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"{field_prefix}.password_file: cannot read {path}: {exc.strerror}") from None
-        password = _first_line(text)
-        if not password:
-            raise ConfigError(
-                f"{field_prefix}.password_file: {path} is empty; put the password on its first line"
-            )
-        return password
-    if cfg.password_env is not None:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise ConfigError(
-                f"{field_prefix}.password_env: environment variable {cfg.password_env} is not set; set it "
-                "(e.g. EnvironmentFile= in the systemd unit) or use password_file"
-            )
-        return value.strip()
-    if cfg.password_credential is not None:
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir:
-            raise ConfigError(
-                f"{field_prefix}.password_credential: CREDENTIALS_DIRECTORY is not set, so credential "
-                f"{cfg.password_credential!r} is unavailable; run under systemd with "
-                f"LoadCredential={cfg.password_credential}:/path/to/password, or use password_file"
-            )
-        path = Path(cred_dir) / cfg.password_credential
-        try:
-            return _first_line(path.read_text(encoding="utf-8"))
-        except OSError:
-            raise ConfigError(
-                f"{field_prefix}.password_credential: credential {cfg.password_credential!r} not found in "
-                f"{cred_dir}; check LoadCredential={cfg.password_credential}:... in the systemd unit"
-            ) from None
-    return None
 
 
 def tls_file_problems(tls: TlsConfig | None, field_prefix: str = "mqtt") -> list[str]:

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge_agent.credentials import PasswordFields
+
 
 class TlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +32,7 @@ class TlsConfig(BaseModel):
         return self
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(PasswordFields):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(default="127.0.0.1", description="Broker host name or address.")
@@ -40,11 +42,6 @@ class MqttConfig(BaseModel):
     protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT protocol version.")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     username: str | None = None
-    password_file: Path | None = Field(default=None, description="File whose first line is the password.")
-    password_env: str | None = Field(default=None, description="Environment variable holding the password.")
-    password_credential: str | None = Field(
-        default=None, description="Name of a systemd credential (LoadCredential=) holding the password."
-    )
     tls: TlsConfig | None = Field(default=None, description="Enable TLS (give at least {} for system CAs).")
     reconnect_min_s: float = Field(
         default=1.0,
@@ -81,11 +78,7 @@ class MqttConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
-        given = [n for n in ("password_file", "password_env", "password_credential") if getattr(self, n)]
-        if len(given) > 1:
-            raise ValueError(
-                f"give only one of password_file, password_env, password_credential (got {given})"
-            )
+        given = self.given_password_fields()
         if given and not self.username:
             raise ValueError(f"{given[0]} is set but username is not")
         if problem := topic_prefix_problem(self.topic_prefix):

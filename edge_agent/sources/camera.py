@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edge_agent.credentials import PasswordFields, resolve_password
 from edge_agent.errors import ConfigError, SourceError
 from edge_agent.extras import OPENCV
 from edge_agent.runtime.memory import fit_frames
@@ -54,7 +55,7 @@ __all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "fourcc_text", "
 log = logging.getLogger(__name__)
 
 
-class CameraSourceConfig(SourceConfigBase):
+class CameraSourceConfig(SourceConfigBase, PasswordFields):
     data_kind = "image"
 
     type: Literal["camera"] = "camera"
@@ -119,6 +120,31 @@ class CameraSourceConfig(SourceConfigBase):
         return value
 
     @model_validator(mode="after")
+    def _password_for_a_stream_login(self) -> CameraSourceConfig:
+        given = self.given_password_fields()
+        if not given:
+            return self
+        login = _URL_LOGIN.match(str(self.url))
+        if camera_kind(self.url) != "stream" or login is None:
+            raise ValueError(
+                f"{given[0]} is the password of a stream's login: put the user name in the url "
+                "(rtsp://USER@host/path), the password comes from here"
+            )
+        if ":" in login.group(2):
+            raise ValueError(f"the url has a password already: take it out of the url, {given[0]} gives it")
+        return self
+
+    def url_with_password(self, field_prefix: str = "camera", unit: Path | None = None) -> str | int:
+        """The url to open: with the password from password_file/env/credential put into its login
+        (percent-encoded, as FFmpeg expects; measured: FFmpeg decodes it for HTTP Basic). Raises ConfigError
+        naming the field when the password is not there."""
+        password = resolve_password(self, field_prefix, unit)
+        if password is None:
+            return self.url
+        encoded = urllib.parse.quote(password, safe="")
+        return _URL_LOGIN.sub(lambda m: f"{m.group(1)}{m.group(2)}:{encoded}@", str(self.url), count=1)
+
+    @model_validator(mode="after")
     def _pixel_format_for_devices(self) -> CameraSourceConfig:
         if self.pixel_format is not None and camera_kind(self.url) != "device":
             raise ValueError(
@@ -130,6 +156,8 @@ class CameraSourceConfig(SourceConfigBase):
     def resolve_paths(self, base: Path) -> None:
         if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):
             self.url = absolute(base, self.url)  # a video file beside the config
+        if self.password_file is not None:
+            self.password_file = Path(absolute(base, str(self.password_file)))
 
 
 CameraKind = Literal["device", "file", "stream"]
@@ -161,6 +189,8 @@ def camera_kind(url: str | int) -> CameraKind:
     return "file"
 
 
+# rtsp://user@host/...: the login in a stream's url (no '/' before its '@')
+_URL_LOGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@]+)@")
 # rtsp://user:secret@host/...: the password (up to the last '@' before the path) -> ***
 _URL_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/]*@")
 # ...?user=admin&pwd=secret (cameras that take their login in the query)
@@ -205,6 +235,7 @@ class CameraSource(Interruptible, Source):
         self.kind = camera_kind(cfg.url)
         self._cv2 = OPENCV.load()
         self._label = shown_url(cfg.url)
+        self._url: str | int = cfg.url  # what is opened: a stream's password is put in at start
         # A file replay without an fps cap delivers every frame; everything else keeps only the newest.
         self._deliver_all = self.kind == "file" and cfg.fps is None
         self._cond = threading.Condition()
@@ -240,6 +271,7 @@ class CameraSource(Interruptible, Source):
 
     def start(self, stop: threading.Event) -> None:
         self._stop = stop
+        self._url = self.cfg.url_with_password()
         if self.kind == "file":
             self._preopened = self._open_file_checked()
         elif (
@@ -353,7 +385,7 @@ class CameraSource(Interruptible, Source):
 
     def _open(self) -> Any:
         cv2 = self._cv2
-        url = self.cfg.url
+        url = self._url
         if self.kind == "device":
             index_or_path: int | str = int(url) if isinstance(url, int) or url.strip().isdigit() else url
             cap = cv2.VideoCapture(
