@@ -286,6 +286,25 @@ class AgentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_pipeline_per_device(self) -> AgentConfig:
+        """Two pipelines on one camera device or serial port: the second never got a frame and retried
+        for ever ("cannot open"), with nothing to say why."""
+        held: dict[str, int] = {}
+        for i, p in enumerate(self.pipelines):
+            device = p.source.held_device()
+            if device is None:
+                continue
+            if device in held:
+                raise ValueError(
+                    f"pipelines[{held[device]}] and pipelines[{i}] both read {device}, which serves one "
+                    "reader: the second would never get a frame. Give each pipeline its own device (two "
+                    "models on one camera: serve it as an RTSP stream, e.g. with go2rtc or mediamtx, and "
+                    "point both pipelines at the stream)"
+                )
+            held[device] = i
+        return self
+
+    @model_validator(mode="after")
     def _detection_classes_of_known_pipelines(self) -> AgentConfig:
         names = [p.name for p in self.pipelines]
         unknown = sorted(set(self.homeassistant.detection_classes) - set(names))

@@ -258,3 +258,41 @@ def test_every_field_has_a_description() -> None:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
             assert model.model_config.get("extra") == "forbid"
+
+
+def test_two_pipelines_on_one_camera_device_or_serial_port_are_refused(tmp_path: Path) -> None:
+    """A camera device streams to one reader and a serial port has one: the second pipeline never got a
+    frame and retried for ever. The same device under another name (an index, a by-id link) is the same."""
+    tty = tmp_path / "ttyUSB0"
+    tty.touch()
+    (tmp_path / "usb-FTDI-if00").symlink_to(tty)
+
+    def pipelines(*sources: dict) -> dict:
+        window = {"size": 4, "hop": 4}
+        return {
+            "pipelines": [
+                {"name": f"p{i}", "source": s, "model": {"path": "m.tflite"}}
+                | ({"window": window} if s["type"] != "camera" else {})
+                for i, s in enumerate(sources)
+            ]
+        }
+
+    refused = [
+        ({"type": "camera", "url": "/dev/video0"}, {"type": "camera", "url": 0}),
+        ({"type": "camera", "url": "2"}, {"type": "camera", "url": "/dev/video2"}),
+        ({"type": "serial", "port": str(tty)}, {"type": "serial", "port": str(tmp_path / "usb-FTDI-if00")}),
+    ]
+    for first, second in refused:
+        with pytest.raises(
+            ConfigError, match=r"pipelines\[0\] and pipelines\[1\] both read .*, which serves one"
+        ):
+            parse_config(pipelines(first, second), base_dir=tmp_path)
+    (tmp_path / "door.mp4").touch()
+    shared = [  # files, streams and other devices may be read by several pipelines
+        ({"type": "camera", "url": "door.mp4"}, {"type": "camera", "url": "door.mp4"}),
+        ({"type": "camera", "url": "rtsp://cam/live"}, {"type": "camera", "url": "rtsp://cam/live"}),
+        ({"type": "camera", "url": "/dev/video0"}, {"type": "camera", "url": "/dev/video1"}),
+        ({"type": "file", "path": "x.csv"}, {"type": "file", "path": "x.csv"}),
+    ]
+    for first, second in shared:
+        assert len(parse_config(pipelines(first, second), base_dir=tmp_path).pipelines) == 2

@@ -57,6 +57,11 @@ class SourceConfigBase(BaseModel):
         """Values per sample when the config alone tells (sensor sources), else None (known at run time)."""
         return None
 
+    def held_device(self) -> str | None:
+        """The device this source holds for itself while it runs (a camera device streams to one reader, a
+        serial port has one), as a resolved path; None when others may read it too (files, streams, IIO)."""
+        return None
+
 
 def absolute(base: Path, path: str) -> str:
     """``path`` (~ expanded) made absolute against ``base`` unless it already is."""

@@ -25,6 +25,7 @@ motion gate's own shrinking (``base.glance_copy``); where frames' memory comes f
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -152,6 +153,12 @@ class CameraSourceConfig(SourceConfigBase, PasswordFields):
                 "remove it (a file or stream's codec is what it is)"
             )
         return self
+
+    def held_device(self) -> str | None:
+        if camera_kind(self.url) != "device":
+            return None
+        index = str(self.url).strip()
+        return os.path.realpath(f"/dev/video{index}" if index.isdigit() else index)  # by-id links too
 
     def resolve_paths(self, base: Path) -> None:
         if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):

@@ -7,6 +7,7 @@ and with a stable name (/dev/serial/by-id/...) it does so under the same path.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -40,6 +41,9 @@ class SerialSourceConfig(SourceConfigBase):
 
     def sample_channels(self) -> int | None:
         return len(self.fields) if self.fields else None
+
+    def held_device(self) -> str | None:
+        return os.path.realpath(self.port)  # /dev/serial/by-id/... is a link to /dev/ttyUSB0
 
 
 class SerialSource(SampleSource):
