@@ -343,11 +343,14 @@ class Daemon:
             return
         self._warn_restart_only_changes(new_cfg)
         by_name = {p.name: p for p in new_cfg.pipelines}
+        restarted: dict[str, PipelineConfig] = {}  # name -> the config it ran with, to go back to
         for slot in list(self._slots):
             pcfg = by_name.get(slot.cfg.name)
             reasons = pipeline_restart_reasons(slot.cfg, pcfg) if pcfg is not None else []
             if pcfg is None or reasons:
                 why = "removed from the config" if pcfg is None else f"its {', '.join(reasons)} changed"
+                if pcfg is not None:
+                    restarted[slot.cfg.name] = slot.cfg
                 self._stop_pipeline(slot, why)
         swaps = []
         for slot in self._slots:
@@ -365,8 +368,11 @@ class Daemon:
             slot.cfg = old_pcfg.model_copy(update={"model": model_cfg, "publish": pcfg.publish, **frame})
         running = {slot.cfg.name for slot in self._slots}
         for pcfg in new_cfg.pipelines:
-            if pcfg.name not in running:
-                self._add_pipeline(pcfg)
+            if pcfg.name in running or self._add_pipeline(pcfg) or pcfg.name not in restarted:
+                continue
+            # its new source (or window, evidence) does not start: a reload never leaves it worse off
+            log.error("reload: pipeline %s runs its previous config again", pcfg.name)
+            self._add_pipeline(restarted[pcfg.name])
         # Applied live: pipelines (added, removed, restarted), models, publish settings, frame steps (masks,
         # motion, zones), drain timeout, stall detection. The rest needs a restart.
         self.cfg = self.cfg.model_copy(
@@ -396,9 +402,9 @@ class Daemon:
         self._stall_logged.discard(pipe.name)
         self.cfg = self.cfg.model_copy(update={"pipelines": [s.cfg for s in self._slots]})
 
-    def _add_pipeline(self, pcfg: PipelineConfig) -> None:
+    def _add_pipeline(self, pcfg: PipelineConfig) -> bool:
         """Start a pipeline a reload added (or restarts), as at start: model, source, seq counter, thread.
-        When it cannot start: said in the log, nothing of it left open, the others run on."""
+        When it cannot start: said in the log, nothing of it left open, the others run on; returns False."""
         from edge_agent.publish.outbox import SeqCounter
         from edge_agent.sources.factory import create_source
 
@@ -417,7 +423,7 @@ class Daemon:
             log.error("reload: pipeline %s not started: %s", pcfg.name, exc)
             for close in reversed(made):
                 _quietly(close, f"cleaning up pipeline {pcfg.name}")
-            return
+            return False
         slot = _Slot(pcfg, stages, source, seq, pipe)
         self._slots.append(slot)
         self._start_thread(slot)
@@ -427,6 +433,7 @@ class Daemon:
         else:
             where = "unpinned" if self.cpu_plan is None else "on the CPUs of capture and MQTT until a restart"
         log.info("reload: pipeline %s started: %s, %s", pcfg.name, stages.info.describe(), where)
+        return True
 
     def _reload_model(self, pipe: Pipeline, pcfg: PipelineConfig) -> tuple[bool, threading.Event | None]:
         """Load ``pcfg.model`` and swap the pipeline to it; on any error keep the old one, and keep it without

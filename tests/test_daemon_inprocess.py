@@ -308,6 +308,16 @@ def test_a_reload_starts_added_pipelines_stops_removed_ones_and_restarts_a_chang
         after = stats(sub.wait_for(lambda m: "s" not in (stats(m) or [{"pipelines": "s"}])[-1]["pipelines"]))[
             -1
         ]
+
+        # t's new source does not start: t runs on with the config it had (it stopped, and the daemon then
+        # ended as if every pipeline had finished, exit 0, which systemd does not restart)
+        before = len(results(sub.messages, "t"))
+        reload_to(pipeline("t", tmp_path / "gone.csv"))
+        assert "reload: pipeline t not started" in caplog.text and "gone.csv" in caplog.text
+        assert "reload: pipeline t runs its previous config again" in caplog.text
+        assert [(p.name, p.state) for p in daemon.pipelines] in ([("t", "starting")], [("t", "running")])
+        sub.wait_for(lambda m: len(results(m, "t")) >= before + 3, timeout=20)  # u.csv again, from its start
+        assert daemon.cfg.pipelines[0].source.path == str(files["u"])
     finally:
         daemon.request_stop()
         serving.join(30)
