@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.affinity import CpuPlan, pin_this_thread, plan_cpus, usable_cpus
 from edge_agent.config import AgentConfig, PipelineConfig, load_config
-from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError
+from edge_agent.errors import BrokerError, ConfigError, EdgeAgentError, SourceError
 from edge_agent.frame_settings import build_frame_settings, frame_config
 from edge_agent.model_loader import ModelLoader
 from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
@@ -278,6 +278,10 @@ class Daemon:
                 # systemd's Restart=on-failure gets everything back instead of leaving it half dead.
                 log.error("pipeline(s) %s failed; stopping", ", ".join(failed))
                 break
+            if not self.pipelines:  # a reload's pipelines did not start (a renamed one has no previous)
+                log.error("no pipeline runs: the reload's could not start (above); stopping, so that systemd "
+                          "restarts the daemon and says so")  # fmt: skip
+                return SourceError.exit_code
             if all(p.state in ("finished", "stopped") for p in self.pipelines):
                 log.info("every pipeline has ended")
                 self._ended_by_itself = True

@@ -328,3 +328,38 @@ def test_a_reload_starts_added_pipelines_stops_removed_ones_and_restarts_a_chang
     assert [r["frame"] for r in t] == [0, 1, 2, 3, 0, 1, 2]  # t.csv, then u.csv from its start
     seqs = [r["seq"] for r in t]
     assert seqs == sorted(set(seqs)) and t[:4] == first_t[:4]  # seq goes on (a new block), none reused
+
+
+def test_a_reload_that_leaves_no_pipeline_running_exits_with_the_source_error_code(
+    tmp_path: Path, mosquitto, subscriber, regression_int8, caplog
+) -> None:
+    """The only pipeline renamed to one whose source does not start: there is no previous config to go back
+    to, and the daemon ended as if its pipelines had finished (exit 0: not restarted by systemd). It exits 5
+    (a source error, restarted), with the reason in the log."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    data = csv_file(tmp_path / "s.csv", SAMPLES[:4])
+    source = {"type": "file", "path": str(data), "fields": ["a", "b", "c"], "follow": True}
+    cfg = config(tmp_path, broker, regression_int8.path, source)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    caplog.set_level("INFO", logger="edge_agent.daemon")
+    daemon = Daemon(parse_config(cfg), config_path=path)
+    codes: list[int] = []
+    serving = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
+    serving.start()
+    try:
+        sub.wait_for(lambda m: len(results(m, "s")) >= 2, timeout=20)
+        renamed = {
+            **cfg["pipelines"][0],
+            "name": "other",
+            "source": {**source, "path": str(tmp_path / "gone.csv")},
+        }
+        path.write_text(yaml.safe_dump({**cfg, "pipelines": [renamed]}))
+        daemon.request_reload()
+        serving.join(30)
+    finally:
+        daemon.request_stop()
+        serving.join(30)
+    assert codes == [SourceError.exit_code], caplog.text[-2000:]
+    assert "reload: pipeline other not started" in caplog.text and "no pipeline runs" in caplog.text
