@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,17 @@ def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]
                     )
                 )
             )
+    # One suggestion per port, by its steadiest name: a by-id link survives re-plugging, an alias (the Pi's
+    # serial0) a board change; two names of one port in a config are refused (it serves one reader).
+    serial: dict[str, tuple[int, dict[str, Any]]] = {}
     for port in report["serial"]:
         by_id = roots.dev / "serial" / "by-id" / port.by_id if port.by_id else None
-        out.append(entry(SerialSourceConfig(port=str(by_id or port.device))))  # by-id survives re-plugging
-    return out
+        rank = 2 if by_id else 1 if port.target else 0
+        suggested = entry(SerialSourceConfig(port=str(by_id or port.device)))
+        real = os.path.realpath(port.device)
+        if real not in serial or rank > serial[real][0]:
+            serial[real] = (rank, suggested)
+    return out + [suggested for _, suggested in serial.values()]
 
 
 # ---------------------------------------------------------------------------------------------- output
