@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from edge_agent.fleet.agent import DeployAgent
 from edge_agent.fleet.broker import FleetClient
 from edge_agent.fleet.config import FleetConfig
-from edge_agent.fleet.deploy import build_deployment, build_rollback, encode, read_model
+from edge_agent.fleet.deploy import ModelFiles, build_deployment, build_rollback, encode, read_model
 from edge_agent.fleet.device import deployed_models
 from edge_agent.fleet.signing import generate_keypair, load_private_key
 from edge_agent.fleet.store import ModelStore
 from edge_agent.fleet.topics import model_topic
 from tests.fixtures.broker import validate_payload
+from tests.fixtures.http import QuietHandler, serve_http
 from tests.fleet_support import FakeDevice, device_client, make_agent, make_model
 
 
@@ -105,6 +106,13 @@ def deploy(
     topic = "edge/cam-01/deploy" if target[0] == "device" else f"edge/groups/{target[1]}/deploy"
     env["op"].publish(topic, encode(dep))
     return number, files.sha256
+
+
+def deploy_from_url(env: dict[str, Any], files: ModelFiles, number: int, url: str) -> None:
+    """Publish a deployment to cam-01 whose model is fetched from ``url`` (the model is not on the broker)."""
+    dep = build_deployment(files, number=number, target=("device", "cam-01"), pipeline="cam", key=env["key"],
+                           prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
+    env["op"].publish("edge/cam-01/deploy", encode(dep))
 
 
 def outcome(env: dict[str, Any], number: int, device: str = "cam-01", timeout: float = 15) -> dict[str, Any]:
@@ -389,41 +397,18 @@ def test_model_from_an_http_url(env: dict[str, Any]) -> None:
     """For big models the deployment may name an http(s) URL instead of the retained MQTT message."""
     import functools
     import http.server
-    import threading
 
     folder = env["tmp"] / "www"
     files = read_model(make_model(folder, "web", b"GOOD"))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base, server = serve_http(functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder)))
     try:
         _, fake, _ = start(env)
-        url = f"http://127.0.0.1:{server.server_address[1]}/web.tflite"
-        dep = build_deployment(
-            files,
-            number=900,
-            target=("device", "cam-01"),
-            pipeline="cam",
-            key=env["key"],
-            prefix="edge",
-            healthy_for_s=0.2,
-            url=url,
-        )
-        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        url = f"{base}/web.tflite"
+        deploy_from_url(env, files, 900, url)
         assert outcome(env, 900)["state"] == "active"
         assert fake.swaps[-1].read_bytes() == files.data
         other = read_model(make_model(env["tmp"] / "elsewhere", "gone", b"GOOD"))
-        dep2 = build_deployment(
-            other,
-            number=901,
-            target=("device", "cam-01"),
-            pipeline="cam",
-            key=env["key"],
-            prefix="edge",
-            healthy_for_s=0.2,
-            url=url + ".gone",
-        )
-        env["op"].publish("edge/cam-01/deploy", encode(dep2))
+        deploy_from_url(env, other, 901, url + ".gone")
         state = outcome(env, 901)
         assert state["state"] == "failed" and state["reason"].startswith("fetch_failed:"), state
     finally:
@@ -465,12 +450,10 @@ def test_a_download_that_trickles_gives_up_at_fetch_timeout_and_stops_at_once(en
     """An http(s) model whose server sends a byte now and then (a stalled proxy, a link at its limit): the
     device gives up after fleet.fetch_timeout_s, as for an MQTT model (it waited for hours: each byte
     restarted a 30 s socket timeout), and a stop in the middle ends the download at once."""
-    import http.server
-    import threading
 
     files = read_model(make_model(env["tmp"] / "ws", "slow", b"GOOD"))
 
-    class Trickle(http.server.BaseHTTPRequestHandler):
+    class Trickle(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(files.data)))
@@ -483,26 +466,17 @@ def test_a_download_that_trickles_gives_up_at_fetch_timeout_and_stops_at_once(en
             except OSError:
                 pass  # the device hung up
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/slow.tflite"
+    base, server = serve_http(Trickle)
+    url = f"{base}/slow.tflite"
     try:
         agent, _, client = start(env, fetch_timeout_s=2)
-        dep = build_deployment(files, number=310, target=("device", "cam-01"), pipeline="cam",
-                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
-        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        deploy_from_url(env, files, 310, url)
         state = outcome(env, 310, timeout=10)
         assert state["state"] == "failed" and "after 2 s (fleet.fetch_timeout_s)" in state["reason"], state
         agent.stop()
         client.close()
         agent, _, client = start(env, fetch_timeout_s=60)
-        dep = build_deployment(files, number=311, target=("device", "cam-01"), pipeline="cam",
-                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
-        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        deploy_from_url(env, files, 311, url)
         wait_state(env, "cam-01", lambda s: s["number"] == 311 and s["state"] == "fetching")
         time.sleep(0.5)
         began = time.monotonic()
@@ -518,13 +492,12 @@ def test_a_stop_while_the_server_sends_nothing_ends_the_download_at_once(env: di
     """A server that sent the headers and a few bytes, then nothing (a dead link that no reset reached): a
     stop is not held by the read waiting for its 30 s socket timeout (the daemon's join gave up after 5 s,
     and the fetch counted as an attempt, as after a crash); the deployment stays pending, marked stopped."""
-    import http.server
     import threading
 
     files = read_model(make_model(env["tmp"] / "ws", "stalled", b"GOOD"))
     release = threading.Event()
 
-    class Stall(http.server.BaseHTTPRequestHandler):
+    class Stall(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(files.data)))
@@ -533,18 +506,11 @@ def test_a_stop_while_the_server_sends_nothing_ends_the_download_at_once(env: di
             self.wfile.flush()
             release.wait(60)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/stalled.tflite"
+    base, server = serve_http(Stall)
+    url = f"{base}/stalled.tflite"
     try:
         agent, _, client = start(env, fetch_timeout_s=60)
-        dep = build_deployment(files, number=320, target=("device", "cam-01"), pipeline="cam",
-                               key=env["key"], prefix="edge", healthy_for_s=0.2, url=url)  # fmt: skip
-        env["op"].publish("edge/cam-01/deploy", encode(dep))
+        deploy_from_url(env, files, 320, url)
         wait_state(env, "cam-01", lambda s: s["number"] == 320 and s["state"] == "fetching")
         time.sleep(0.5)  # inside the read that waits for bytes
         began = time.monotonic()

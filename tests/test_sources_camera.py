@@ -25,6 +25,7 @@ from edge_agent.sources.camera import (
 )
 from edge_agent.sources.factory import create_source
 from edge_agent.sources.window import WindowConfig
+from tests.fixtures.http import QuietHandler, serve_http
 from tests.fixtures.sources import read_frames
 from tests.fixtures.streams import decode_frame_number, encode_frame_number, render_test_video
 from tests.fixtures.v4l2 import FakeV4l2
@@ -103,7 +104,6 @@ def mjpeg_login_server() -> Callable[[str], tuple[str, list[str]]]:
     """Factory: an HTTP MJPEG camera (multipart/x-mixed-replace, frame i shows i) that wants HTTP Basic
     ``login`` ("user:password"), as IP cameras do; returns its url and the logins it was offered."""
     import base64
-    import http.server
 
     import cv2
 
@@ -112,7 +112,7 @@ def mjpeg_login_server() -> Callable[[str], tuple[str, list[str]]]:
     def make(login: str) -> tuple[str, list[str]]:
         offered: list[str] = []
 
-        class Camera(http.server.BaseHTTPRequestHandler):
+        class Camera(QuietHandler):
             def do_GET(self) -> None:
                 auth = self.headers.get("Authorization", "")
                 given = base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else None
@@ -136,14 +136,9 @@ def mjpeg_login_server() -> Callable[[str], tuple[str, list[str]]]:
                 except OSError:
                     pass  # the reader went away
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base, server = serve_http(Camera)
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/video.mjpg", offered
+        return f"{base}/video.mjpg", offered
 
     yield make
     for server in servers:
