@@ -17,7 +17,8 @@ from edge_agent.config import AgentConfig, PipelineConfig, load_config
 from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceError
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
-from edge_agent.sources.camera import CameraSourceConfig, camera_kind, shown_url
+from edge_agent.sources.camera import CameraSourceConfig, camera_kind
+from edge_agent.sources.stream_login import shown_url
 
 
 def _source_summary(p: PipelineConfig) -> str:

@@ -18,8 +18,9 @@ Longer than ~450 lines on purpose: the supervisor, the read attempts it watches,
 frames skipped before decoding (a motion gate's ``FrameGate``) share one lock and one set of counters; split
 apart, each piece would reach into the others' state; its config (with the checks that a device's
 ``pixel_format`` needs) and opening a capture belong to the same camera. Decoding MJPEG reduced (and a
-glance's grey copy from a JPEG) is its own module (``mjpeg.py``); a glance's copy of a decoded frame is the
-motion gate's own shrinking (``base.glance_copy``); where frames' memory comes from,
+glance's grey copy from a JPEG) is its own module (``mjpeg.py``), as is a stream URL's login
+(``stream_login.py``: the password put in at start, shown as ``***``); a glance's copy of a decoded frame
+is the motion gate's own shrinking (``base.glance_copy``); where frames' memory comes from,
 ``runtime.memory.fit_frames`` (the camera only tells it their size)."""
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from edge_agent.sources.base import (
     glance_copy,
 )
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
+from edge_agent.sources.stream_login import login_problem, shown_url, with_password
 
 __all__ = ["CameraSource", "CameraSourceConfig", "camera_kind", "fourcc_text", "jpeg_scale", "shown_url"]
 
@@ -123,27 +125,15 @@ class CameraSourceConfig(SourceConfigBase, PasswordFields):
     @model_validator(mode="after")
     def _password_for_a_stream_login(self) -> CameraSourceConfig:
         given = self.given_password_fields()
-        if not given:
-            return self
-        login = _URL_LOGIN.match(str(self.url))
-        if camera_kind(self.url) != "stream" or login is None:
-            raise ValueError(
-                f"{given[0]} is the password of a stream's login: put the user name in the url "
-                "(rtsp://USER@host/path), the password comes from here"
-            )
-        if ":" in login.group(2):
-            raise ValueError(f"the url has a password already: take it out of the url, {given[0]} gives it")
+        if given and (problem := login_problem(self.url, given[0])):
+            raise ValueError(problem)
         return self
 
     def url_with_password(self, field_prefix: str = "camera", unit: Path | None = None) -> str | int:
-        """The url to open: with the password from password_file/env/credential put into its login
-        (percent-encoded, as FFmpeg expects; measured: FFmpeg decodes it for HTTP Basic). Raises ConfigError
-        naming the field when the password is not there."""
+        """The url to open: a stream's login with the password from password_file/env/credential. Raises
+        ConfigError naming the field when the password is not there."""
         password = resolve_password(self, field_prefix, unit)
-        if password is None:
-            return self.url
-        encoded = urllib.parse.quote(password, safe="")
-        return _URL_LOGIN.sub(lambda m: f"{m.group(1)}{m.group(2)}:{encoded}@", str(self.url), count=1)
+        return self.url if password is None else with_password(str(self.url), password)
 
     @model_validator(mode="after")
     def _pixel_format_for_devices(self) -> CameraSourceConfig:
@@ -194,26 +184,6 @@ def camera_kind(url: str | int) -> CameraKind:
     if _URL_SCHEME.match(url):
         return "stream"
     return "file"
-
-
-# rtsp://user@host/...: the login in a stream's url (no '/' before its '@')
-_URL_LOGIN = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@]+)@")
-# rtsp://user:secret@host/...: the password (up to the last '@' before the path) -> ***
-_URL_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/]*@")
-# ...?user=admin&pwd=secret (cameras that take their login in the query)
-_QUERY_SECRET = re.compile(
-    r"([?&;](?:password|passwd|pass|pwd|token|key|auth|secret)=)[^&;#]*", re.IGNORECASE
-)
-
-
-def shown_url(url: str | int) -> str:
-    """The camera URL as logs and ``check`` show it: a password in it (``rtsp://admin:secret@...``, or a
-    ``password=``/``pwd=``/``token=`` query value) becomes ``***``. IP cameras take their login in the URL,
-    and the journal is readable by more people than the config (0600 is the rule for it)."""
-    text = str(url)
-    if camera_kind(url) != "stream":
-        return text
-    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 class _Attempt:
