@@ -547,9 +547,10 @@ def test_a_gated_pipeline_keeps_the_watchdog_fed_and_stats_flowing_while_idle(
         ({"motion": {"min_area": 0}}, "pipelines[0].motion.min_area: input should be greater than 0"),
     ],
 )  # fmt: skip
-def test_check_names_each_bad_polygon_or_key(tmp_path: Path, color_int8, change: dict, message: str) -> None:
-    video = tmp_path / "v.avi"
-    video.touch()
+def test_check_names_each_bad_polygon_or_key(
+    tmp_path: Path, color_int8, test_video: Path, change: dict, message: str
+) -> None:
+    video = test_video  # check decodes its first frame
     pipe = {"name": "cam", "source": {"type": "camera", "url": str(video)},
             "model": {"path": str(color_int8.path)}, **change}  # fmt: skip
     cfg = {"mqtt": {"host": "127.0.0.1", "port": 1}, "state_dir": "state", "pipelines": [pipe]}
@@ -611,9 +612,8 @@ def test_crop_geometry() -> None:
     assert moved.detections[0].box == pytest.approx((0.1, 0.4, 0.5, 0.6))
 
 
-def test_check_refuses_zones_for_a_model_without_boxes(tmp_path: Path, color_int8) -> None:
-    video = tmp_path / "v.avi"
-    video.touch()
+def test_check_refuses_zones_for_a_model_without_boxes(tmp_path: Path, color_int8, test_video: Path) -> None:
+    video = test_video  # check decodes its first frame
     pipe = {"name": "cam", "source": {"type": "camera", "url": str(video)},
             "model": {"path": str(color_int8.path)},
             "zones": {"polygons": {"a": [[0, 0], [0.5, 0], [0.5, 0.5]]}}}  # fmt: skip
