@@ -561,7 +561,9 @@ class Daemon:
             )
         for p in self.pipelines:
             stalled = self._stalled_s(p)
-            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or p.source.stats.get("last_error")
+            source = p.source.stats  # its last error while it is down, not one it has recovered from
+            down = None if source.get("connected", True) else source.get("last_error")
+            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or down
             parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
         if self.outbox is not None:
             parts.append(f"outbox {self.outbox.depth()}")

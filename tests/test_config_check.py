@@ -387,6 +387,8 @@ def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"c2: camera {test_video} ->" in proc.stdout  # a file URL is the file
     assert "c5: camera rtsp://op:***@127.0.0.1:1/x ->" in proc.stdout and "s3cret" not in proc.stdout
+    # a camera device not plugged in is waited for by the daemon: a note, not a problem
+    assert "1 note(s):\n  pipelines[2].source: camera device /dev/video97 is not there now" in proc.stderr
 
 
 def test_check_reads_a_credential_as_the_service_would(tmp_path: Path, monkeypatch) -> None:

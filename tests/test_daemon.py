@@ -4,11 +4,12 @@ allowed topics, strict schemas, no frame bytes in any encoding."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Agents, results, stats, write_config
+from tests.daemon_harness import Agents, NotifySocket, results, stats, write_config
 from tests.fixtures.broker import validate_payload
 from tests.privacy import ImageCanary, canary_frame, decoded_frames
 
@@ -71,8 +72,9 @@ def test_stream_dies_and_returns(
     pipeline = {"name": "stream", "source": source, "model": {"path": str(digits_int8)}}
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
     watch = privacy(broker, config)  # the stream re-encodes frames: topics, schemas and media markers only
+    notify = NotifySocket(tmp_path / "notify.sock")
     with Agents(tmp_path) as agents:
-        agent = agents.start(config)
+        agent = agents.start(config, {"NOTIFY_SOCKET": str(notify.path)})
         agent.expect(sub, lambda m: len(results(m)) >= 10, timeout=40)
         stream.stop()  # the camera goes away: the daemon notices (no frame within read_timeout_s)
         seen = len(sub.snapshot())
@@ -86,7 +88,14 @@ def test_stream_dies_and_returns(
         agent.expect(
             sub, lambda m: any(s["pipelines"]["stream"]["source"]["reconnects"] >= 1 for s in stats(m))
         )
+        # systemd's STATUS= said why while the stream was down, and says nothing of it once it is back
+        notify.poll(2.5)
+        status = [line for _, line in notify.received if line.startswith("STATUS=")]
+        down = re.compile(r"stream running \d+ frames \(")
+        assert any(down.search(line) for line in status), status
+        assert "stream running" in status[-1] and not down.search(status[-1]), status
         assert agent.stop() == 0, agent.log()
+    notify.close()
     got = results(sub.snapshot())
     seqs = [r["seq"] for r in got]
     assert seqs == list(range(1, len(seqs) + 1))

@@ -363,3 +363,47 @@ def test_a_reload_that_leaves_no_pipeline_running_exits_with_the_source_error_co
         serving.join(30)
     assert codes == [SourceError.exit_code], caplog.text[-2000:]
     assert "reload: pipeline other not started" in caplog.text and "no pipeline runs" in caplog.text
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir(), reason="needs /dev/shm: a device path this test can create"
+)
+def test_a_camera_device_that_is_not_there_is_waited_for_while_the_other_pipelines_run(
+    tmp_path: Path, mosquitto, subscriber, regression_int8, color_int8, caplog
+) -> None:
+    """A USB camera not plugged in at boot stopped the whole daemon (exit 5), its sensor pipelines too, and
+    systemd's start limit (10 starts in 5 min) then gave up on it for good. The camera pipeline now waits for
+    its device (a path under /dev/shm stands for it: this machine has no camera) while the others run, says
+    why in its stats and status, and goes on to open it once it is there."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    device = Path("/dev/shm") / f"edge-agent-test-video-{tmp_path.name}"
+    device.unlink(missing_ok=True)
+    source = {"type": "file", "path": str(csv_file(tmp_path / "s.csv", SAMPLES)), "fields": ["a", "b", "c"],
+              "follow": True}  # fmt: skip
+    cfg = config(tmp_path, broker, regression_int8.path, source)
+    cfg["mqtt"]["stats_interval_s"] = 0.5
+    camera = {"type": "camera", "url": str(device), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
+    cfg["pipelines"].append({"name": "cam", "source": camera, "model": {"path": str(color_int8.path)}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    caplog.set_level("INFO", logger="edge_agent")
+
+    def camera_error(messages: list) -> str | None:
+        last = stats(messages)[-1:] if messages else []
+        return last[0]["pipelines"]["cam"]["source"]["last_error"] if last else None
+
+    try:
+        with serving(path) as daemon:
+            messages = sub.wait_for(lambda m: len(results(m, "s")) >= 6, timeout=20)
+            messages = sub.wait_for(lambda m: "is not there" in (camera_error(m) or ""), timeout=10)
+            cam = stats(messages)[-1]["pipelines"]["cam"]
+            assert (cam["state"], cam["source"]["connected"], cam["frames"]) == ("running", False, 0)
+            assert f"device {device} is not there" in daemon._status_line()
+            assert f"camera {device}: device {device} is not there" in caplog.text
+            device.write_bytes(b"")  # plugged in (a plain file, so the open that follows fails, as it says)
+            messages = sub.wait_for(lambda m: "cannot open" in (camera_error(m) or ""), timeout=10)
+            assert f"camera {device}: device {device} is there now" in caplog.text
+            assert daemon.pipelines and all(p.state == "running" for p in daemon.pipelines)
+    finally:
+        device.unlink(missing_ok=True)

@@ -332,14 +332,22 @@ def test_watchdog_abandons_an_attempt_without_progress(test_video: Path) -> None
     assert attempt.error is not None and "no frame" in attempt.error
 
 
-def test_missing_device_is_a_source_error() -> None:
+def test_a_missing_device_is_waited_for_and_a_close_ends_the_wait() -> None:
+    """A camera device that is not there does not stop the start (that ended the daemon and every other
+    pipeline): the source waits for it, saying why in its stats; a close ends the wait at once."""
     device = "/dev/video97"
     if Path(device).exists():
         pytest.skip(f"{device} exists here")
     source = create_source(CameraSourceConfig(url=device))
-    with pytest.raises(SourceError, match=device):
-        source.start(threading.Event())
-    source.close()
+    source.start(threading.Event())
+    try:
+        assert wait_until(lambda: source.stats["last_error"] is not None, timeout=5), source.stats
+        assert f"device {device} is not there" in source.stats["last_error"]
+        assert source.stats["connected"] is False and source.read(0.2) is None
+    finally:
+        t0 = time.monotonic()
+        source.close()
+        assert time.monotonic() - t0 < 1.0
 
 
 def test_without_opencv_the_error_names_the_extra() -> None:
@@ -575,6 +583,7 @@ def usb_camera(monkeypatch, tmp_path: Path) -> Callable[..., FakeV4l2]:
     def plug(formats: tuple[str, ...] = ("MJPG",), size: int = 256, fps: float = 30.0) -> FakeV4l2:
         fake = FakeV4l2(render_test_video(tmp_path / "usb.avi", frames=30, size=size), formats, fps)
         monkeypatch.setattr(cv2, "VideoCapture", fake)
+        monkeypatch.setattr(CameraSourceConfig, "missing_device", lambda cfg: None)  # its /dev node is there
         return fake
 
     return plug

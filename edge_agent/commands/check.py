@@ -70,6 +70,16 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
     return problems
 
 
+def environment_notes(cfg: AgentConfig) -> list[str]:
+    """What is not there now and is waited for, so not a problem: a camera device not plugged in (yet)."""
+    return [
+        f"pipelines[{i}].source: camera device {path} is not there now: the pipeline waits for it (is the "
+        "camera plugged in? ls /dev/video*, edge-agent probe)"
+        for i, p in enumerate(cfg.pipelines)
+        if isinstance(p.source, CameraSourceConfig) and (path := p.source.missing_device())
+    ]
+
+
 def needed_extras(cfg: AgentConfig) -> dict[Extra, list[str]]:
     """The optional packages the daemon imports for this config -> the keys that need each."""
     needs: dict[Extra, list[str]] = {}
@@ -170,6 +180,7 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
         raise click.UsageError("give the CONFIG file to check (or --schema)")
     cfg = load_config(config)
     problems = environment_problems(cfg)
+    notes = environment_notes(cfg)
     missing = missing_packages(cfg)
     fleet = ""
     try:
@@ -181,6 +192,7 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
     if problems or missing:  # the models are still checked: one run of `check` shows every problem there is
         _list(f"{config}: {len(problems)} config problem(s)", problems)
         _list(f"{config}: {len(missing)} missing package(s)", missing)
+        _list(f"{len(notes)} note(s)", notes)
         _, model_problems = check_models(cfg) if models else ([], missing_model_files(cfg))
         _list(f"{len(model_problems)} model problem(s)", model_problems)
         counts = [
@@ -205,6 +217,7 @@ def command(config: Path | None, models: bool, schema: bool) -> None:
             f"  {p.name}: {_source_summary(p)} -> {p.model.path.name} -> {cfg.result_topic(p)} "
             f"(qos {p.publish.qos}, {p.publish.policy})"
         )
+    _list(f"{len(notes)} note(s)", notes)
     if not models:
         absent = missing_model_files(cfg)
         if absent:

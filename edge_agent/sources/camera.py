@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -144,11 +145,25 @@ class CameraSourceConfig(SourceConfigBase, PasswordFields):
             )
         return self
 
-    def held_device(self) -> str | None:
+    @property
+    def device_path(self) -> str | None:
+        """A device's path (index N is /dev/videoN, as V4L2 numbers them); None for files and streams."""
         if camera_kind(self.url) != "device":
             return None
         index = str(self.url).strip()
-        return os.path.realpath(f"/dev/video{index}" if index.isdigit() else index)  # by-id links too
+        return f"/dev/video{index}" if index.isdigit() else index
+
+    def missing_device(self) -> str | None:
+        """The device's path when it is not there now (None for files, streams and a device that is; and
+        off Linux, where an index is no /dev/video path)."""
+        path = self.device_path
+        if path is None or not sys.platform.startswith("linux") or os.path.exists(path):
+            return None
+        return path
+
+    def held_device(self) -> str | None:
+        path = self.device_path
+        return None if path is None else os.path.realpath(path)  # by-id links too
 
     def resolve_paths(self, base: Path) -> None:
         if isinstance(self.url, str) and "://" not in self.url and not self.url.startswith("/dev/"):
@@ -169,6 +184,7 @@ _POLL_S = 0.1
 # ends, and a close, wake it at once (``_Attempt.wake``); only a stall is seen up to this much later.
 _WATCH_S = 0.5
 _RELEASE_WAIT_S = 2.0
+_DEVICE_POLL_S = 1.0  # how soon a camera plugged in is seen (a stat of its path)
 
 
 def fourcc_text(code: float) -> str | None:
@@ -242,7 +258,7 @@ class CameraSource(Interruptible, Source):
     def preflight(self) -> None:
         """A video file that is not there or does not decode stops the start (exit 5), and no restart fixes
         it: opened and its first frame decoded as the start does, then released. Devices and streams are
-        retried (a USB camera plugged in late: systemd restarts the daemon), so they pass."""
+        waited for or retried (a USB camera plugged in late), so they pass."""
         if self.kind == "file":
             self._open_file_checked()[0].release()
 
@@ -251,15 +267,6 @@ class CameraSource(Interruptible, Source):
         self._url = self.cfg.url_with_password()
         if self.kind == "file":
             self._preopened = self._open_file_checked()
-        elif (
-            self.kind == "device"
-            and str(self.cfg.url).startswith("/dev/")
-            and not Path(self.cfg.url).exists()
-        ):
-            raise SourceError(
-                f"camera url: device {self.cfg.url} does not exist: check the camera is plugged in "
-                "(ls /dev/video*, edge-agent probe) and the path in the config"
-            )
         self._thread = threading.Thread(target=self._supervise, name=f"camera:{self._label}", daemon=True)
         self._thread.start()
 
@@ -407,6 +414,8 @@ class CameraSource(Interruptible, Source):
                 with self._cond:
                     self._reconnects += 1
             first = False
+            if not self._await_device():
+                return
             attempt = self._attempt = _Attempt()
             preopened, self._preopened = self._preopened, None
             threading.Thread(
@@ -436,6 +445,26 @@ class CameraSource(Interruptible, Source):
             log.warning("camera %s: %s; retrying in %.1f s", self._label, attempt.error, delay)
             if self._sleep(delay):
                 return
+
+    def _await_device(self) -> bool:
+        """A device path that is not there (a USB camera not plugged in at boot, or pulled out) is waited for
+        with a stat a second while the daemon's other pipelines run on: stopping the daemon instead would
+        end them too, and systemd's start limit gives up on a daemon that keeps failing. False: stopping."""
+        path = self.cfg.missing_device()
+        if path is None:
+            return True
+        error = (
+            f"device {path} is not there: check the camera is plugged in (ls /dev/video*, edge-agent probe)"
+        )
+        with self._cond:
+            self._connected = False
+            self._last_error = error
+        log.warning("camera %s: %s; waiting for it", self._label, error)
+        while self.cfg.missing_device() is not None:
+            if self._sleep(_DEVICE_POLL_S):
+                return False
+        log.info("camera %s: device %s is there now", self._label, path)
+        return True
 
     def _watch(self, attempt: _Attempt) -> None:
         """Wait for the attempt to end; abandon it when it stalls past its timeout or when stopping."""
