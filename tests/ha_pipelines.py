@@ -38,6 +38,7 @@ OBJECTS = {
 }  # fmt: skip
 for _name, _objects in OBJECTS.items():
     _objects += [("sensor", f"{_name.replace('.', '_')}_{d}") for d in DIAGNOSTICS]
+    _objects.append(("binary_sensor", f"{_name.replace('.', '_')}_source_connected"))
 
 
 def config_topics(pipelines: list[str], prefix: str = "homeassistant") -> set[str]:

@@ -272,7 +272,7 @@ def test_detection_classes_from_the_config_else_the_first_labels() -> None:
     assert chosen == ["yard_dog_detected", "yard_traffic_light_detected", "yard_traffic_light_2_detected"]
     filtered = PipelineView("yard", "t", "detection", labels=labels, detection_filter=("car",))
     builder = EntityBuilder(HomeAssistantConfig(discovery=True), "dev", "s", "st")
-    assert [e.object_id for e in builder.entities([filtered]) if e.component == "binary_sensor"] == [
+    assert [e.object_id for e in builder.entities([filtered]) if e.object_id.endswith("_detected")] == [
         "yard_car_detected"
     ]
 

@@ -122,6 +122,8 @@ def test_home_assistant_shows_the_device_its_entities_and_their_availability(
         assert _number(states[f"sensor.{NODE}_front_door_invoke_p99"]) > 0
         assert re.fullmatch(r"[0-9a-f]{12}", states[f"sensor.{NODE}_front_door_model_sha"]["state"])
         assert states[f"sensor.{NODE}_front_door_last_error"]["state"] == "none"
+        connected = states[f"binary_sensor.{NODE}_front_door_source_connected"]
+        assert connected["state"] == "on" and connected["attributes"]["device_class"] == "connectivity"
         assert states[f"sensor.{NODE}_front_door_fps"]["attributes"]["unit_of_measurement"] == "fps"
 
         # the daemon stops: its status says offline, and Home Assistant marks every entity unavailable

@@ -267,9 +267,17 @@ class EntityBuilder:
         return out
 
     # -- diagnostics, from the stats topic -----------------------------------------------------------------
-    def _diagnostic(self, pipeline: str | None, key: str, name: str, template: str, **config: Any) -> Entity:
+    def _diagnostic(
+        self,
+        pipeline: str | None,
+        key: str,
+        name: str,
+        template: str,
+        component: str = "sensor",
+        **config: Any,
+    ) -> Entity:
         return self._entity(
-            "sensor",
+            component,
             pipeline,
             key,
             key.replace("-", "_"),
@@ -332,6 +340,15 @@ class EntityBuilder:
             ),
             self._diagnostic(
                 v.name, "model-sha", "model sha256", f"{{{{ {p}.model.sha256[:12] }}}}", icon="mdi:pound"
+            ),
+            # off while the camera, stream or sensor is away (unplugged, down): an automation can say so
+            self._diagnostic(
+                v.name,
+                "source-connected",
+                "source connected",
+                f"{{{{ 'ON' if {p}.source.connected else 'OFF' }}}}",
+                component="binary_sensor",
+                device_class="connectivity",
             ),
             # a state is at most 255 characters in Home Assistant
             self._diagnostic(
