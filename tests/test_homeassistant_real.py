@@ -126,6 +126,23 @@ def test_home_assistant_shows_the_device_its_entities_and_their_availability(
         assert connected["state"] == "on" and connected["attributes"]["device_class"] == "connectivity"
         assert states[f"sensor.{NODE}_front_door_fps"]["attributes"]["unit_of_measurement"] == "fps"
 
+        # "last error" says why a source is away while it is (its error once it is back is history), and
+        # the pipeline's own error first: the published template, rendered by Home Assistant on stats
+        topic = f"homeassistant/sensor/{NODE}/front_door_last_error/config"
+        config = next(json.loads(p) for t, p, _ in watch.messages() if t == topic and p)
+
+        def last_error(pipeline_error: str | None, connected: bool, source_error: str | None) -> str:
+            stats = {"pipelines": {"front.door": {"last_error": pipeline_error, "source": {
+                "connected": connected, "last_error": source_error}}}}  # fmt: skip
+            # a Python repr is a Jinja literal (None, True), JSON is not (null, true)
+            return ha.template(f"{{% set value_json = {stats!r} %}}{config['value_template']}")
+
+        assert last_error(None, False, "device /dev/video2 is not there") == "device /dev/video2 is not there"
+        assert last_error(None, True, "stream lost") == "none"
+        assert last_error("frame 7: bad", False, "stream lost") == "frame 7: bad"
+        assert last_error(None, False, None) == "none"
+        assert len(last_error(None, False, "x" * 300)) == 255
+
         # the daemon stops: its status says offline, and Home Assistant marks every entity unavailable
         assert agent.stop() == 0, agent.log()
 
