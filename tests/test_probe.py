@@ -27,6 +27,9 @@ PI_CPUINFO = (
 )
 
 
+USB_PORT = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0"
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -61,6 +64,14 @@ def pi_tree(tmp_path: Path) -> Path:
     write(dev / "video0", "")
     # a real character device that is not a camera: OpenCV must fail to open it, and probe must say so
     (dev / "video1").symlink_to("/dev/null")
+    # udev's stable names of the webcam's two nodes (as on a Pi 4: its USB 3 controller sits on PCIe)
+    (dev / "v4l/by-id").mkdir(parents=True)
+    (dev / "v4l/by-path").mkdir(parents=True)
+    for node in (0, 1):
+        (dev / f"v4l/by-id/usb-046d_HD_Pro_Webcam_C920_9F5A3B2C-video-index{node}").symlink_to(
+            f"../../video{node}"
+        )
+        (dev / f"v4l/by-path/{USB_PORT}-video-index{node}").symlink_to(f"../../video{node}")
     write(dev / "ttyUSB0", "")
     write(dev / "ttyAMA0", "")
     (dev / "serial0").symlink_to("ttyAMA0")
@@ -167,6 +178,8 @@ def test_lists_devices_of_a_sysfs_dev_tree(pi_tree: Path) -> None:
     assert list(cams) == [str(pi_tree / "dev/video0"), str(pi_tree / "dev/video1")]
     assert cams[str(pi_tree / "dev/video0")]["name"] == "HD Pro Webcam C920"
     assert cams[str(pi_tree / "dev/video0")]["opened"] is None  # a plain file: not handed to OpenCV
+    assert cams[str(pi_tree / "dev/video0")]["by_id"] == "usb-046d_HD_Pro_Webcam_C920_9F5A3B2C-video-index0"
+    assert cams[str(pi_tree / "dev/video0")]["by_path"] == f"{USB_PORT}-video-index0"
     null_cam = cams[str(pi_tree / "dev/video1")]
     assert null_cam["index"] == 1 and null_cam["opened"] is False and "cannot open" in null_cam["note"]
 
@@ -197,6 +210,7 @@ def test_table_names_what_it_found(pi_tree: Path) -> None:
         "none that speed up int8",
         "Coral USB Accelerator",
         "usb-FTDI_FT232R",
+        "by-id/usb-046d_HD_Pro_Webcam_C920_9F5A3B2C-video-index0",
     ):
         assert expected in out, expected  # fmt: skip
     assert "no cameras found" not in out
@@ -381,7 +395,12 @@ def test_suggested_sources_are_valid_config(pi_tree: Path) -> None:
     report = probe_json(*tree_args(pi_tree))
     sources = report["sources"]
     assert sources == [
-        {"type": "camera", "url": str(pi_tree / "dev/video0")},  # video1 is the metadata node (index 1)
+        # by the name that stays the camera's (video0 may be video2 after a re-plug); video1 is its
+        # metadata node (index 1)
+        {
+            "type": "camera",
+            "url": str(pi_tree / "dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_9F5A3B2C-video-index0"),
+        },
         {
             "type": "iio",
             "device": "adxl345",
@@ -402,7 +421,33 @@ def test_suggested_sources_are_valid_config(pi_tree: Path) -> None:
     cfg = parse_config({"pipelines": pipelines})
     assert [p.source.type for p in cfg.pipelines] == ["camera", "iio", "serial", "serial"]
     _, out, _ = run_probe(*tree_args(pi_tree))
-    assert f'source: {{"type": "camera", "url": "{pi_tree}/dev/video0"}}' in out
+    assert f'source: {{"type": "camera", "url": "{sources[0]["url"]}"}}' in out
+
+
+def test_twin_cameras_are_suggested_by_their_usb_port_and_a_camera_without_links_by_its_node(
+    empty_roots: list[str], tmp_path: Path
+) -> None:
+    """Two cameras of one model without serial numbers have one by-id name, which udev gives to one of them:
+    by it, a config would follow whichever came last. Their USB ports tell them apart; a camera udev names
+    neither way (a CSI bridge, a loopback) is suggested as its node."""
+    dev, sys_ = tmp_path / "dev", tmp_path / "sys"
+    for node, port in ((0, "usb-0:1.1:1.0"), (2, "usb-0:1.2:1.0"), (4, None)):
+        write(sys_ / f"class/video4linux/video{node}/name", "USB2.0 Camera\n" if port else "loopback\n")
+        write(sys_ / f"class/video4linux/video{node}/index", "0\n")
+        write(dev / f"video{node}", "")
+        if port:
+            by_path = dev / f"v4l/by-path/platform-xhci-hcd.0-{port}-video-index0"
+            by_path.parent.mkdir(parents=True, exist_ok=True)
+            by_path.symlink_to(f"../../video{node}")
+    (dev / "v4l/by-id").mkdir()
+    (dev / "v4l/by-id/usb-Sonix_USB2.0_Camera-video-index0").symlink_to("../../video2")  # the last one wins
+    report = probe_json(*empty_roots)
+    assert [c["by_id"] for c in report["cameras"]] == [None, "usb-Sonix_USB2.0_Camera-video-index0", None]
+    assert [s["url"] for s in report["sources"]] == [
+        str(dev / "v4l/by-path/platform-xhci-hcd.0-usb-0:1.1:1.0-video-index0"),
+        str(dev / "v4l/by-path/platform-xhci-hcd.0-usb-0:1.2:1.0-video-index0"),
+        str(dev / "video4"),
+    ]
 
 
 def test_nothing_to_suggest_on_a_bare_machine(empty_roots: list[str]) -> None:

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/config.yaml")
@@ -63,6 +63,10 @@ class Camera:
     fps: float | None = None
     fourcc: str | None = None
     note: str | None = None
+    # udev's names that survive re-plugging and reboots, where video0 and video2 may swap: by-id follows the
+    # camera (its vendor, model and serial), by-path the USB port it is in
+    by_id: str | None = None
+    by_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,8 +154,15 @@ def _sorted_nodes(paths: list[str]) -> list[str]:
     return sorted(paths, key=key)
 
 
+def _links(folder: Path) -> dict[str, str]:
+    """{what a link resolves to: the link's name} for the links in ``folder`` (udev's /dev/v4l/by-id)."""
+    return {os.path.realpath(link): os.path.basename(link) for link in sorted(glob.glob(str(folder / "*")))}
+
+
 def probe_cameras(roots: Roots, open_devices: bool = True) -> list[Camera]:
-    """V4L2 nodes with their sysfs names; with OpenCV installed, the format a capture actually delivers."""
+    """V4L2 nodes with their sysfs names and udev's stable names; with OpenCV installed, the format a capture
+    actually delivers."""
+    by_id, by_path = _links(roots.dev / "v4l" / "by-id"), _links(roots.dev / "v4l" / "by-path")
     cameras = []
     for dev in _sorted_nodes(glob.glob(str(roots.dev / "video*"))):
         node = Path(dev)
@@ -163,11 +174,13 @@ def probe_cameras(roots: Roots, open_devices: bool = True) -> list[Camera]:
         except OSError:
             is_char = False
         if not is_char:
-            cameras.append(Camera(str(node), name, idx, None, note="not a character device: not opened"))
+            camera = Camera(str(node), name, idx, None, note="not a character device: not opened")
         elif not open_devices:
-            cameras.append(Camera(str(node), name, idx, None, note="not opened (--no-open)"))
+            camera = Camera(str(node), name, idx, None, note="not opened (--no-open)")
         else:
-            cameras.append(_open_camera(str(node), name, idx))
+            camera = _open_camera(str(node), name, idx)
+        real = os.path.realpath(node)
+        cameras.append(replace(camera, by_id=by_id.get(real), by_path=by_path.get(real)))
     return cameras
 
 

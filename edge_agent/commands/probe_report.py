@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.commands.probe_broker import Broker
-from edge_agent.commands.probe_device import EdgeTpu, Roots, System
+from edge_agent.commands.probe_device import Camera, EdgeTpu, Roots, System
 
 
 def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]]:
@@ -22,10 +22,8 @@ def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]
     def entry(cfg: Any) -> dict[str, Any]:
         return {"type": cfg.type, **cfg.model_dump(mode="json", exclude_defaults=True)}
 
-    out = []
-    for cam in report["cameras"]:
-        if cam.opened or (cam.opened is None and cam.index in (0, None)):  # index 1 is a UVC metadata node
-            out.append(entry(CameraSourceConfig(url=cam.device)))
+    capture = [c for c in report["cameras"] if c.opened or (c.opened is None and c.index in (0, None))]
+    out = [entry(CameraSourceConfig(url=_steadiest_name(cam, capture, roots))) for cam in capture]
     iio_root = roots.sysfs / "bus" / "iio" / "devices"
     for dev in report["iio"]:
         if dev.channels:
@@ -48,6 +46,19 @@ def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]
         if real not in serial or rank > serial[real][0]:
             serial[real] = (rank, suggested)
     return out + [suggested for _, suggested in serial.values()]
+
+
+def _steadiest_name(cam: Camera, capture: list[Camera], roots: Roots) -> str:
+    """A camera by the name that stays its own: /dev/video0 and /dev/video2 may swap at the next boot or
+    re-plug; udev's by-id link follows the camera, its by-path link the USB port. Two cameras of one model
+    without serial numbers share one by-id name (udev points it at one of them), so then the port names
+    them. (index 1 above: a UVC camera's second node carries metadata, not frames.)"""
+    twin_without_id = any(o is not cam and o.name == cam.name and o.by_id is None for o in capture)
+    if cam.by_id and not twin_without_id:
+        return str(roots.dev / "v4l" / "by-id" / cam.by_id)
+    if cam.by_path:
+        return str(roots.dev / "v4l" / "by-path" / cam.by_path)
+    return cam.device
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -98,13 +109,14 @@ def render(report: dict[str, Any]) -> str:
     sections.append(
         _table(
             "Cameras",
-            ["device", "name", "index", "format", "note"],
+            ["device", "name", "index", "format", "stable name (/dev/v4l/)", "note"],
             [
                 [
                     c.device,
                     c.name,
                     c.index,
                     f"{c.width}x{c.height} {c.fourcc or ''} {c.fps or ''}".strip() if c.width else c.fourcc,
+                    f"by-id/{c.by_id}" if c.by_id else f"by-path/{c.by_path}" if c.by_path else None,
                     c.note,
                 ]
                 for c in report["cameras"]
