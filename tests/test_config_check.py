@@ -3,6 +3,8 @@ one clear message on stderr, never a traceback."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,16 @@ from edge_agent.errors import ConfigError, ModelError, SourceError
 from tests.test_pipeline_sensors import make_iio_device
 
 
-def edge_agent(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def edge_agent(
+    *args: str, cwd: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -426,3 +431,51 @@ def test_check_reads_a_credential_as_the_service_would(tmp_path: Path, monkeypat
     assert isinstance(result.exception, ConfigError), result.output  # one line and exit 2 from run_cli
     assert "mqtt.password_credential needs LoadCredential=mqtt-password" in result.output
     assert "pipelines[0].source.password_credential needs LoadCredential=door" in result.output
+
+
+def test_a_camera_named_by_its_number_among_two_gets_a_note_with_its_steady_name(tmp_path: Path) -> None:
+    """With two USB cameras, /dev/video0 is whichever the kernel found first, so a reboot may swap the door
+    and the yard: check names udev's by-id link instead. /dev and /sys are folders of their shape (the dev
+    folder under /dev/shm: a path outside /dev is a video file, not a device)."""
+    dev = Path("/dev/shm") / f"edge-agent-test-dev-{tmp_path.name}"
+    sys_ = tmp_path / "sys"
+    shutil.rmtree(dev, ignore_errors=True)
+    (dev / "v4l/by-id").mkdir(parents=True)
+    try:
+        for node, serial in ((0, "1A2B"), (2, "3C4D")):
+            (dev / f"video{node}").write_text("")
+            (dev / f"v4l/by-id/usb-046d_C920_{serial}-video-index0").symlink_to(f"../../video{node}")
+            (sys_ / f"class/video4linux/video{node}").mkdir(parents=True)
+            (sys_ / f"class/video4linux/video{node}/name").write_text("HD Pro Webcam C920\n")
+            (sys_ / f"class/video4linux/video{node}/index").write_text("0\n")
+        for node, name in ((10, "bcm2835-codec-decode"), (12, "bcm2835-isp"), (19, "rpi-hevc-dec")):
+            (dev / f"video{node}").write_text("")  # every Pi has these: they are no cameras
+            (sys_ / f"class/video4linux/video{node}").mkdir(parents=True)
+            (sys_ / f"class/video4linux/video{node}/name").write_text(name + "\n")
+            (sys_ / f"class/video4linux/video{node}/index").write_text("0\n")
+        (tmp_path / "m.tflite").write_bytes(b"")
+        urls = [str(dev / "video0"), str(dev / "v4l/by-id/usb-046d_C920_3C4D-video-index0")]
+        cfg = {
+            "device_id": "checkdev",
+            "mqtt": {"host": "127.0.0.1", "port": 1},
+            "state_dir": "state",
+            "pipelines": [
+                {"name": f"c{i}", "source": {"type": "camera", "url": url}, "model": {"path": "m.tflite"}}
+                for i, url in enumerate(urls)
+            ],
+        }
+        env = {**os.environ, "EDGE_AGENT_DEV_ROOT": str(dev), "EDGE_AGENT_SYSFS_ROOT": str(sys_)}
+        config = write(tmp_path, cfg)
+        proc = edge_agent("check", "--no-models", str(config), cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (
+            f"1 note(s):\n  pipelines[0].source.url: {dev}/video0 is one of 2 cameras here, and their "
+            f"numbers may swap at the next boot: name it {dev}/v4l/by-id/usb-046d_C920_1A2B-video-index0"
+        ) in proc.stderr  # and not the second pipeline: its link follows its camera
+        (dev / "video2").unlink()  # the yard camera unplugged: the door's number is its own now
+        proc = edge_agent("check", "--no-models", str(config), cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 note(s):\n  pipelines[1].source: camera device" in proc.stderr  # (it is waited for)
+        assert "cameras here" not in proc.stderr
+    finally:
+        shutil.rmtree(dev, ignore_errors=True)

@@ -450,6 +450,19 @@ def test_twin_cameras_are_suggested_by_their_usb_port_and_a_camera_without_links
     ]
 
 
+def test_unopened_nodes_are_suggested_unless_they_are_a_pis_codecs(pi_tree: Path) -> None:
+    """With --no-open (the installer's way) a node is suggested by its sysfs name and index alone: not the
+    webcam's metadata node, and not the codec and ISP nodes every Pi has."""
+    for node, name in ((10, "bcm2835-codec-decode"), (12, "bcm2835-isp"), (19, "rpi-hevc-dec")):
+        write(pi_tree / f"sys/class/video4linux/video{node}/name", name + "\n")
+        write(pi_tree / f"sys/class/video4linux/video{node}/index", "0\n")
+        (pi_tree / f"dev/video{node}").symlink_to("/dev/null")  # character devices, as on a Pi
+    report = probe_json(*tree_args(pi_tree), "--no-open")
+    assert len(report["cameras"]) == 5
+    cameras = [s["url"] for s in report["sources"] if s["type"] == "camera"]
+    assert cameras == [str(pi_tree / "dev/v4l/by-id/usb-046d_HD_Pro_Webcam_C920_9F5A3B2C-video-index0")]
+
+
 def test_nothing_to_suggest_on_a_bare_machine(empty_roots: list[str]) -> None:
     _, out, _ = run_probe(*empty_roots)
     assert "Config sources (pipelines[].source; add a window: for sensors)\n  nothing found to suggest" in out

@@ -8,6 +8,7 @@ needs is missing (OpenCV for a camera, pyserial, prometheus-client, cryptography
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -71,13 +72,44 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 
 def environment_notes(cfg: AgentConfig) -> list[str]:
-    """What is not there now and is waited for, so not a problem: a camera device not plugged in (yet)."""
-    return [
+    """What is not a problem now but may be one: a camera device not plugged in (yet), which the pipeline
+    waits for; a camera named by a node number that another camera may take at the next boot."""
+    cameras = [(i, p.source) for i, p in enumerate(cfg.pipelines) if isinstance(p.source, CameraSourceConfig)]
+    notes = [
         f"pipelines[{i}].source: camera device {path} is not there now: the pipeline waits for it (is the "
         "camera plugged in? ls /dev/video*, edge-agent probe)"
-        for i, p in enumerate(cfg.pipelines)
-        if isinstance(p.source, CameraSourceConfig) and (path := p.source.missing_device())
+        for i, source in cameras
+        if (path := source.missing_device())
     ]
+    return notes + _unsteady_camera_names(cameras)
+
+
+def _unsteady_camera_names(cameras: list[tuple[int, CameraSourceConfig]]) -> list[str]:
+    """With two USB cameras, /dev/video0 is whichever the kernel found first: name each by udev's link."""
+    named = [(i, path) for i, source in cameras if (path := source.device_path) and not os.path.islink(path)]
+    if not named:
+        return []
+    # here, not at the top: `edge-agent run` imports this module, and the daemon need not carry probe's
+    from edge_agent.commands.probe_device import Roots, probe_cameras
+    from edge_agent.commands.probe_report import capture_nodes, steadiest_name
+
+    roots = Roots(  # as probe and the installer see them (moved by a test)
+        sysfs=Path(os.environ.get("EDGE_AGENT_SYSFS_ROOT", "/sys")),
+        dev=Path(os.environ.get("EDGE_AGENT_DEV_ROOT", "/dev")),
+    )
+    capture = capture_nodes(probe_cameras(roots, open_devices=False))
+    if len(capture) < 2:
+        return []
+    by_node = {os.path.realpath(c.device): c for c in capture}
+    notes = []
+    for i, path in named:
+        cam = by_node.get(os.path.realpath(path))
+        if cam and (stable := steadiest_name(cam, capture, roots)) != cam.device:
+            notes.append(
+                f"pipelines[{i}].source.url: {path} is one of {len(capture)} cameras here, and their numbers "
+                f"may swap at the next boot: name it {stable} (edge-agent probe lists them)"
+            )
+    return notes
 
 
 def needed_extras(cfg: AgentConfig) -> dict[Extra, list[str]]:

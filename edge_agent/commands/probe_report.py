@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import asdict
@@ -22,8 +23,8 @@ def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]
     def entry(cfg: Any) -> dict[str, Any]:
         return {"type": cfg.type, **cfg.model_dump(mode="json", exclude_defaults=True)}
 
-    capture = [c for c in report["cameras"] if c.opened or (c.opened is None and c.index in (0, None))]
-    out = [entry(CameraSourceConfig(url=_steadiest_name(cam, capture, roots))) for cam in capture]
+    capture = capture_nodes(report["cameras"])
+    out = [entry(CameraSourceConfig(url=steadiest_name(cam, capture, roots))) for cam in capture]
     iio_root = roots.sysfs / "bus" / "iio" / "devices"
     for dev in report["iio"]:
         if dev.channels:
@@ -48,11 +49,31 @@ def suggest_sources(report: dict[str, Any], roots: Roots) -> list[dict[str, Any]
     return out + [suggested for _, suggested in serial.values()]
 
 
-def _steadiest_name(cam: Camera, capture: list[Camera], roots: Roots) -> str:
+# V4L2 nodes that are no camera: the Pi's codec, ISP and HEVC nodes, which every Pi has (scripts/install
+# skips the same names when it looks for a camera)
+PLATFORM_NODES = ("bcm2835-codec*", "bcm2835-isp*", "rpi-hevc*", "pispbe*", "*-enc", "*-dec")
+
+
+def capture_nodes(cameras: list[Camera]) -> list[Camera]:
+    """The nodes that give frames: opened, or not tried, no codec node and first of their camera (a UVC
+    camera's second node, index 1, carries metadata)."""
+    return [
+        c
+        for c in cameras
+        if c.opened
+        or (
+            c.opened is None
+            and c.index in (0, None)
+            and not any(fnmatch.fnmatchcase(c.name or "", p) for p in PLATFORM_NODES)
+        )
+    ]
+
+
+def steadiest_name(cam: Camera, capture: list[Camera], roots: Roots) -> str:
     """A camera by the name that stays its own: /dev/video0 and /dev/video2 may swap at the next boot or
     re-plug; udev's by-id link follows the camera, its by-path link the USB port. Two cameras of one model
     without serial numbers share one by-id name (udev points it at one of them), so then the port names
-    them. (index 1 above: a UVC camera's second node carries metadata, not frames.)"""
+    them."""
     twin_without_id = any(o is not cam and o.name == cam.name and o.by_id is None for o in capture)
     if cam.by_id and not twin_without_id:
         return str(roots.dev / "v4l" / "by-id" / cam.by_id)
