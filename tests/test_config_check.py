@@ -34,6 +34,19 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     return path
 
 
+def cameras_config(urls: list[str]) -> dict:
+    """One camera pipeline per url (c0, c1, ...), each with m.tflite (for --no-models)."""
+    return {
+        "device_id": "checkdev",
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "state_dir": "state",
+        "pipelines": [
+            {"name": f"c{i}", "source": {"type": "camera", "url": url}, "model": {"path": "m.tflite"}}
+            for i, url in enumerate(urls)
+        ],
+    }
+
+
 def base(model: Path, video: Path | str) -> dict:
     return {
         "device_id": "checkdev",
@@ -368,15 +381,7 @@ def test_check_decodes_a_video_file_as_the_start_does(tmp_path: Path, test_video
         "/dev/video97",
         "rtsp://op:s3cret@127.0.0.1:1/x",
     ]
-    cfg = {
-        "device_id": "checkdev",
-        "mqtt": {"host": "127.0.0.1", "port": 1},
-        "state_dir": "state",
-        "pipelines": [
-            {"name": f"c{i}", "source": {"type": "camera", "url": url}, "model": {"path": "m.tflite"}}
-            for i, url in enumerate(urls)
-        ],
-    }
+    cfg = cameras_config(urls)
     proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
     assert proc.returncode == ConfigError.exit_code, proc.stdout + proc.stderr
     assert "2 config problem(s)" in proc.stderr, proc.stderr
@@ -455,15 +460,7 @@ def test_a_camera_named_by_its_number_among_two_gets_a_note_with_its_steady_name
             (sys_ / f"class/video4linux/video{node}/index").write_text("0\n")
         (tmp_path / "m.tflite").write_bytes(b"")
         urls = [str(dev / "video0"), str(dev / "v4l/by-id/usb-046d_C920_3C4D-video-index0")]
-        cfg = {
-            "device_id": "checkdev",
-            "mqtt": {"host": "127.0.0.1", "port": 1},
-            "state_dir": "state",
-            "pipelines": [
-                {"name": f"c{i}", "source": {"type": "camera", "url": url}, "model": {"path": "m.tflite"}}
-                for i, url in enumerate(urls)
-            ],
-        }
+        cfg = cameras_config(urls)
         env = {**os.environ, "EDGE_AGENT_DEV_ROOT": str(dev), "EDGE_AGENT_SYSFS_ROOT": str(sys_)}
         config = write(tmp_path, cfg)
         proc = edge_agent("check", "--no-models", str(config), cwd=tmp_path, env=env)
