@@ -93,10 +93,7 @@ def _unsteady_camera_names(cameras: list[tuple[int, CameraSourceConfig]]) -> lis
     from edge_agent.commands.probe_device import Roots, probe_cameras
     from edge_agent.commands.probe_report import capture_nodes, steadiest_name
 
-    roots = Roots(  # as probe and the installer see them (moved by a test)
-        sysfs=Path(os.environ.get("EDGE_AGENT_SYSFS_ROOT", "/sys")),
-        dev=Path(os.environ.get("EDGE_AGENT_DEV_ROOT", "/dev")),
-    )
+    roots = Roots.from_environment()  # as probe and the installer see them (moved by a test)
     capture = capture_nodes(probe_cameras(roots, open_devices=False))
     if len(capture) < 2:
         return []

@@ -16,6 +16,9 @@ import click
 from edge_agent.commands.probe_broker import Broker, BrokerTarget, broker_target, check_broker
 from edge_agent.commands.probe_device import (
     DEFAULT_CONFIG,
+    DEV_ROOT_ENV,
+    PROC_ROOT_ENV,
+    SYSFS_ROOT_ENV,
     Roots,
     probe_board,
     probe_cameras,
@@ -53,7 +56,7 @@ __all__ = ["Broker", "BrokerTarget", "Roots", "broker_target", "check_broker", "
     "--sysfs-root",
     type=click.Path(path_type=Path, file_okay=False),
     default="/sys",
-    envvar="EDGE_AGENT_SYSFS_ROOT",
+    envvar=SYSFS_ROOT_ENV,
     show_default=True,
     help="Where sysfs is mounted.",
 )
@@ -61,7 +64,7 @@ __all__ = ["Broker", "BrokerTarget", "Roots", "broker_target", "check_broker", "
     "--dev-root",
     type=click.Path(path_type=Path, file_okay=False),
     default="/dev",
-    envvar="EDGE_AGENT_DEV_ROOT",
+    envvar=DEV_ROOT_ENV,
     show_default=True,
     help="Where device nodes are.",
 )
@@ -69,7 +72,7 @@ __all__ = ["Broker", "BrokerTarget", "Roots", "broker_target", "check_broker", "
     "--proc-root",
     type=click.Path(path_type=Path, file_okay=False),
     default="/proc",
-    envvar="EDGE_AGENT_PROC_ROOT",
+    envvar=PROC_ROOT_ENV,
     show_default=True,
     help="Where procfs is mounted.",
 )

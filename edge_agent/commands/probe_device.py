@@ -123,6 +123,11 @@ class System:
     simd: list[str] = field(default_factory=list)  # SIMD_FEATURES the CPU has
 
 
+SYSFS_ROOT_ENV = "EDGE_AGENT_SYSFS_ROOT"  # the installer's camera scan reads the same two names
+DEV_ROOT_ENV = "EDGE_AGENT_DEV_ROOT"
+PROC_ROOT_ENV = "EDGE_AGENT_PROC_ROOT"
+
+
 @dataclass(frozen=True)
 class Roots:
     """Where /sys, /dev and /proc are: moved for tests and copied trees."""
@@ -131,6 +136,16 @@ class Roots:
     dev: Path = Path("/dev")
     proc: Path = Path("/proc")
     etc: Path = Path("/etc")
+
+    @classmethod
+    def from_environment(cls) -> Roots:
+        """The roots as probe sees them without options: so check and probe look at the same (moved) tree."""
+        env = os.environ
+        return cls(
+            sysfs=Path(env.get(SYSFS_ROOT_ENV, "/sys")),
+            dev=Path(env.get(DEV_ROOT_ENV, "/dev")),
+            proc=Path(env.get(PROC_ROOT_ENV, "/proc")),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- readers
