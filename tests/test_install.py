@@ -266,6 +266,17 @@ def test_camera_extra_when_a_camera_node_is_present(
     assert (f"camera extra: found {dev}/video0 {dev}/video1" in proc.stdout) is camera
 
 
+def test_the_installer_skips_the_same_platform_nodes_as_probe() -> None:
+    """The installer picks the camera extra before the package is installed, so it keeps its own list of
+    the Pi's codec/ISP node names; probe and check must skip the same ones, or they disagree on cameras."""
+    from edge_agent.commands.probe_report import PLATFORM_NODES
+
+    body = INSTALL.read_text().split("camera_nodes() {", 1)[1].split("\n}\n", 1)[0]
+    case = re.search(r'case "\$name" in ([^)]*)\) continue', body)
+    assert case, "scripts/install: camera_nodes lost its case of platform node names"
+    assert case.group(1).split("|") == list(PLATFORM_NODES)
+
+
 def test_a_unit_with_a_fixed_user_gets_that_user(tmp_path: Path, wheel: Path) -> None:
     """DynamicUser= needs no account; a unit with User= does: useradd is printed (not run) with --root."""
     unit = SHIPPED_UNIT.read_text().replace("DynamicUser=yes", "User=edge-agent")
