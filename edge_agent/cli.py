@@ -9,7 +9,6 @@ import sys
 
 import click
 
-from edge_agent import __version__
 from edge_agent.errors import EdgeAgentError
 
 # name -> module in edge_agent.commands that defines a click command called ``command``
@@ -38,7 +37,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edge-agent")
+@click.version_option(package_name="edge-agent", prog_name="edge-agent")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """Run quantized TFLite models on this device and publish the results over MQTT."""

@@ -3,7 +3,6 @@ dropped), the bad value, and "did you mean" for a mistyped key."""
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from typing import Any
@@ -82,7 +81,9 @@ def _describe(root: type[BaseModel], err: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
         allowed = sorted(owner.model_fields) if owner is not None else []
-        close = difflib.get_close_matches(key, allowed, n=1)
+        from difflib import get_close_matches  # here: a config that loads never needs it
+
+        close = get_close_matches(key, allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{_format_loc(loc)}: unknown key{hint} (allowed here: {', '.join(allowed)})"
     if kind == "missing":

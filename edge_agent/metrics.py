@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge_agent import __version__
+import edge_agent
 from edge_agent.errors import ConfigError
 from edge_agent.extras import PROMETHEUS
 
@@ -141,13 +141,14 @@ class DaemonCollector:
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
+        self._version = edge_agent.__version__  # looked up here: a daemon without metrics never scans for it
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
         d = self._daemon
         info = InfoMetricFamily("edge_agent", "This daemon: device id, version.")
-        info.add_metric([], {"device": d.cfg.device_id, "version": __version__})
+        info.add_metric([], {"device": d.cfg.device_id, "version": self._version})
         yield info
         if d.boot is not None:
             yield GaugeMetricFamily("edge_agent_boot", "This start's number (as in results).", value=d.boot)

@@ -169,7 +169,8 @@ def test_latency_percentiles_match_numpy_without_importing_numpy_ma() -> None:
     assert out.stdout.split() == ["False", "True"], out.stderr
 
 
-# What a config without fleet keys, homeassistant: and metrics: must never load (each costs resident memory).
+# What a camera config without fleet keys, homeassistant:, metrics: (nor a command source, nor a config
+# error) must never load: each costs resident memory.
 OPT_IN_MODULES = (
     "edge_agent.fleet.agent",  # the deploy agent: only with trusted keys or a deployment stored
     "edge_agent.fleet.fetch",
@@ -177,6 +178,8 @@ OPT_IN_MODULES = (
     "edge_agent.homeassistant.discovery",  # homeassistant.discovery: true
     "edge_agent.homeassistant.entities",
     "prometheus_client",  # metrics:
+    "subprocess",  # a command source's
+    "difflib",  # config errors' "did you mean"
 )
 
 
@@ -203,8 +206,11 @@ def test_daemon_without_fleet_homeassistant_metrics_does_not_load_their_modules(
         )
     )
     code = (
-        "import json, sys, time\n"
+        "import importlib.metadata, json, sys, time\n"
         "from pathlib import Path\n"
+        "looked_up, _version = [], importlib.metadata.version\n"
+        "importlib.metadata.version = lambda name: looked_up.append(name) or _version(name)\n"
+        "import edge_agent.cli  # as `edge-agent run` does\n"
         "from edge_agent.config import load_config\n"
         "from edge_agent.daemon import Daemon\n"
         f"daemon = Daemon(load_config(Path({str(config)!r})))\n"
@@ -213,11 +219,13 @@ def test_daemon_without_fleet_homeassistant_metrics_does_not_load_their_modules(
         "stats = json.loads(daemon.stats_payload())\n"
         "daemon.shutdown(drain=False)\n"
         f"print(json.dumps({{'loaded': [m for m in {OPT_IN_MODULES!r} if m in sys.modules],\n"
+        "                   'version_looked_up': 'edge-agent' in looked_up,\n"
         "                   'fleet': stats['fleet']}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
+    assert report["version_looked_up"] is False  # the package-metadata scan: only Home Assistant, metrics
     assert report["fleet"]["enabled"] is False  # still reported, every counter 0
     assert not any(report["fleet"].values())

@@ -10,11 +10,10 @@ import logging
 import os
 import selectors
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -24,6 +23,9 @@ from edge_agent.sources.base import Backoff, RateLimitedWarning, SourceConfigBas
 from edge_agent.sources.lines import LineParser, LineSplitter
 from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
+
+if TYPE_CHECKING:  # imported where a command starts: the other sources' daemons need not keep it
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class CommandSourceConfig(SourceConfigBase):
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    import subprocess
+
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -97,6 +101,8 @@ class CommandSource(SampleSource):
 
     def _run_once(self) -> str | None:
         """Run the program until it exits (-> why) or we stop (-> None)."""
+        import subprocess
+
         try:
             proc = subprocess.Popen(
                 self.cfg.argv,
