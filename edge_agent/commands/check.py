@@ -19,6 +19,7 @@ from edge_agent.errors import ConfigError, DependencyError, ModelError, SourceEr
 from edge_agent.extras import OPENCV, PROMETHEUS, PYSERIAL, Extra
 from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig, camera_kind
+from edge_agent.sources.device_access import access_problem
 from edge_agent.sources.stream_login import shown_url
 
 
@@ -73,7 +74,8 @@ def environment_problems(cfg: AgentConfig) -> list[str]:
 
 def environment_notes(cfg: AgentConfig) -> list[str]:
     """What is not a problem now but may be one: a camera device not plugged in (yet), which the pipeline
-    waits for; a camera named by a node number that another camera may take at the next boot."""
+    waits for; a camera named by a node number that another camera may take at the next boot; a camera or
+    serial port this user may not open (the service, as another user with its own groups, may)."""
     cameras = [(i, p.source) for i, p in enumerate(cfg.pipelines) if isinstance(p.source, CameraSourceConfig)]
     notes = [
         f"pipelines[{i}].source: camera device {path} is not there now: the pipeline waits for it (is the "
@@ -81,7 +83,18 @@ def environment_notes(cfg: AgentConfig) -> list[str]:
         for i, source in cameras
         if (path := source.missing_device())
     ]
-    return notes + _unsteady_camera_names(cameras)
+    return notes + _unsteady_camera_names(cameras) + _devices_denied(cfg)
+
+
+def _devices_denied(cfg: AgentConfig) -> list[str]:
+    """Permission bits only: check opens no device (a serial port's DTR line would reset the board on it)."""
+    devices = [
+        (i, path)
+        for i, p in enumerate(cfg.pipelines)
+        if (path := p.source.device_path if isinstance(p.source, CameraSourceConfig) else None)
+        or (path := p.source.port if p.source.type == "serial" else None)
+    ]
+    return [f"pipelines[{i}].source: {why}" for i, path in devices if (why := access_problem(path))]
 
 
 def _unsteady_camera_names(cameras: list[tuple[int, CameraSourceConfig]]) -> list[str]:

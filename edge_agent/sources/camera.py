@@ -51,6 +51,7 @@ from edge_agent.sources.base import (
     absolute,
     glance_copy,
 )
+from edge_agent.sources.device_access import open_problem
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
 from edge_agent.sources.stream_login import login_problem, shown_url, with_password
 
@@ -466,6 +467,20 @@ class CameraSource(Interruptible, Source):
         log.info("camera %s: device %s is there now", self._label, path)
         return True
 
+    def _why_not_opened(self) -> str:
+        """OpenCV tells only that it failed; a device node that is there says why (a group the user lacks, a
+        device policy, another program holding it) or, when it opens, that it gives no video."""
+        path = self.cfg.device_path
+        if path is None or not sys.platform.startswith("linux") or not os.path.exists(path):
+            return "cannot open (nothing there, or refused)"
+        why = open_problem(path)
+        if why is not None:
+            return why
+        return (
+            f"{path} opens but gives no video: is it a capture node? (a camera's second node carries "
+            "metadata; edge-agent probe lists the capture nodes)"
+        )
+
     def _watch(self, attempt: _Attempt) -> None:
         """Wait for the attempt to end; abandon it when it stalls past its timeout or when stopping."""
         while not attempt.done.is_set():
@@ -499,7 +514,7 @@ class CameraSource(Interruptible, Source):
                 if attempt.abandoned.is_set():
                     return
                 if not cap.isOpened():
-                    attempt.outcome, attempt.error = "error", "cannot open (nothing there, or refused)"
+                    attempt.outcome, attempt.error = "error", self._why_not_opened()
                     return
             attempt.opened = True
             attempt.progress = time.monotonic()

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from edge_agent.extras import PYSERIAL
 from edge_agent.sources.base import Backoff, SourceConfigBase
+from edge_agent.sources.device_access import EXPLAINED_ERRNOS, explain
 from edge_agent.sources.lines import LineParser, LineSplitter
 from edge_agent.sources.samples import OVERFLOW_HELP, Overflow, SampleSource
 from edge_agent.sources.window import WindowConfig
@@ -77,6 +78,9 @@ class SerialSource(SampleSource):
         try:
             port = serial.Serial(self.cfg.port, self.cfg.baudrate, timeout=_READ_TIMEOUT_S)
         except (serial.SerialException, OSError) as exc:
+            code = getattr(exc, "errno", None)  # pyserial keeps the open's errno
+            if code in EXPLAINED_ERRNOS:
+                return f"cannot open: {explain(self.cfg.port, code)}", False
             return f"cannot open: {exc}", False
         self._set_connected(True)
         log.info("%s: opened at %d baud", self.label, self.cfg.baudrate)
