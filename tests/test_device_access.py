@@ -189,7 +189,7 @@ def test_a_node_that_opens_but_gives_no_video_is_asked_whether_it_is_a_capture_n
 @pytest.mark.parametrize(
     ("code", "fix"),
     [
-        (errno.EPERM, "a systemd unit must allow it (DeviceAllow="),
+        (errno.EPERM, "sudo systemctl restart edge-agent lets it in"),
         (errno.EBUSY, "another program is using it (fuser -v /dev/video0 names it)"),
         (errno.ENODEV, "it was unplugged or its driver is not loaded"),
         (errno.EIO, "Input/output error"),

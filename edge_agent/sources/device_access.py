@@ -44,9 +44,12 @@ def explain(path: str, code: int | None) -> str:
         return _permission_denied(path)
     if code == errno.EPERM:
         return (
-            f"{path}: access refused by a device policy (EPERM), not by file permissions: a systemd unit "
-            "must allow it (DeviceAllow=, as the shipped unit does for cameras, IIO and serial), a container "
-            f"must be given it (docker run --device {path})"
+            f"{path}: refused by a device policy (EPERM), not by file permissions. As a systemd service: the "
+            "unit allows a device group (DeviceAllow=char-video4linux, char-ttyUSB ...) only if its driver "
+            "was loaded when the service started, so a device plugged in later may be refused: "
+            "sudo systemctl restart edge-agent lets it in, and /etc/modules-load.d/edge-agent.conf (written "
+            "by scripts/install) loads the drivers at boot; a device of another kind needs a DeviceAllow= "
+            f"line. In a container: pass the device (docker run --device {path})"
         )
     if code == errno.EBUSY:
         return f"{path}: busy: another program is using it (fuser -v {path} names it)"
