@@ -78,25 +78,25 @@ source.close()
 
 
 @as_root
-def test_a_camera_this_user_may_not_open_names_the_group_to_join(dev: Path) -> None:
-    pytest.importorskip("cv2")
-    node = _node_of_group(dev / "video0", "video")
-    out = _without_root_powers(SOURCE_ERROR.format(cfg={"type": "camera", "url": str(node)}))
+@pytest.mark.parametrize(
+    ("module", "node", "group", "source", "prefix"),
+    [
+        ("cv2", "video0", "video", {"type": "camera", "url": "NODE"}, ""),
+        ("serial", "ttyUSB0", "dialout", {"type": "serial", "port": "NODE"}, "cannot open: "),
+    ],
+)
+def test_a_device_this_user_may_not_open_names_the_group_to_join(
+    dev: Path, module: str, node: str, group: str, source: dict, prefix: str
+) -> None:
+    pytest.importorskip(module)
+    path = _node_of_group(dev / node, group)
+    cfg = {key: str(path) if value == "NODE" else value for key, value in source.items()}
+    out = _without_root_powers(SOURCE_ERROR.format(cfg=cfg))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
-        f"{node}: permission denied: it belongs to group video and user root is not in it: "
-        "sudo usermod -aG video root, then log in again; the edge-agent service has that group already"
+        f"{prefix}{path}: permission denied: it belongs to group {group} and user root is not in it: "
+        f"sudo usermod -aG {group} root, then log in again; the edge-agent service has that group already"
     )
-
-
-@as_root
-def test_a_serial_port_this_user_may_not_open_names_the_group_to_join(dev: Path) -> None:
-    pytest.importorskip("serial")
-    node = _node_of_group(dev / "ttyUSB0", "dialout")
-    out = _without_root_powers(SOURCE_ERROR.format(cfg={"type": "serial", "port": str(node)}))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"cannot open: {node}: permission denied: it belongs to group dialout")
-    assert "sudo usermod -aG dialout root" in out.stdout
 
 
 @as_root
