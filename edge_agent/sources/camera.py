@@ -469,7 +469,8 @@ class CameraSource(Interruptible, Source):
 
     def _why_not_opened(self) -> str:
         """OpenCV tells only that it failed; a device node that is there says why (a group the user lacks, a
-        device policy, another program holding it) or, when it opens, that it gives no video."""
+        device policy, no device behind it) or, when it opens, what keeps the video away (V4L2 lets a second
+        process open a camera that another one streams from, and refuses only its streaming)."""
         path = self.cfg.device_path
         if path is None or not sys.platform.startswith("linux") or not os.path.exists(path):
             return "cannot open (nothing there, or refused)"
@@ -477,7 +478,8 @@ class CameraSource(Interruptible, Source):
         if why is not None:
             return why
         return (
-            f"{path} opens but gives no video: is it a capture node? (a camera's second node carries "
+            f"{path} opens but OpenCV gets no video from it: another program may be streaming from the "
+            f"camera (fuser -v {path} names it), or it is not a capture node (a camera's second node carries "
             "metadata; edge-agent probe lists the capture nodes)"
         )
 
