@@ -401,8 +401,8 @@ def test_a_camera_device_that_is_not_there_is_waited_for_while_the_other_pipelin
             assert (cam["state"], cam["source"]["connected"], cam["frames"]) == ("running", False, 0)
             assert f"device {device} is not there" in daemon._status_line()
             assert f"camera {device}: device {device} is not there" in caplog.text
-            device.write_bytes(b"")  # plugged in (a plain file, so the open that follows fails, as it says)
-            messages = sub.wait_for(lambda m: "cannot open" in (camera_error(m) or ""), timeout=10)
+            device.write_bytes(b"")  # plugged in (a plain file: it opens, but OpenCV gets no video from it)
+            messages = sub.wait_for(lambda m: "gets no video" in (camera_error(m) or ""), timeout=10)
             assert f"camera {device}: device {device} is there now" in caplog.text
             assert daemon.pipelines and all(p.state == "running" for p in daemon.pipelines)
     finally:
