@@ -88,13 +88,13 @@ def environment_notes(cfg: AgentConfig) -> list[str]:
 
 def _devices_denied(cfg: AgentConfig) -> list[str]:
     """Permission bits only: check opens no device (a serial port's DTR line would reset the board on it)."""
-    devices = [
-        (i, path)
-        for i, p in enumerate(cfg.pipelines)
-        if (path := p.source.device_path if isinstance(p.source, CameraSourceConfig) else None)
-        or (path := p.source.port if p.source.type == "serial" else None)
-    ]
-    return [f"pipelines[{i}].source: {why}" for i, path in devices if (why := access_problem(path))]
+    notes = []
+    for i, p in enumerate(cfg.pipelines):
+        s = p.source
+        path = s.device_path if isinstance(s, CameraSourceConfig) else s.port if s.type == "serial" else None
+        if path and (why := access_problem(path)):
+            notes.append(f"pipelines[{i}].source: {why}")
+    return notes
 
 
 def _unsteady_camera_names(cameras: list[tuple[int, CameraSourceConfig]]) -> list[str]:

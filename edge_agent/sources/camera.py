@@ -21,7 +21,8 @@ apart, each piece would reach into the others' state; its config (with the check
 glance's grey copy from a JPEG) is its own module (``mjpeg.py``), as is a stream URL's login
 (``stream_login.py``: the password put in at start, shown as ``***``); a glance's copy of a decoded frame
 is the motion gate's own shrinking (``base.glance_copy``); where frames' memory comes from,
-``runtime.memory.fit_frames`` (the camera only tells it their size)."""
+``runtime.memory.fit_frames`` (the camera only tells it their size); why a device node does not open,
+``device_access.py``."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from edge_agent.sources.base import (
     absolute,
     glance_copy,
 )
-from edge_agent.sources.device_access import open_problem
+from edge_agent.sources.device_access import camera_open_problem
 from edge_agent.sources.mjpeg import ScaledJpeg, jpeg_scale
 from edge_agent.sources.stream_login import login_problem, shown_url, with_password
 
@@ -468,20 +469,11 @@ class CameraSource(Interruptible, Source):
         return True
 
     def _why_not_opened(self) -> str:
-        """OpenCV tells only that it failed; a device node that is there says why (a group the user lacks, a
-        device policy, no device behind it) or, when it opens, what keeps the video away (V4L2 lets a second
-        process open a camera that another one streams from, and refuses only its streaming)."""
+        """OpenCV tells only that it failed; a device node that is there says why (``device_access``)."""
         path = self.cfg.device_path
         if path is None or not sys.platform.startswith("linux") or not os.path.exists(path):
             return "cannot open (nothing there, or refused)"
-        why = open_problem(path)
-        if why is not None:
-            return why
-        return (
-            f"{path} opens but OpenCV gets no video from it: another program may be streaming from the "
-            f"camera (fuser -v {path} names it), or it is not a capture node (a camera's second node carries "
-            "metadata; edge-agent probe lists the capture nodes)"
-        )
+        return camera_open_problem(path)
 
     def _watch(self, attempt: _Attempt) -> None:
         """Wait for the attempt to end; abandon it when it stalls past its timeout or when stopping."""

@@ -31,6 +31,20 @@ def open_problem(path: str) -> str | None:
     return None
 
 
+def camera_open_problem(path: str) -> str:
+    """Why OpenCV could not open the camera node ``path``, which is there. When the node opens for us too,
+    what keeps the video away: V4L2 lets a second process open a camera another one streams from and
+    refuses only its stream, and a UVC camera's second node carries metadata."""
+    why = open_problem(path)
+    if why is not None:
+        return why
+    return (
+        f"{path} opens but OpenCV gets no video from it: another program may be streaming from the "
+        f"camera (fuser -v {path} names it), or it is not a capture node (a camera's second node carries "
+        "metadata; edge-agent probe lists the capture nodes)"
+    )
+
+
 def access_problem(path: str) -> str | None:
     """Like ``open_problem`` from the permission bits alone, without opening anything: for ``check``."""
     if not os.path.exists(path) or os.access(path, os.R_OK | os.W_OK):
