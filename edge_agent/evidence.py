@@ -1,11 +1,14 @@
 """Local evidence: the frames that triggered a published result, kept as JPEG files on the device.
 
 They never leave the device (nothing publishes them); an operator fetches them over ssh when a result needs
-explaining. The folder is bounded by count, total bytes and age; the oldest files go first.
+explaining. The folder is bounded by count, total bytes and age; the oldest files go first. A store that
+cannot save (a full or read-only card) says so once in the log, not once a frame, and its counters and
+``last_error`` show in the stats until saving works again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,9 +34,15 @@ class EvidenceStore:
         self.folder = folder
         self.cfg = cfg
         self.saved = 0
-        self.last_error: str | None = None
+        self.failed = 0  # frames that were to be kept and were not (masking, encoding or writing failed)
+        self.last_error: str | None = None  # the failure of the last frame; None once one is saved again
+        self._failing_kind = ""  # what failed last (mask, encode, write: why), to log each new kind once
+        self._failing_since = 0  # ``failed`` when the current run of failures began (for the recovery line)
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        for tmp in folder.glob("*.tmp"):  # a write cut short by a kill or a full card: never a kept frame
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         # (mtime, size, path), oldest first; rebuilt from disk so limits hold across restarts
         entries = []
         for p in folder.glob("*.jpg"):
@@ -65,31 +74,59 @@ class EvidenceStore:
             try:
                 frame_bgr = mask.apply(frame_bgr)
             except Exception as exc:  # any failure: the frame is not stored
-                self.last_error = f"could not mask frame {seq}, not stored: {exc}"
-                log.warning("evidence: %s", self.last_error)
-                return None
+                return self._failed(f"could not mask frame {seq}, not stored: {exc}", "mask")
         ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
-            self.last_error = f"could not encode frame {seq} as JPEG"
-            return None
+            return self._failed(f"could not encode frame {seq} as JPEG", "encode")
         safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (label or "result"))[:40]
         path = self.folder / f"{seq:012d}-{safe_label}.jpg"
         data = buf.tobytes()
+        tmp = path.with_suffix(".tmp")
         try:
-            tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
         except OSError as exc:
-            self.last_error = f"could not write {path}: {exc.strerror}"
-            log.warning("evidence: %s", self.last_error)
-            return None
+            with contextlib.suppress(OSError):  # a full card leaves part of a frame: not kept, nor left there
+                tmp.unlink(missing_ok=True)
+            return self._failed(f"could not write {path}: {exc.strerror}", f"write: {exc.strerror}")
         now = time.time()
         with self._lock:
             self._files.append((now, len(data), path))
             self._bytes += len(data)
             self.saved += 1
             self._prune(now)
+            if self.last_error is not None:
+                log.info(
+                    "evidence: saving %s again after %d frame(s) not stored",
+                    self.folder,
+                    self.failed - self._failing_since,
+                )
+                self.last_error = None
         return path
+
+    def _failed(self, message: str, kind: str) -> None:
+        """Count a frame not stored; log the first of a run of failures and each change of its kind (a full
+        card fails every frame the same way: one line, not one per frame)."""
+        with self._lock:
+            previous, self.last_error = self.last_error, message
+            if previous is None:
+                self._failing_since = self.failed
+            self.failed += 1
+            if previous is None or kind != self._failing_kind:
+                log.warning("evidence: %s", message)
+            self._failing_kind = kind
+        return None
+
+    def stats(self) -> dict[str, int | str | None]:
+        """The pipeline's ``evidence`` entry in the stats payload."""
+        with self._lock:
+            return {
+                "files": len(self._files),
+                "bytes": self._bytes,
+                "saved": self.saved,
+                "failed": self.failed,
+                "last_error": self.last_error,
+            }
 
     def _prune(self, now: float) -> None:
         cfg = self.cfg

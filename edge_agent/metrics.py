@@ -45,6 +45,12 @@ _SOURCE_COUNTERS = {
     "bad_lines": "Sensor lines that did not parse (skipped).",
     "bad_frames": "Camera packets that did not decode (skipped).",
 }
+_EVIDENCE = {  # name: (a counter, help)
+    "saved": (True, "Evidence frames saved."),
+    "failed": (True, "Evidence frames to be kept that were not (masking, encoding or writing failed)."),
+    "files": (False, "Evidence files in the folder."),
+    "bytes": (False, "Bytes of the evidence folder's files."),
+}
 _STATES = ("starting", "running", "finished", "stopped", "failed")
 
 
@@ -190,6 +196,10 @@ def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]
     step_failed = CounterMetricFamily(
         "edge_agent_step_failed", "Frames a step failed on (dropped).", labels=[*by, "step"]
     )
+    evidence = {
+        k: (CounterMetricFamily if counter else GaugeMetricFamily)(f"edge_agent_evidence_{k}", doc, labels=by)
+        for k, (counter, doc) in _EVIDENCE.items()
+    }
     window = GaugeMetricFamily(
         "edge_agent_stage_latency_window_seconds",
         "Stage latency percentiles over the last results (the stats topic's p50/p99).",
@@ -218,6 +228,9 @@ def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]
         for step, c in snap["steps"].items():
             step_skipped.add_metric([name, step], c["skipped"])
             step_failed.add_metric([name, step], c["failed"])
+        for k, family in evidence.items():
+            if "evidence" in snap:
+                family.add_metric([name], snap["evidence"][k])
         for stage, qs in snap["latency_ms"].items():
             for key, q in (("p50", "0.5"), ("p99", "0.99")):
                 if qs.get(key) is not None:
@@ -228,7 +241,7 @@ def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]
                 histogram.add_metric(
                     [name, stage], [(_le(ms), n) for ms, n in buckets], sum_value=sum_ms / 1000.0
                 )
-    families = (*counters.values(), fps, state, model, connected, *source.values())
+    families = (*counters.values(), fps, state, model, connected, *source.values(), *evidence.values())
     yield from (f for f in (*families, step_skipped, step_failed, window, histogram) if f.samples)
 
 

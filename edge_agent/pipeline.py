@@ -234,6 +234,7 @@ class Pipeline:
             last_error=self.last_error,
             steps=self.steps.stats(),
             reports=self.steps.reports(),
+            evidence=None if self.evidence is None else self.evidence.stats(),
         )
 
     # -- the inference thread --------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ class PipelineStats:
         last_error: str | None = None,
         steps: dict[str, dict[str, int]] | None = None,
         reports: dict[str, dict[str, Any]] | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The ``pipelines[name]`` object of the stats payload.
 
@@ -171,7 +172,8 @@ class PipelineStats:
         backend, delegate, delegate_error}; ``skipped``: the source's skipped-frame count when it keeps one;
         ``state``/``last_error``: the pipeline's own (a failed reload shows here while the old model runs on);
         ``steps``: per step, the frames it skipped and the ones it failed on (dropped); ``reports``: steps'
-        own entries by key (``motion``: the gate's state and counters).
+        own entries by key (``motion``: the gate's state and counters); ``evidence``: the evidence store's
+        files, bytes, saved, failed and last_error, when the pipeline keeps evidence.
         Source counters beyond the common ones (a sensor's ``samples``, a camera's ``bad_frames``) are
         passed through as the source names them; ``frames`` and ``skipped`` are the pipeline's own here.
         """
@@ -199,5 +201,6 @@ class PipelineStats:
             },
             "steps": {name: dict(c) for name, c in (steps or {}).items()},
             **(reports or {}),
+            **({} if evidence is None else {"evidence": evidence}),
             "model": {k: model.get(k) for k in ("name", "sha256", "backend", "delegate", "delegate_error")},
         }

@@ -109,6 +109,8 @@ def test_a_failing_step_drops_the_frame_unstored(tmp_path: Path, color_int8, pre
     snap = stats_of(pipe)
     assert snap["steps"] == {"mask": {"skipped": 0, "failed": 3}}
     assert (snap["frames"], snap["errors"]) == (3, 3)
+    stored = sum(p.stat().st_size for p in (tmp_path / "evidence").iterdir())
+    assert snap["evidence"] == {"files": 3, "bytes": stored, "saved": 3, "failed": 0, "last_error": None}
     assert "step mask failed" in pipe.last_error and "mask polygon outside the frame" in pipe.last_error
 
 

@@ -1,0 +1,154 @@
+"""The evidence store when the card lets it down: a full card (a real short write: the file size limit of a
+child process) is said once, counted, leaves no partial file and recovers by itself; files a kill left
+half-written go at the next start; files from an earlier run are counted past an entry that cannot be read;
+and what it counts reaches the stats payload and Prometheus. (Its bounds and names:
+test_pipeline_policy.py; masking: test_motion_masks_zones.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_agent.config import EvidenceConfig
+from edge_agent.evidence import EvidenceStore
+from edge_agent.metrics import _pipeline_metrics
+from edge_agent.publish.payloads import stats_payload
+from edge_agent.stats import PipelineStats
+from tests.fixtures.broker import validate_payload
+
+pytest.importorskip("cv2")
+
+FULL_CARD = textwrap.dedent(
+    """
+    import json, logging, resource, signal, sys
+    from pathlib import Path
+    import numpy as np
+    from edge_agent.config import EvidenceConfig
+    from edge_agent.evidence import EvidenceStore
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as ENOSPC would
+    folder = Path(sys.argv[1])
+    store = EvidenceStore(folder, EvidenceConfig(enabled=True))
+    frame = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)  # ~40 KB as JPEG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the card fills after 4 KB of a file
+    full = [store.save(frame, seq, "cat") for seq in (1, 2, 3)]
+    left = sorted(p.name for p in folder.iterdir())
+    during = {**store.stats(), "left": left, "returned": [str(p) for p in full]}
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    saved = store.save(frame, 4, "cat")
+    after = {**store.stats(), "left": sorted(p.name for p in folder.iterdir()), "returned": str(saved)}
+    print(json.dumps({"during": during, "after": after}))
+    """
+)
+
+
+def test_a_full_card_is_said_once_counted_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    folder = tmp_path / "ev"
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_CARD, str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    during, after = got["during"], got["after"]
+    assert during["returned"] == ["None", "None", "None"]
+    assert during["left"] == []  # the partial .tmp of each frame is gone, and nothing was renamed into place
+    assert (during["files"], during["bytes"], during["saved"], during["failed"]) == (0, 0, 0, 3)
+    assert during["last_error"].startswith(f"could not write {folder}/000000000003-cat.jpg: ")
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("WARNING evidence:")]
+    assert warnings == [f"WARNING evidence: could not write {folder}/000000000001-cat.jpg: File too large"]
+    assert after["left"] == ["000000000004-cat.jpg"] and after["returned"].endswith("000000000004-cat.jpg")
+    assert (after["files"], after["saved"], after["failed"], after["last_error"]) == (1, 1, 3, None)
+    assert after["bytes"] == (folder / "000000000004-cat.jpg").stat().st_size
+    assert f"INFO evidence: saving {folder} again after 3 frame(s) not stored" in run.stderr.splitlines()
+
+
+def test_each_new_kind_of_failure_is_said_and_a_recovery_ends_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line per run of the same failure; a different one (a mask that fails, then a write) is said too."""
+    from edge_agent.processing.masks import FrameMask
+
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    frame = np.full((32, 32, 3), 100, np.uint8)
+    (tmp_path / "ev" / "000000000003-x.tmp").mkdir()  # frame 3's write fails: its temporary name is a folder
+    (tmp_path / "ev" / "000000000004-x.tmp").mkdir()
+    square = FrameMask([[[0.1, 0.1], [0.9, 0.1], [0.9, 0.9]]])
+    with caplog.at_level("INFO", logger="edge_agent.evidence"):
+        assert store.save(np.zeros(5, np.uint8), 1, "x", mask=square) is None  # not an image: not masked
+        assert store.save(np.zeros(7, np.uint8), 2, "x", mask=square) is None
+        assert store.save(frame, 3, "x") is None and store.save(frame, 4, "x") is None
+        assert store.save(frame, 5, "x") is not None
+        assert store.save(frame, 6, "x") is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "evidence: could not mask frame 1, not stored: cannot mask data of shape (5,): not an image",
+        f"evidence: could not write {tmp_path}/ev/000000000003-x.jpg: Is a directory",
+        f"evidence: saving {tmp_path}/ev again after 4 frame(s) not stored",
+    ]
+    assert store.stats() == {
+        "files": 2, "bytes": store.total_bytes, "saved": 2, "failed": 4, "last_error": None
+    }  # fmt: skip
+
+
+def test_half_written_files_go_at_start_and_earlier_files_count_past_a_broken_entry(tmp_path: Path) -> None:
+    folder = tmp_path / "ev"
+    first = EvidenceStore(folder, EvidenceConfig(enabled=True))
+    frame = np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    kept = [first.save(frame, seq, "x") for seq in range(1, 6)]
+    (folder / "000000000006-x.tmp").write_bytes(b"\xff\xd8 cut short by a kill")
+    for name in ("000000000000-a.jpg", "000000000003-b.jpg", "000000000009-z.jpg"):
+        (folder / name).symlink_to(tmp_path / "gone")  # entries that cannot be read, wherever they sort
+    again = EvidenceStore(folder, EvidenceConfig(enabled=True, max_files=3))
+    assert not (folder / "000000000006-x.tmp").exists()
+    assert again.count == 3 and again.total_bytes == sum(p.stat().st_size for p in kept[-3:])
+    assert [p.exists() for p in kept] == [False, False, True, True, True]  # the oldest went, past the links
+
+
+def test_the_counts_reach_the_stats_payload_and_prometheus(tmp_path: Path) -> None:
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    frame = np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    store.save(frame, 1, "x")
+    (tmp_path / "ev" / "000000000002-x.tmp").mkdir()
+    store.save(frame, 2, "x")
+    source = {"connected": True, "reconnects": 0, "last_error": None}
+    model = {"name": "m", "sha256": "0" * 12, "backend": "litert", "delegate": None, "delegate_error": None}
+    snap = PipelineStats().snapshot(source=source, model=model, evidence=store.stats())
+    raw = stats_payload(
+        device="dev",
+        uptime_s=1.0,
+        pipelines={"cam": snap},
+        mqtt={"connected": True, "reconnects": 0, "last_error": None},
+        outbox={"depth": 0, "bytes": 0, "dropped": 0},
+    )
+    sent = validate_payload(raw, "stats")["pipelines"]["cam"]["evidence"]
+    one = (tmp_path / "ev" / "000000000001-x.jpg").stat().st_size
+    assert sent == {"files": 1, "bytes": one, "saved": 1, "failed": 1, "last_error": sent["last_error"]}
+    assert "could not write" in sent["last_error"]
+
+    class Pipelines:
+        def collect(self):
+            yield from _pipeline_metrics({"cam": (snap, {})})
+
+    registry = CollectorRegistry()
+    registry.register(Pipelines())
+    scraped = {
+        (s.name, s.labels.get("pipeline")): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    assert scraped[("edge_agent_evidence_saved_total", "cam")] == 1
+    assert scraped[("edge_agent_evidence_failed_total", "cam")] == 1
+    assert scraped[("edge_agent_evidence_files", "cam")] == 1
+    assert scraped[("edge_agent_evidence_bytes", "cam")] == one
+    no_evidence = PipelineStats().snapshot(source=source, model=model)
+    assert "evidence" not in no_evidence
