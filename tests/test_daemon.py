@@ -114,17 +114,24 @@ def test_evidence_frames_stay_local_and_bounded(
     broker = mosquitto()
     pipeline = {"name": "cam", "source": {"type": "camera", "url": str(canary_video)},
                 "model": {"path": str(color_int8.path)},
-                "evidence": {"enabled": True, "max_files": 5}}  # fmt: skip
+                "evidence": {"enabled": True, "max_files": 5, "max_bytes": 10**15}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
     everything = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
         assert agent.wait(60) == 0, agent.log()
+    # a byte bound no card holds: said once at the start (the count bound keeps this folder small anyway)
+    room = [line for line in agent.log().splitlines() if "its file system has room for" in line]
+    assert len(room) == 1
+    assert "cam's evidence up to 1,000,000,000 MB (pipelines[0].evidence.max_bytes)" in room[0]
     messages = everything.sub.wait_for(offline, timeout=10)
     got = results(messages)
     assert len(got) == 50  # canary_video has 50 frames
     files = sorted((tmp_path / "state" / "evidence" / "cam").glob("*.jpg"))
     assert len(files) == 5  # the newest five of 50 saved frames
+    final = stats(messages)[-1]["pipelines"]["cam"]["evidence"]  # the stats topic says what the folder holds
+    assert final == {"files": 5, "bytes": sum(f.stat().st_size for f in files), "saved": 50, "failed": 0,
+                     "last_error": None}  # fmt: skip
     newest = sorted(r["seq"] for r in got)[-5:]
     assert [int(f.name.split("-")[0]) for f in files] == newest
     assert all(f.read_bytes()[:2] == b"\xff\xd8" for f in files)

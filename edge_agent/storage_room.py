@@ -1,0 +1,60 @@
+"""Whether the state directory's file system has room for what the config lets the daemon keep there.
+
+The outbox and each pipeline's evidence folder are bounded (``outbox.max_bytes``, ``evidence.max_bytes``),
+but a bound is a promise only if the card can hold it: on a full card new results are dropped (counted)
+and evidence frames are not kept. A small card, or a ``state_dir`` on a RAM disk, is worth a word from
+``edge-agent check`` and at the start, before it fills.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from edge_agent.config import AgentConfig
+
+OUTBOX_FILES = ("outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm")
+
+
+def room_shortfall(cfg: AgentConfig) -> str | None:
+    """A one-line note when the bounds of the outbox and the evidence folders add up to more than the state
+    directory's file system can hold (its free space plus what they hold already), else None."""
+    state_dir = cfg.state_dir
+    bounds = [("the outbox", "outbox.max_bytes", cfg.outbox.max_bytes)]
+    held = _allocated(state_dir / name for name in OUTBOX_FILES)
+    for i, p in enumerate(cfg.pipelines):
+        if p.evidence.enabled:
+            key = f"pipelines[{i}].evidence.max_bytes"
+            bounds.append((f"{p.name}'s evidence", key, p.evidence.max_bytes))
+            folder = state_dir / "evidence" / p.name
+            held += _allocated(folder.glob("*.jpg")) if folder.is_dir() else 0
+    existing = next((d for d in (state_dir, *state_dir.parents) if d.is_dir()), None)
+    if existing is None:
+        return None
+    fs = os.statvfs(existing)
+    room = fs.f_bavail * fs.f_frsize + held
+    wanted = sum(b for *_, b in bounds)
+    if room >= wanted:
+        return None
+    parts = ", ".join(f"{what} up to {_mb(b)} ({key})" for what, key, b in bounds)
+    return (
+        f"state_dir {state_dir}: its file system has room for {_mb(room)} of what the config may keep there, "
+        f"{_mb(wanted)}: {parts}. When it is full, new results are dropped (counted in outbox.dropped) and "
+        "evidence frames are not kept: lower those bounds or give state_dir more room"
+    )
+
+
+def _allocated(paths: Iterable[Path]) -> int:
+    """Bytes the files take on disk (their blocks: what deleting them would give back)."""
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 10e6 else f"{n / 1e6:.1f} MB"

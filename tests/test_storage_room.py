@@ -1,0 +1,59 @@
+"""Room on the state directory's file system for the outbox and evidence bounds, measured on this machine's
+real file system: ``edge-agent check`` notes bounds it cannot hold (and stays at exit 0), says nothing for
+the defaults here, and counts what the outbox and evidence hold already as room."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge_agent.config import parse_config
+from edge_agent.storage_room import room_shortfall
+from tests.test_config_check import cameras_config, edge_agent, write
+
+PETABYTE = 10**15
+
+
+def free_bytes(path: Path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
+
+
+def test_check_notes_bounds_the_card_cannot_hold_and_nothing_for_the_defaults(tmp_path: Path) -> None:
+    (tmp_path / "m.tflite").write_bytes(b"not loaded with --no-models")
+    cfg = cameras_config(["/dev/video77", "/dev/video78"])
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "state_dir" not in proc.stdout + proc.stderr  # 256 MB of outbox fits this machine's disk
+
+    cfg["outbox"] = {"max_bytes": PETABYTE}
+    cfg["pipelines"][1]["evidence"] = {"enabled": True, "max_bytes": 50_000_000}
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (note,) = [line.strip() for line in proc.stderr.splitlines() if "state_dir" in line]  # notes: stderr
+    assert note.startswith(f"state_dir {tmp_path / 'state'}: its file system has room for ")
+    assert " of what the config may keep there, 1,000,000,050 MB: the outbox up to 1,000,000,000 MB " in note
+    assert "(outbox.max_bytes), c1's evidence up to 50 MB (pipelines[1].evidence.max_bytes). " in note
+    assert note.endswith(
+        "When it is full, new results are dropped (counted in outbox.dropped) and evidence frames are not "
+        "kept: lower those bounds or give state_dir more room"
+    )
+
+
+def test_what_the_outbox_and_evidence_hold_already_counts_as_room(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "evidence" / "c0").mkdir(parents=True)
+    (state / "outbox.sqlite3").write_bytes(os.urandom(48 << 20))  # written, not sparse: its blocks are taken
+    (state / "evidence" / "c0" / "000000000001-x.jpg").write_bytes(os.urandom(16 << 20))
+    (state / "evidence" / "c0" / "notes.txt").write_bytes(os.urandom(64 << 20))  # not evidence: not counted
+    raw = cameras_config(["/dev/video77"])
+    raw["state_dir"] = str(state)
+    raw["pipelines"][0]["evidence"] = {"enabled": True, "max_bytes": 1 << 20}
+
+    def shortfall(outbox_bytes: int) -> str | None:
+        return room_shortfall(parse_config({**raw, "outbox": {"max_bytes": outbox_bytes}}))
+
+    # held: 64 MB (notes.txt's 64 more are not the daemon's): a bound 32 MB past the free space fits in what
+    # the two hold, one 32 MB past that does not
+    assert shortfall(free_bytes(state) + (32 << 20)) is None
+    assert shortfall(free_bytes(state) + (96 << 20)) is not None
