@@ -3,6 +3,7 @@ TFLite models, and (for the daemon cases) a real ``edge-agent run`` against a re
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -366,13 +367,16 @@ def test_a_frame_mask_blacks_out_exactly_its_polygon_at_every_size() -> None:
         assert (out[h // 2 + 1 :] == 200).all() and (out[:, w // 2 + 1 :] == 200).all()
         assert (frame == 200).all()
     assert not mask.pixels(48, 64).flags.writeable
-    for bad in (
-        np.zeros(5, np.uint8),
-        np.zeros((2, 2, 2, 2), np.uint8),
-        np.zeros((0, 4, 3), np.uint8),
-        [[1]],
+    assert mask.pixels(48, 64) is mask.pixels(48, 64)  # rasterised once per size, not once per frame
+    assert mask.pixels(12, 16).shape == (12, 16)
+    for bad, shape in (
+        (np.zeros(5, np.uint8), "(5,)"),
+        (np.zeros((2, 2, 2, 2), np.uint8), "(2, 2, 2, 2)"),
+        (np.zeros((0, 4, 3), np.uint8), "(0, 4, 3)"),
+        ([[1]], "None"),
     ):
-        with pytest.raises(ValueError, match="not an image"):
+        message = f"cannot mask data of shape {shape}: not an image"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             mask.apply(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one polygon"):
         FrameMask([])
