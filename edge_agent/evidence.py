@@ -75,9 +75,14 @@ class EvidenceStore:
                 frame_bgr = mask.apply(frame_bgr)
             except Exception as exc:  # any failure: the frame is not stored
                 return self._failed(f"could not mask frame {seq}, not stored: {exc}", "mask")
-        ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        try:
+            ok, buf = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        except cv2.error as exc:  # a frame JPEG cannot hold (a step's odd output): raised, not returned
+            ok, why = False, f": {getattr(exc, 'err', None) or exc}"
+        else:
+            why = ""
         if not ok:
-            return self._failed(f"could not encode frame {seq} as JPEG", "encode")
+            return self._failed(f"could not encode frame {seq} as JPEG{why}", "encode")
         safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (label or "result"))[:40]
         path = self.folder / f"{seq:012d}-{safe_label}.jpg"
         data = buf.tobytes()

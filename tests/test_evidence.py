@@ -75,7 +75,8 @@ def test_a_full_card_is_said_once_counted_and_leaves_no_partial_file(tmp_path: P
 def test_each_new_kind_of_failure_is_said_and_a_recovery_ends_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One line per run of the same failure; a different one (a mask that fails, then a write) is said too."""
+    """One line per run of the same failure; a different one (a mask that fails, then a write) is said too;
+    a frame JPEG cannot hold is a failure like the others, not an exception in the pipeline."""
     from edge_agent.processing.masks import FrameMask
 
     store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
@@ -89,14 +90,18 @@ def test_each_new_kind_of_failure_is_said_and_a_recovery_ends_the_run(
         assert store.save(frame, 3, "x") is None and store.save(frame, 4, "x") is None
         assert store.save(frame, 5, "x") is not None
         assert store.save(frame, 6, "x") is not None
+        assert store.save(np.zeros((4, 4, 5), np.uint8), 7, "x") is None  # five channels: no JPEG holds them
+        assert store.save(frame, 8, "x") is not None
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "evidence: could not mask frame 1, not stored: cannot mask data of shape (5,): not an image",
         f"evidence: could not write {tmp_path}/ev/000000000003-x.jpg: Is a directory",
         f"evidence: saving {tmp_path}/ev again after 4 frame(s) not stored",
+        "evidence: could not encode frame 7 as JPEG: channels == 1 || channels == 3 || channels == 4",
+        f"evidence: saving {tmp_path}/ev again after 1 frame(s) not stored",
     ]
     assert store.stats() == {
-        "files": 2, "bytes": store.total_bytes, "saved": 2, "failed": 4, "last_error": None
+        "files": 3, "bytes": store.total_bytes, "saved": 3, "failed": 5, "last_error": None
     }  # fmt: skip
 
 
