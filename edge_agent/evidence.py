@@ -39,22 +39,41 @@ class EvidenceStore:
         self._failing_kind = ""  # what failed last (mask, encode, write: why), to log each new kind once
         self._failing_since = 0  # ``failed`` when the current run of failures began (for the recovery line)
         self._lock = threading.Lock()
-        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-        for tmp in folder.glob("*.tmp"):  # a write cut short by a kill or a full card: never a kept frame
+        self._files: deque[tuple[float, int, Path]] = deque()  # (mtime, size, path), oldest first
+        self._bytes = 0
+        problem = self._open_folder()
+        self._open = problem is None
+        if problem is not None:
+            self.last_error, self._failing_kind = problem, problem
+            log.warning("evidence: %s", problem)
+
+    def _open_folder(self) -> str | None:
+        """Make the folder and learn what an earlier run left in it (so the bounds hold across restarts); or
+        why it cannot be made (a root-owned parent from a run by hand as root, a file in its place): the
+        results go on without evidence meanwhile, and each frame to keep tries again."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            return (
+                f"cannot create the folder {self.folder} ({exc.strerror}): frames are not kept until it "
+                "can be; fix the owner of its parent (the service's user writes there) or move what is there"
+            )
+        for tmp in self.folder.glob("*.tmp"):  # a write cut short by a kill or a full card: never kept
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-        # (mtime, size, path), oldest first; rebuilt from disk so limits hold across restarts
         entries = []
-        for p in folder.glob("*.jpg"):
+        for p in self.folder.glob("*.jpg"):
             try:
                 st = p.stat()
             except OSError:
                 continue
             entries.append((st.st_mtime, st.st_size, p))
         entries.sort()
-        self._files: deque[tuple[float, int, Path]] = deque(entries)
-        self._bytes = sum(e[1] for e in entries)
-        self._prune(time.time())
+        with self._lock:
+            self._files = deque(entries)
+            self._bytes = sum(e[1] for e in entries)
+            self._prune(time.time())
+        return None
 
     def wants(self, label: str | None, score: float | None) -> bool:
         if not self.cfg.enabled:
@@ -70,6 +89,11 @@ class EvidenceStore:
         ``last_error``) when masking, encoding or writing failed: evidence is best effort and must never stop
         the results, but a frame that could not be masked is never written (fail closed)."""
         cv2 = OPENCV.load()
+        if not self._open:
+            problem = self._open_folder()
+            if problem is not None:
+                return self._failed(problem, problem)
+            self._open = True
         if mask is not None:
             try:
                 frame_bgr = mask.apply(frame_bgr)

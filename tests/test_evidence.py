@@ -157,3 +157,31 @@ def test_the_counts_reach_the_stats_payload_and_prometheus(tmp_path: Path) -> No
     assert scraped[("edge_agent_evidence_bytes", "cam")] == one
     no_evidence = PipelineStats().snapshot(source=source, model=model)
     assert "evidence" not in no_evidence
+
+
+def test_a_folder_that_cannot_be_made_stops_no_result_and_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file where the folder goes (or a parent the service's user cannot write: a run by hand as root) was
+    a traceback at the start that stopped every pipeline; now the store says so once, counts each frame it
+    could not keep, and makes the folder as soon as it can."""
+    folder = tmp_path / "evidence" / "cam"
+    folder.parent.mkdir()
+    folder.write_text("in the way")
+    frame = np.full((32, 32, 3), 100, np.uint8)
+    with caplog.at_level("INFO", logger="edge_agent.evidence"):
+        store = EvidenceStore(folder, EvidenceConfig(enabled=True))
+        assert store.save(frame, 1, "x") is None and store.save(frame, 2, "x") is None
+        folder.unlink()  # moved out of the way
+        assert store.save(frame, 3, "x") == folder / "000000000003-x.jpg"
+    problem = (
+        f"cannot create the folder {folder} (File exists): frames are not kept until it can be; fix the "
+        "owner of its parent (the service's user writes there) or move what is there"
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"evidence: {problem}",
+        f"evidence: saving {folder} again after 2 frame(s) not stored",
+    ]
+    assert store.stats() == {
+        "files": 1, "bytes": store.total_bytes, "saved": 1, "failed": 2, "last_error": None
+    }  # fmt: skip
