@@ -566,7 +566,9 @@ class Daemon:
             stalled = self._stalled_s(p)
             source = p.source.stats  # its last error while it is down, not one it has recovered from
             down = None if source.get("connected", True) else source.get("last_error")
-            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or down
+            ev = p.evidence  # failing to keep frames: said here too, while it lasts (the why is in the log)
+            unkept = f"evidence: {ev.failed} frame(s) not kept" if ev is not None and ev.last_error else None
+            err = f"stalled {stalled:.0f} s" if stalled else p.last_error or down or unkept
             parts.append(f"{p.name} {p.state} {p.stats.frames} frames" + (f" ({err})" if err else ""))
         if self.outbox is not None:
             parts.append(f"outbox {self.outbox.depth()}")

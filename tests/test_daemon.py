@@ -136,3 +136,45 @@ def test_evidence_frames_stay_local_and_bounded(
     assert [int(f.name.split("-")[0]) for f in files] == newest
     assert all(f.read_bytes()[:2] == b"\xff\xd8" for f in files)
     everything.check()  # the JPEGs were never published, nor the frames they show
+
+
+def test_evidence_that_cannot_be_kept_stops_no_result_and_is_said(
+    tmp_path: Path, mosquitto, subscriber, privacy, color_int8, canary_video
+) -> None:
+    """A file where the evidence folder goes (a parent this user cannot write does the same): every result
+    is published, the log says why once, the stats count the frames not kept, systemd's STATUS= says so."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    blocked = tmp_path / "state" / "evidence" / "cam"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("in the way")
+    camera = {"type": "camera", "url": str(canary_video), "loop": True, "fps": 25}
+    pipeline = {"name": "cam", "source": camera, "model": {"path": str(color_int8.path)},
+                "evidence": {"enabled": True}}  # fmt: skip
+    config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    watch = privacy(broker, config, canary=ImageCanary([canary_frame()]))
+    notify = NotifySocket(tmp_path / "notify.sock")
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config, {"NOTIFY_SOCKET": str(notify.path)})
+        messages = agent.expect(
+            sub,
+            lambda m: any(s["pipelines"]["cam"].get("evidence", {}).get("failed", 0) >= 20 for s in stats(m)),
+        )
+        notify.poll(2.5)
+        assert agent.stop() == 0, agent.log()
+    notify.close()
+    pipelines = [s["pipelines"] for s in stats(messages)]
+    cam = next(p["cam"] for p in pipelines if p["cam"]["evidence"]["failed"] >= 20)
+    evidence = cam["evidence"]
+    assert (evidence["files"], evidence["saved"]) == (0, 0)
+    assert evidence["last_error"].startswith(f"cannot create the folder {blocked} (File exists)")
+    # every result went out, and its frame was tried and counted (the count comes first: at most 1 ahead)
+    assert cam["published"] == cam["results"] and len(results(messages)) >= 20
+    assert evidence["failed"] - cam["published"] in (0, 1)
+    assert agent.log().count("cannot create the folder") == 1, agent.log()
+    status = [line for _, line in notify.received if line.startswith("STATUS=")]
+    assert any(
+        re.search(r"cam running \d+ frames \(evidence: \d+ frame\(s\) not kept\)", s) for s in status
+    ), status
+    assert blocked.read_text() == "in the way"
+    watch.check()
