@@ -131,9 +131,13 @@ def test_home_assistant_shows_the_device_its_entities_and_their_availability(
         topic = f"homeassistant/sensor/{NODE}/front_door_last_error/config"
         config = next(json.loads(p) for t, p, _ in watch.messages() if t == topic and p)
 
-        def last_error(pipeline_error: str | None, connected: bool, source_error: str | None) -> str:
+        def last_error(
+            pipeline_error: str | None, connected: bool, source_error: str | None, evidence: str | None = "-"
+        ) -> str:
             stats = {"pipelines": {"front.door": {"last_error": pipeline_error, "source": {
                 "connected": connected, "last_error": source_error}}}}  # fmt: skip
+            if evidence != "-":  # only a pipeline that keeps evidence has the entry
+                stats["pipelines"]["front.door"]["evidence"] = {"last_error": evidence}
             # a Python repr is a Jinja literal (None, True), JSON is not (null, true)
             return ha.template(f"{{% set value_json = {stats!r} %}}{config['value_template']}")
 
@@ -142,6 +146,12 @@ def test_home_assistant_shows_the_device_its_entities_and_their_availability(
         assert last_error("frame 7: bad", False, "stream lost") == "frame 7: bad"
         assert last_error(None, False, None) == "none"
         assert len(last_error(None, False, "x" * 300)) == 255
+        # then why its evidence frames are not kept, while they are not
+        full = "could not write /var/lib/edge-agent/evidence/front.door/42-x.jpg: No space left on device"
+        assert last_error(None, True, None, full) == full
+        assert last_error(None, True, None, None) == "none"
+        assert last_error(None, False, "stream lost", full) == "stream lost"
+        assert last_error("frame 7: bad", True, None, full) == "frame 7: bad"
 
         # the daemon stops: its status says offline, and Home Assistant marks every entity unavailable
         assert agent.stop() == 0, agent.log()

@@ -350,13 +350,14 @@ class EntityBuilder:
                 component="binary_sensor",
                 device_class="connectivity",
             ),
-            # the pipeline's own error, else why its source is away (as the status line says); a state is at
-            # most 255 characters in Home Assistant
+            # the pipeline's own error, else why its source is away, else why its evidence frames are not kept
+            # (as the status line says); a state is at most 255 characters in Home Assistant
             self._diagnostic(
                 v.name,
                 "last-error",
                 "last error",
                 f"{{{{ ({p}.last_error or ({p}.source.last_error if not {p}.source.connected else none)"
+                f" or ({p}.evidence.last_error if {p}.evidence is defined else none)"
                 " or 'none')[:255] }}",
                 icon="mdi:alert-circle-outline",
             ),
