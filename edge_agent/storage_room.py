@@ -22,17 +22,20 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
     directory's file system can hold (its free space plus what they hold already), else None."""
     state_dir = cfg.state_dir
     bounds = [("the outbox", "outbox.max_bytes", cfg.outbox.max_bytes)]
-    held = _allocated(state_dir / name for name in OUTBOX_FILES)
-    for i, p in enumerate(cfg.pipelines):
-        if p.evidence.enabled:
-            key = f"pipelines[{i}].evidence.max_bytes"
-            bounds.append((f"{p.name}'s evidence", key, p.evidence.max_bytes))
-            folder = state_dir / "evidence" / p.name
-            held += _allocated(folder.glob("*.jpg")) if folder.is_dir() else 0
-    existing = next((d for d in (state_dir, *state_dir.parents) if d.is_dir()), None)
-    if existing is None:
+    try:
+        held = _allocated(state_dir / name for name in OUTBOX_FILES)
+        for i, p in enumerate(cfg.pipelines):
+            if p.evidence.enabled:
+                key = f"pipelines[{i}].evidence.max_bytes"
+                bounds.append((f"{p.name}'s evidence", key, p.evidence.max_bytes))
+                folder = state_dir / "evidence" / p.name
+                held += _allocated(folder.glob("*.jpg")) if folder.is_dir() else 0
+        existing = next((d for d in (state_dir, *state_dir.parents) if d.is_dir()), None)
+        fs = os.statvfs(existing) if existing is not None else None
+    except OSError:  # a state_dir this user may not look into (the service's, checked by hand): no word
         return None
-    fs = os.statvfs(existing)
+    if fs is None:
+        return None
     room = fs.f_bavail * fs.f_frsize + held
     wanted = sum(b for *_, b in bounds)
     if room >= wanted:

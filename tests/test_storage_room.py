@@ -5,7 +5,12 @@ the defaults here, and counts what the outbox and evidence hold already as room.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from edge_agent.config import parse_config
 from edge_agent.storage_room import room_shortfall
@@ -57,3 +62,28 @@ def test_what_the_outbox_and_evidence_hold_already_counts_as_room(tmp_path: Path
     # the two hold, one 32 MB past that does not
     assert shortfall(free_bytes(state) + (32 << 20)) is None
     assert shortfall(free_bytes(state) + (96 << 20)) is not None
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root, to drop its override powers"
+)
+def test_a_state_dir_this_user_may_not_look_into_is_no_traceback(tmp_path: Path) -> None:
+    """`edge-agent check` by hand on the service's config: its state directory (under /var/lib/private with
+    DynamicUser=) is not this user's to look into: no word on room, and no traceback (the first version of
+    the room check raised there). Run as root without CAP_DAC_OVERRIDE, on a folder another user owns."""
+    private = tmp_path / "private"
+    (private / "state").mkdir(parents=True)
+    os.chown(private, 4242, 4242)
+    private.chmod(0o700)
+    (tmp_path / "m.tflite").write_bytes(b"not loaded with --no-models")
+    cfg = cameras_config(["/dev/video77"])
+    cfg["state_dir"] = str(private / "state")
+    cfg["outbox"] = {"max_bytes": PETABYTE}  # a note if it could look
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--clear-groups"]
+    proc = subprocess.run(
+        [*drop, sys.executable, "-m", "edge_agent.cli", "check", "--no-models", str(write(tmp_path, cfg))],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "its file system has room" not in proc.stderr
+    assert "camera device /dev/video77 is not there now" in proc.stderr  # the other notes still come
