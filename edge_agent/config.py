@@ -325,6 +325,13 @@ class AgentConfig(_Strict):
     def result_topic(self, pipeline: PipelineConfig) -> str:
         return pipeline.publish.topic or f"{self.mqtt.topic_prefix}/{self.device_id}/{pipeline.name}/result"
 
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite3"
+
+    def evidence_dir(self, pipeline: PipelineConfig) -> Path:
+        return self.state_dir / "evidence" / pipeline.name
+
 
 # ---------------------------------------------------------------------------------------------- paths
 

@@ -180,7 +180,7 @@ class Daemon:
         if room := room_shortfall(cfg):
             log.warning("%s", room)
         self.outbox = Outbox(
-            state_dir / "outbox.sqlite3", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
+            cfg.outbox_path, max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
         )
         self.boot = self.outbox.next_boot()
         pending = self.outbox.depth()
@@ -590,7 +590,7 @@ class Daemon:
         if p.evidence.enabled:
             from edge_agent.evidence import EvidenceStore
 
-            evidence = EvidenceStore(self.cfg.state_dir / "evidence" / p.name, p.evidence)
+            evidence = EvidenceStore(self.cfg.evidence_dir(p), p.evidence)
         return Pipeline(
             name=p.name,
             device_id=self.cfg.device_id,

@@ -228,8 +228,8 @@ def _pipeline_metrics(pipelines: dict[str, tuple[dict[str, Any], dict[str, Any]]
         for step, c in snap["steps"].items():
             step_skipped.add_metric([name, step], c["skipped"])
             step_failed.add_metric([name, step], c["failed"])
-        for k, family in evidence.items():
-            if "evidence" in snap:
+        if "evidence" in snap:
+            for k, family in evidence.items():
                 family.add_metric([name], snap["evidence"][k])
         for stage, qs in snap["latency_ms"].items():
             for key, q in (("p50", "0.5"), ("p99", "0.99")):

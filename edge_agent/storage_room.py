@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentConfig
 
-OUTBOX_FILES = ("outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm")
+SQLITE_SUFFIXES = ("", "-wal", "-shm")  # the outbox database and its write-ahead log and shared memory
 
 
 def room_shortfall(cfg: AgentConfig) -> str | None:
@@ -23,12 +23,12 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
     state_dir = cfg.state_dir
     bounds = [("the outbox", "outbox.max_bytes", cfg.outbox.max_bytes)]
     try:
-        held = _allocated(state_dir / name for name in OUTBOX_FILES)
+        held = _allocated(Path(f"{cfg.outbox_path}{suffix}") for suffix in SQLITE_SUFFIXES)
         for i, p in enumerate(cfg.pipelines):
             if p.evidence.enabled:
                 key = f"pipelines[{i}].evidence.max_bytes"
                 bounds.append((f"{p.name}'s evidence", key, p.evidence.max_bytes))
-                folder = state_dir / "evidence" / p.name
+                folder = cfg.evidence_dir(p)
                 held += _allocated(folder.glob("*.jpg")) if folder.is_dir() else 0
         existing = next((d for d in (state_dir, *state_dir.parents) if d.is_dir()), None)
         fs = os.statvfs(existing) if existing is not None else None
