@@ -268,6 +268,7 @@ class Daemon:
                 self.reload()
             now = time.monotonic()
             self._check_watchdog(now)
+            self._expire_evidence()
             if now >= next_stats:
                 self.publish_stats()
                 next_stats = now + self.cfg.mqtt.stats_interval_s
@@ -499,6 +500,11 @@ class Daemon:
                 self._wake.get_nowait()
         except queue.Empty:
             pass
+
+    def _expire_evidence(self) -> None:
+        for p in self.pipelines:
+            if p.evidence is not None:
+                p.evidence.expire()
 
     def _check_watchdog(self, now: float) -> None:
         stall = self.cfg.watchdog.stall_after_s

@@ -1,9 +1,9 @@
 """Local evidence: the frames that triggered a published result, kept as JPEG files on the device.
 
 They never leave the device (nothing publishes them); an operator fetches them over ssh when a result needs
-explaining. The folder is bounded by count, total bytes and age; the oldest files go first. A store that
-cannot save (a full or read-only card) says so once in the log, not once a frame, and its counters and
-``last_error`` show in the stats until saving works again.
+explaining. The folder is bounded by count, total bytes and age; the oldest files go first, and a file goes
+at its age even while no frame is saved. A store that cannot save (a full or read-only card) says so once in
+the log, not once a frame, and its counters and ``last_error`` show in the stats until saving works again.
 """
 
 from __future__ import annotations
@@ -156,6 +156,13 @@ class EvidenceStore:
                 "failed": self.failed,
                 "last_error": self.last_error,
             }
+
+    def expire(self, now: float | None = None) -> None:
+        """Delete the files older than ``max_age_s`` though no frame is saved: a quiet camera's last event
+        must not outlive the age it was promised (the daemon's main loop calls this each tick; it looks at
+        the oldest file only, unless that one is due)."""
+        with self._lock:
+            self._prune(time.time() if now is None else now)
 
     def _prune(self, now: float) -> None:
         cfg = self.cfg

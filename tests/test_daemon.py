@@ -138,6 +138,36 @@ def test_evidence_frames_stay_local_and_bounded(
     everything.check()  # the JPEGs were never published, nor the frames they show
 
 
+def test_evidence_goes_at_its_age_while_nothing_new_is_saved(
+    tmp_path: Path, mosquitto, subscriber, color_int8, canary_video
+) -> None:
+    """One published result (the same frame over and over, on_change) keeps one frame; the daemon deletes it
+    at max_age_s with no later frame to prune on, and goes on running."""
+    broker = mosquitto()
+    sub = subscriber(broker, "edge/#")
+    camera = {"type": "camera", "url": str(canary_video), "loop": True, "fps": 25}
+    pipeline = {"name": "cam", "source": camera, "model": {"path": str(color_int8.path)},
+                "publish": {"policy": "on_change"},
+                "evidence": {"enabled": True, "max_age_s": 2}}  # fmt: skip
+    config = write_config(tmp_path / "config.yaml", broker, [pipeline], mqtt={"stats_interval_s": 0.5})
+    folder = tmp_path / "state" / "evidence" / "cam"
+
+    def files(m) -> list[int]:  # the folder's file count in each stats message
+        return [s["pipelines"]["cam"]["evidence"]["files"] for s in stats(m)]
+
+    with Agents(tmp_path) as agents:
+        agent = agents.start(config)
+        seen = len(agent.expect(sub, lambda m: 1 in files(m)))
+        messages = agent.expect(sub, lambda m: 0 in files(m[seen:]), timeout=15)
+        running = agent.proc.poll() is None
+        assert agent.stop() == 0, agent.log()
+    assert running, agent.log()
+    last = stats(messages)[-1]["pipelines"]["cam"]
+    assert last["frames"] > 50 and len(results(messages)) == 1  # frames went on; one result was published
+    assert last["evidence"] == {"files": 0, "bytes": 0, "saved": 1, "failed": 0, "last_error": None}
+    assert list(folder.glob("*")) == []
+
+
 def test_evidence_that_cannot_be_kept_stops_no_result_and_is_said(
     tmp_path: Path, mosquitto, subscriber, privacy, color_int8, canary_video
 ) -> None:

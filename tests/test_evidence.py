@@ -7,9 +7,11 @@ test_pipeline_policy.py; masking: test_motion_masks_zones.py.)"""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,29 @@ def test_half_written_files_go_at_start_and_earlier_files_count_past_a_broken_en
     assert not (folder / "000000000006-x.tmp").exists()
     assert again.count == 3 and again.total_bytes == sum(p.stat().st_size for p in kept[-3:])
     assert [p.exists() for p in kept] == [False, False, True, True, True]  # the oldest went, past the links
+
+
+def test_files_go_at_their_age_at_start_on_save_and_while_nothing_is_saved(tmp_path: Path) -> None:
+    """The age bound is a retention promise: a quiet camera's last frames go at ``max_age_s`` though no
+    frame comes after them, not at the next event or restart."""
+    folder = tmp_path / "ev"
+    cfg = EvidenceConfig(enabled=True, max_age_s=3600)
+    frame = np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    first = EvidenceStore(folder, cfg)
+    old, recent = first.save(frame, 1, "x"), first.save(frame, 2, "x")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))  # left by a run an hour ago
+    store = EvidenceStore(folder, cfg)  # a start: the file past its age goes, the other stays
+    assert (old.exists(), recent.exists(), store.count) == (False, True, 1)
+    store.expire(time.time() + 3500)  # not due yet
+    assert recent.exists() and store.count == 1
+    store.expire(time.time() + 3700)  # due, with no frame saved since
+    assert not recent.exists() and store.stats() == {
+        "files": 0, "bytes": 0, "saved": 0, "failed": 0, "last_error": None
+    }  # fmt: skip
+    store.expire(time.time() + 10**6)  # an empty folder: nothing to do
+    newer = store.save(frame, 3, "x")
+    assert newer is not None and newer.exists() and store.count == 1
 
 
 def test_the_counts_reach_the_stats_payload_and_prometheus(tmp_path: Path) -> None:
