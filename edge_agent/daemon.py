@@ -37,7 +37,7 @@ from edge_agent.model_loader import ModelLoader
 from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
 from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas, trim_heap
 from edge_agent.sdnotify import Notifier
-from edge_agent.storage_room import room_shortfall
+from edge_agent.storage_room import room_shortfall, unkept_evidence
 from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
@@ -177,8 +177,8 @@ class Daemon:
         self._place_threads()
         self.metrics = serve_metrics(cfg.metrics, self)  # first: a port in use fails before anything starts
         state_dir = _prepare_state_dir(cfg.state_dir)
-        if room := room_shortfall(cfg):
-            log.warning("%s", room)
+        for note in ([room] if (room := room_shortfall(cfg)) else []) + unkept_evidence(cfg):
+            log.warning("%s", note)
         self.outbox = Outbox(
             cfg.outbox_path, max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
         )
@@ -390,6 +390,8 @@ class Daemon:
                 "watchdog": new_cfg.watchdog,
             }
         )
+        for note in unkept_evidence(self.cfg):  # a pipeline removed (or its evidence turned off) left frames
+            log.warning("%s", note)
         if self.discovery is not None:
             self.discovery.reload(new_cfg, swaps)
         self.notifier.ready(self._status_line())

@@ -3,12 +3,15 @@
 The outbox and each pipeline's evidence folder are bounded (``outbox.max_bytes``, ``evidence.max_bytes``),
 but a bound is a promise only if the card can hold it: on a full card new results are dropped (counted)
 and evidence frames are not kept. A small card, or a ``state_dir`` on a RAM disk, is worth a word from
-``edge-agent check`` and at the start, before it fills.
+``edge-agent check`` and at the start, before it fills. So are evidence frames no bound covers any more: a
+pipeline removed from the config (or renamed, or with evidence turned off) leaves its folder, which nothing
+prunes by age or size; the daemon does not delete what no config speaks for, it says where it is.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,6 +49,33 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
         f"{_mb(wanted)}: {parts}. When it is full, new results are dropped (counted in outbox.dropped) and "
         "evidence frames are not kept: lower those bounds or give state_dir more room"
     )
+
+
+def unkept_evidence(cfg: AgentConfig) -> list[str]:
+    """A note for each evidence folder under state_dir that holds frames and that no pipeline keeping
+    evidence owns: they outlive every bound the config sets (``max_age_s`` included) until deleted."""
+    owners = {p.name for p in cfg.pipelines if p.evidence.enabled}
+    root = cfg.state_dir / "evidence"
+    notes = []
+    try:
+        folders = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in owners)
+    except OSError:  # none yet, or a state_dir this user may not look into
+        return []
+    for folder in folders:
+        try:
+            stats = [p.stat() for p in folder.glob("*.jpg")]
+        except OSError:
+            continue
+        if not stats:
+            continue
+        newest = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(st.st_mtime for st in stats)))
+        notes.append(
+            f"evidence folder {folder}: {len(stats)} frame(s), {_mb(sum(st.st_size for st in stats))}, the "
+            f"newest from {newest}, of a pipeline that keeps no evidence now (not in the config, renamed, or "
+            f"evidence off): nothing deletes them at their age; remove the folder when they are no longer "
+            f"needed (rm -r {folder})"
+        )
+    return notes
 
 
 def _allocated(paths: Iterable[Path]) -> int:

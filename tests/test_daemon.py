@@ -116,6 +116,9 @@ def test_evidence_frames_stay_local_and_bounded(
                 "model": {"path": str(color_int8.path)},
                 "evidence": {"enabled": True, "max_files": 5, "max_bytes": 10**15}}  # fmt: skip
     config = write_config(tmp_path / "config.yaml", broker, [pipeline])
+    removed = tmp_path / "state" / "evidence" / "door"  # a pipeline since removed from the config left this
+    removed.mkdir(parents=True)
+    (removed / "000000000007-person.jpg").write_bytes(b"\xff\xd8" + bytes(2000))
     everything = privacy(broker, config, canary=ImageCanary([canary_frame()]))
     with Agents(tmp_path) as agents:
         agent = agents.start(config)
@@ -124,6 +127,9 @@ def test_evidence_frames_stay_local_and_bounded(
     room = [line for line in agent.log().splitlines() if "its file system has room for" in line]
     assert len(room) == 1
     assert "cam's evidence up to 1,000,000,000 MB (pipelines[0].evidence.max_bytes)" in room[0]
+    # frames no pipeline keeps now: named once at the start, left where they are
+    unkept = [line for line in agent.log().splitlines() if f"evidence folder {removed}: 1 frame(s)" in line]
+    assert len(unkept) == 1 and (removed / "000000000007-person.jpg").exists()
     messages = everything.sub.wait_for(offline, timeout=10)
     got = results(messages)
     assert len(got) == 50  # canary_video has 50 frames

@@ -277,6 +277,9 @@ def test_a_reload_starts_added_pipelines_stops_removed_ones_and_restarts_a_chang
 
     caplog.set_level("INFO", logger="edge_agent.daemon")
     cfg = config(tmp_path, broker, regression_int8.path, {})
+    left = tmp_path / "state" / "evidence" / "door"  # frames of a camera pipeline since removed
+    left.mkdir(parents=True)
+    (left / "000000000001-x.jpg").write_bytes(b"\xff\xd8")
     notify = NotifySocket(tmp_path / "notify")
     daemon = Daemon(
         parse_config({**cfg, "pipelines": [pipeline("s", files["s"])]}),
@@ -290,6 +293,7 @@ def test_a_reload_starts_added_pipelines_stops_removed_ones_and_restarts_a_chang
         reload_to(pipeline("s", files["s"]), pipeline("t", files["t"]))  # t added
         sub.wait_for(lambda m: len(results(m, "t")) >= 2, timeout=20)
         assert [p.name for p in daemon.pipelines] == ["s", "t"]
+        assert caplog.text.count(f"evidence folder {left}: 1 frame(s)") == 2  # at the start and the reload
 
         s_pipe = daemon.pipelines[0]
         reload_to(pipeline("t", files["t"]), pipeline("x", files["u"], tmp_path / "missing.tflite"))

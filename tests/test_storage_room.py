@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import parse_config
-from edge_agent.storage_room import room_shortfall
+from edge_agent.storage_room import room_shortfall, unkept_evidence
 from tests.test_config_check import cameras_config, edge_agent, write
 
 PETABYTE = 10**15
@@ -62,6 +62,36 @@ def test_what_the_outbox_and_evidence_hold_already_counts_as_room(tmp_path: Path
     # the two hold, one 32 MB past that does not
     assert shortfall(free_bytes(state) + (32 << 20)) is None
     assert shortfall(free_bytes(state) + (96 << 20)) is not None
+
+
+def test_evidence_no_pipeline_keeps_is_named_not_deleted(tmp_path: Path) -> None:
+    """A pipeline removed from the config (or with evidence turned off) leaves frames nothing prunes: check
+    names each such folder with what it holds and how to remove it; the daemon deletes nothing of it."""
+    evidence = tmp_path / "state" / "evidence"
+    frames = {"c0": 1, "c1": 2, "gone": 3, "empty": 0}  # c0 keeps evidence, c1 no longer, gone is no pipeline
+    for name, n in frames.items():
+        (evidence / name).mkdir(parents=True)
+        for seq in range(n):
+            (evidence / name / f"00000000000{seq}-x.jpg").write_bytes(b"\xff\xd8" + bytes(1000))
+    (evidence / "empty" / "notes.txt").write_text("not a frame")
+    (tmp_path / "m.tflite").write_bytes(b"not loaded with --no-models")
+    cfg = cameras_config(["/dev/video77", "/dev/video78"])
+    cfg["pipelines"][0]["evidence"] = {"enabled": True}
+    proc = edge_agent("check", "--no-models", str(write(tmp_path, cfg)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("evidence folder")]
+    assert [n.split(":")[0] for n in notes] == [
+        f"evidence folder {evidence / 'c1'}",
+        f"evidence folder {evidence / 'gone'}",
+    ]
+    assert notes[1].startswith(f"evidence folder {evidence / 'gone'}: 3 frame(s), 0.0 MB, the newest from ")
+    assert notes[1].endswith(f"remove the folder when they are no longer needed (rm -r {evidence / 'gone'})")
+    assert "nothing deletes them at their age" in notes[0]
+    assert sum(1 for _ in evidence.rglob("*.jpg")) == 6  # named, never deleted
+    cfg["pipelines"][1]["evidence"] = {"enabled": True}  # c1 keeps evidence again: only gone is left
+    assert [n.split(":")[0] for n in unkept_evidence(parse_config(cfg, base_dir=tmp_path))] == [
+        f"evidence folder {evidence / 'gone'}"
+    ]
 
 
 @pytest.mark.skipif(

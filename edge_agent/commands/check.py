@@ -21,7 +21,7 @@ from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig, camera_kind
 from edge_agent.sources.device_access import access_problem
 from edge_agent.sources.stream_login import shown_url
-from edge_agent.storage_room import room_shortfall
+from edge_agent.storage_room import room_shortfall, unkept_evidence
 
 
 def _source_summary(p: PipelineConfig) -> str:
@@ -77,7 +77,8 @@ def environment_notes(cfg: AgentConfig) -> list[str]:
     """What is not a problem now but may be one: a camera device not plugged in (yet), which the pipeline
     waits for; a camera named by a node number that another camera may take at the next boot; a camera or
     serial port this user may not open (the service, as another user with its own groups, may); a state_dir
-    whose file system cannot hold the outbox and evidence the config allows."""
+    whose file system cannot hold the outbox and evidence the config allows; evidence frames no pipeline
+    keeps any more."""
     cameras = [(i, p.source) for i, p in enumerate(cfg.pipelines) if isinstance(p.source, CameraSourceConfig)]
     notes = [
         f"pipelines[{i}].source: camera device {path} is not there now: the pipeline waits for it (is the "
@@ -85,8 +86,9 @@ def environment_notes(cfg: AgentConfig) -> list[str]:
         for i, source in cameras
         if (path := source.missing_device())
     ]
+    notes += _unsteady_camera_names(cameras) + _devices_denied(cfg)
     room = room_shortfall(cfg)
-    return notes + _unsteady_camera_names(cameras) + _devices_denied(cfg) + ([room] if room else [])
+    return notes + ([room] if room else []) + unkept_evidence(cfg)
 
 
 def _devices_denied(cfg: AgentConfig) -> list[str]:
