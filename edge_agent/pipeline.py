@@ -274,6 +274,8 @@ class Pipeline:
             log.exception("pipeline %s crashed", self.name)
             self._fail(EdgeAgentError(f"pipeline {self.name} crashed: {exc!r}"), repr(exc))
         finally:
+            if self.evidence is not None:
+                self.evidence.close()  # its last frames written before the pipeline counts as ended
             self._tick()
             with self._swap_lock:
                 pending, self._swap = self._swap, None
@@ -328,8 +330,9 @@ class Pipeline:
             self.publisher.publish_result(self.topic, payload, self.qos)
             self.last_seq = seq
             if self.evidence is not None and frame.kind == "image" and self.evidence.wants(label, score):
-                # what the steps returned (masked), not frame.data; the store masks it once more
-                self.evidence.save(data, seq, label, mask=self.mask)
+                # what the steps returned (masked), not frame.data; the store masks its copy once more and
+                # writes it on its own thread
+                self.evidence.keep(data, seq, label, mask=self.mask)
         self.stats.frame_done(latency, result=True, published=publish)
         return publish
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,13 +21,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.config import EvidenceConfig
-from edge_agent.evidence import EvidenceStore
+from edge_agent.evidence import QUEUE_FRAMES, EvidenceStore
 from edge_agent.metrics import _pipeline_metrics
 from edge_agent.publish.payloads import stats_payload
 from edge_agent.stats import PipelineStats
 from tests.fixtures.broker import validate_payload
 
-pytest.importorskip("cv2")
+cv2 = pytest.importorskip("cv2")
 
 FULL_CARD = textwrap.dedent(
     """
@@ -210,3 +211,122 @@ def test_a_folder_that_cannot_be_made_stops_no_result_and_is_tried_again(
     assert store.stats() == {
         "files": 1, "bytes": store.total_bytes, "saved": 1, "failed": 2, "last_error": None
     }  # fmt: skip
+
+
+def recorded_saves(
+    store: EvidenceStore, gate: threading.Event | None = None, delay_s: float = 0.0
+) -> tuple[list, threading.Event]:
+    """Wrap ``store.save`` (the writer thread's call): record each call's thread, its CPUs and the seq; with
+    ``gate``, each call waits for it (a stuck card); with ``delay_s``, each takes that long more (a slow
+    one). The event returned is set when the first call began."""
+    calls: list[tuple[str, frozenset[int], int]] = []
+    began = threading.Event()
+    save = store.save
+
+    def recording(frame: np.ndarray, seq: int, label: str | None, mask=None):
+        calls.append((threading.current_thread().name, frozenset(os.sched_getaffinity(0)), seq))
+        began.set()
+        if gate is not None:
+            gate.wait(30)
+        time.sleep(delay_s)
+        return save(frame, seq, label, mask)
+
+    store.save = recording  # type: ignore[method-assign]
+    return calls, began
+
+
+def test_kept_frames_are_written_by_the_stores_thread_from_a_masked_copy_of_their_own(tmp_path: Path) -> None:
+    """The caller (the inference thread) may reuse its buffer as soon as keep returns, and it is never
+    masked in place; the JPEG shows the frame as it was, masked; the stop writes what was queued."""
+    from edge_agent.processing.masks import FrameMask
+
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    card = threading.Event()  # the writer waits for it: the buffer is reused before anything is written
+    calls, _ = recorded_saves(store, card)
+    square = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]
+    buffer = np.full((64, 64, 3), 200, np.uint8)  # a reader's frame buffer, filled again for the next frame
+    assert store.keep(buffer, 1, "x", mask=FrameMask([square]))
+    assert int(buffer.min()) == 200  # not masked in place
+    assert store.keep(buffer, 2, "y")
+    buffer[:] = 0  # the next frame, into the same buffer
+    card.set()
+    store.close()
+    assert [(name, seq) for name, _, seq in calls] == [("evidence-ev", 1), ("evidence-ev", 2)]
+    first, second = (cv2.imread(str(p)) for p in sorted((tmp_path / "ev").glob("*.jpg")))
+    inside = first[24:40, 24:40]
+    outside = np.concatenate([first[:8].reshape(-1, 3), first[-8:].reshape(-1, 3)])  # JPEG rings near edges
+    assert int(inside.max()) <= 24 and int(outside.min()) >= 180  # the frame as kept, masked
+    assert int(second.min()) >= 190  # the frame as kept, not what the buffer held later
+    assert store.stats() == {
+        "files": 2,
+        "bytes": store.total_bytes,
+        "saved": 2,
+        "failed": 0,
+        "last_error": None,
+    }
+
+
+def test_a_slow_card_sets_the_pace_and_loses_no_frame(tmp_path: Path) -> None:
+    """A card slower than the frames to keep: keep waits for room once QUEUE_FRAMES wait (the pipeline runs
+    at the card's pace, as when it wrote the frames itself), and every frame is stored."""
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    recorded_saves(store, delay_s=0.05)
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    assert all(store.keep(frame, seq, "x") for seq in range(1, 3 * QUEUE_FRAMES + 1))
+    store.close()
+    assert store.stats() == {
+        "files": 3 * QUEUE_FRAMES, "bytes": store.total_bytes, "saved": 3 * QUEUE_FRAMES, "failed": 0,
+        "last_error": None,
+    }  # fmt: skip
+
+
+def test_a_stuck_card_costs_frames_not_results(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card that does not answer: keep waits at most STUCK_S once, then drops the frames to keep at once
+    (counted, said once) while nothing is written; once the card answers, what was queued is written."""
+    monkeypatch.setattr("edge_agent.evidence.STUCK_S", 0.5)
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    gate = threading.Event()
+    calls, began = recorded_saves(store, gate)
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    assert store.keep(frame, 1, "x") and began.wait(10)  # the writer holds frame 1, stuck on the card
+    with caplog.at_level("INFO", logger="edge_agent.evidence"):
+        started = time.monotonic()
+        taken = [store.keep(frame, seq, "x") for seq in range(2, 2 + QUEUE_FRAMES + 3)]
+        took = time.monotonic() - started
+    assert taken == [True] * QUEUE_FRAMES + [False] * 3
+    assert took < 1.2  # at most STUCK_S (0.5) in all, not once per frame (3 x 0.5)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == f"evidence: frame {2 + QUEUE_FRAMES} not stored: nothing written for 0.5 s (a stuck card?)"
+    assert store.failed == 3 and store.last_error.endswith("(a stuck card?)")
+    gate.set()
+    store.close()
+    assert [seq for *_, seq in calls] == list(range(1, 2 + QUEUE_FRAMES))
+    assert store.stats() == {
+        "files": 5,
+        "bytes": store.total_bytes,
+        "saved": 5,
+        "failed": 3,
+        "last_error": None,
+    }
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_the_writer_runs_on_its_creators_cpus_not_the_inference_threads(tmp_path: Path) -> None:
+    """The daemon makes the store on its main thread (the non-inference CPUs); the first frame comes from
+    an inference thread pinned to a CPU of its own: the writer must not inherit that pinning."""
+    mine = frozenset(os.sched_getaffinity(0))
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    calls, _ = recorded_saves(store)
+    inference_cpu = frozenset({max(mine)})
+
+    def inference() -> None:
+        os.sched_setaffinity(0, inference_cpu)
+        store.keep(np.zeros((16, 16, 3), np.uint8), 1, "x")
+
+    thread = threading.Thread(target=inference)
+    thread.start()
+    thread.join()
+    store.close()
+    assert [cpus for _, cpus, _ in calls] == [mine]

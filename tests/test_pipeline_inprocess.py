@@ -27,6 +27,7 @@ from tests.inprocess import (
     solid,
     stages_for,
 )
+from tests.test_evidence import recorded_saves
 
 COLORS = ["red", "green", "blue", "green", "red", "blue"]
 PATHS = pytest.mark.parametrize("prepare", [True, False], ids=["on-source-thread", "on-inference-thread"])
@@ -139,6 +140,25 @@ def test_evidence_and_model_see_what_the_steps_returned(tmp_path: Path, color_in
     (saved,) = (tmp_path / "evidence").iterdir()
     b, g, r = cv2.imread(str(saved)).reshape(-1, 3).mean(axis=0)
     assert b > 200 and g < 30 and r < 30
+
+
+def test_a_pipeline_that_ends_has_written_the_frames_it_kept(tmp_path: Path, color_int8) -> None:
+    """Evidence is written on the store's own thread: a pipeline's end (a finite file, a stop, a reload)
+    waits for it, so the last results' frames are on disk and in the final stats (a slow card here)."""
+    evidence = EvidenceStore(tmp_path / "evidence", EvidenceConfig(enabled=True))
+    recorded_saves(evidence, delay_s=0.2)
+    pub = RecordingPublisher()
+    pipe = make_pipeline(
+        tmp_path,
+        FakeSource(map(solid, COLORS[:3])),
+        stages_for(color_int8.path),
+        publisher=pub,
+        evidence=evidence,
+    )
+    Running(pipe).finish()
+    assert len(pub.payloads()) == 3
+    assert len(list((tmp_path / "evidence").glob("*.jpg"))) == 3
+    assert stats_of(pipe)["evidence"]["saved"] == 3
 
 
 def test_a_preparer_failure_is_counted_and_the_frame_still_processed(tmp_path: Path, color_int8) -> None:

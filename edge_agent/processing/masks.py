@@ -3,8 +3,8 @@ the model, an evidence JPEG).
 
 ``MasksStep`` is the first step of a camera pipeline's chain, so a frame goes on only as a masked copy; if
 masking raises, the chain drops the frame (fail closed: it is neither inferred nor stored). The evidence
-store applies the same ``FrameMask`` once more right before it encodes a JPEG, so a stored frame is masked
-even if a future code path handed it an unmasked one.
+store applies the same ``FrameMask`` once more as it takes a frame (into the copy its writer thread encodes),
+so a stored frame is masked even if a future code path handed it an unmasked one.
 """
 
 from __future__ import annotations
