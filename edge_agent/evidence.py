@@ -108,7 +108,7 @@ class EvidenceStore:
         itself); a stuck one (no frame written for ``STUCK_S``) costs frames, not results. False when not
         taken, counted as not stored: the mask failed (fail closed), or the writer is stuck."""
         try:
-            copy = mask.apply(frame_bgr) if mask is not None else np.array(frame_bgr, copy=True)
+            copy = mask.apply(frame_bgr) if mask is not None else frame_bgr.copy()
         except Exception as exc:  # any failure: the frame is not stored
             self._failed(f"could not mask frame {seq}, not stored: {exc}", "mask")
             return False
@@ -143,7 +143,7 @@ class EvidenceStore:
         writer.join(timeout)
         if writer.is_alive():
             log.warning(
-                "evidence: %s: frames still being written after %.0f s; not waiting", self.folder, timeout
+                "evidence: %s: frames still being written after %g s; not waiting", self.folder, timeout
             )
 
     def _write_kept(self) -> None:

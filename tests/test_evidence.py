@@ -252,6 +252,8 @@ def test_kept_frames_are_written_by_the_stores_thread_from_a_masked_copy_of_thei
     card.set()
     store.close()
     assert [(name, seq) for name, _, seq in calls] == [("evidence-ev", 1), ("evidence-ev", 2)]
+    names = sorted(p.name for p in (tmp_path / "ev").iterdir())
+    assert names == ["000000000001-x.jpg", "000000000002-y.jpg"]  # each with its own label
     first, second = (cv2.imread(str(p)) for p in sorted((tmp_path / "ev").glob("*.jpg")))
     inside = first[24:40, 24:40]
     outside = np.concatenate([first[:8].reshape(-1, 3), first[-8:].reshape(-1, 3)])  # JPEG rings near edges
@@ -330,3 +332,54 @@ def test_the_writer_runs_on_its_creators_cpus_not_the_inference_threads(tmp_path
     thread.join()
     store.close()
     assert [cpus for _, cpus, _ in calls] == [mine]
+
+
+def test_keep_fails_closed_and_a_broken_write_stops_neither_the_writer_nor_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame that cannot be masked is never queued (counted, said); a write that raises (a bug) is logged
+    and counted and the writer goes on with the next frame; a writer stuck at the stop is left after the
+    timeout, said, and the stop goes on."""
+    from edge_agent.processing.masks import FrameMask
+
+    store = EvidenceStore(tmp_path / "ev", EvidenceConfig(enabled=True))
+    square = FrameMask([[[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]])
+    with caplog.at_level("INFO", logger="edge_agent.evidence"):
+        assert store.keep(np.zeros(5, np.uint8), 3, "x", mask=square) is False
+        assert store.stats()["failed"] == 1 and store.last_error.startswith(
+            "could not mask frame 3, not stored"
+        )
+        assert store._writer is None  # nothing was queued
+
+        save = store.save
+        raised = []
+
+        def buggy(frame: np.ndarray, seq: int, label: str | None, mask=None):
+            if seq == 4:
+                raised.append(seq)
+                raise KeyError("a bug")
+            return save(frame, seq, label, mask)
+
+        store.save = buggy  # type: ignore[method-assign]
+        frame = np.full((16, 16, 3), 50, np.uint8)
+        assert store.keep(frame, 4, "x") and store.keep(frame, 5, "x")
+        store.close()
+    assert raised == [4] and [p.name for p in (tmp_path / "ev").iterdir()] == ["000000000005-x.jpg"]
+    assert (store.failed, store.saved) == (2, 1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "evidence: frame 4 not stored" in messages and any("KeyError('a bug')" in m for m in messages)
+
+    stuck = EvidenceStore(tmp_path / "stuck", EvidenceConfig(enabled=True))
+    gate = threading.Event()
+    _, began = recorded_saves(stuck, gate)
+    assert all(stuck.keep(frame, seq, "x") for seq in range(1, 2 + QUEUE_FRAMES))  # 1 held, 4 waiting
+    assert began.wait(10)
+    with caplog.at_level("INFO", logger="edge_agent.evidence"):
+        started = time.monotonic()
+        stuck.close(timeout=0.3)
+        took = time.monotonic() - started
+    gate.set()
+    assert took < 2.0  # the put and the join each gave up after 0.3 s
+    assert (
+        f"evidence: {tmp_path / 'stuck'}: frames still being written after 0.3 s; not waiting" in caplog.text
+    )
