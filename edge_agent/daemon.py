@@ -8,7 +8,7 @@ progress, publishes stats and keeps systemd's STATUS= current. Stop: STOPPING=1,
 (sources stop, each pipeline finishes the frame in hand), drain the outbox up to ``drain_timeout_s``,
 publish ``offline``, close all.
 
-About 600 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
+About 650 lines on purpose: the optional services (fleet deployments, Home Assistant discovery, /metrics)
 join the same start order, reload and reverse-order cleanup, a reload starts and stops single pipelines in
 that same order, and the main loop's waking (signals, ended pipelines, what is due) serves them all, which
 is the one thing this module is about; each pipeline's parts are one record (``_Slot``), so a start that
@@ -37,7 +37,7 @@ from edge_agent.model_loader import ModelLoader
 from edge_agent.reload_changes import pipeline_restart_reasons, restart_only_changes
 from edge_agent.runtime.memory import fix_mmap_threshold, limit_malloc_arenas, trim_heap
 from edge_agent.sdnotify import Notifier
-from edge_agent.storage_room import room_shortfall, unkept_evidence
+from edge_agent.storage_room import storage_notes, unkept_evidence
 from edge_agent.watchdog import Watchdog
 
 if TYPE_CHECKING:  # the heavy modules are imported where they are first used
@@ -177,7 +177,7 @@ class Daemon:
         self._place_threads()
         self.metrics = serve_metrics(cfg.metrics, self)  # first: a port in use fails before anything starts
         state_dir = _prepare_state_dir(cfg.state_dir)
-        for note in ([room] if (room := room_shortfall(cfg)) else []) + unkept_evidence(cfg):
+        for note in storage_notes(cfg):
             log.warning("%s", note)
         self.outbox = Outbox(
             cfg.outbox_path, max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes

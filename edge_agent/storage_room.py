@@ -51,6 +51,13 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
     )
 
 
+def storage_notes(cfg: AgentConfig) -> list[str]:
+    """What ``check`` and the start say about the state directory: too little room for the bounds, and
+    evidence frames no bound covers."""
+    room = room_shortfall(cfg)
+    return ([room] if room else []) + unkept_evidence(cfg)
+
+
 def unkept_evidence(cfg: AgentConfig) -> list[str]:
     """A note for each evidence folder under state_dir that holds frames and that no pipeline keeping
     evidence owns: they outlive every bound the config sets (``max_age_s`` included) until deleted."""

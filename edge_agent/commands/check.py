@@ -21,7 +21,7 @@ from edge_agent.publish.client import resolve_password, tls_file_problems
 from edge_agent.sources.camera import CameraSourceConfig, camera_kind
 from edge_agent.sources.device_access import access_problem
 from edge_agent.sources.stream_login import shown_url
-from edge_agent.storage_room import room_shortfall, unkept_evidence
+from edge_agent.storage_room import storage_notes
 
 
 def _source_summary(p: PipelineConfig) -> str:
@@ -86,9 +86,7 @@ def environment_notes(cfg: AgentConfig) -> list[str]:
         for i, source in cameras
         if (path := source.missing_device())
     ]
-    notes += _unsteady_camera_names(cameras) + _devices_denied(cfg)
-    room = room_shortfall(cfg)
-    return notes + ([room] if room else []) + unkept_evidence(cfg)
+    return notes + _unsteady_camera_names(cameras) + _devices_denied(cfg) + storage_notes(cfg)
 
 
 def _devices_denied(cfg: AgentConfig) -> list[str]:
