@@ -54,6 +54,7 @@ class EvidenceStore:
         self._lock = threading.Lock()
         self._files: deque[tuple[float, int, Path]] = deque()  # (mtime, size, path), oldest first
         self._bytes = 0
+        self._undeleted = 0  # files pruning could not delete since the last that it could (logged once)
         self._queue: queue.Queue[tuple[np.ndarray, int, str | None] | None] = queue.Queue(QUEUE_FRAMES)
         self._writer: threading.Thread | None = None  # started at the first frame kept
         self._progress = time.monotonic()  # when the writer last finished a frame (or started)
@@ -253,8 +254,18 @@ class EvidenceStore:
                 path.unlink()
             except FileNotFoundError:
                 pass
-            except OSError as exc:
-                log.warning("evidence: could not delete %s: %s", path, exc.strerror)
+            except OSError as exc:  # left, and no longer counted: the bounds go on holding for the others
+                if not self._undeleted:  # a card gone read-only fails every delete: one line, not one a file
+                    log.warning(
+                        "evidence: could not delete %s: %s; the next start tries again", path, exc.strerror
+                    )
+                self._undeleted += 1
+                continue
+            if self._undeleted:
+                log.info(
+                    "evidence: deleting in %s again; %d file(s) could not be", self.folder, self._undeleted
+                )
+                self._undeleted = 0
 
     @property
     def count(self) -> int:
