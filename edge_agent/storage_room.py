@@ -1,11 +1,13 @@
 """Whether the state directory's file system has room for what the config lets the daemon keep there.
 
 The outbox and each pipeline's evidence folder are bounded (``outbox.max_bytes``, ``evidence.max_bytes``),
-but a bound is a promise only if the card can hold it: on a full card new results are dropped (counted)
-and evidence frames are not kept. A small card, or a ``state_dir`` on a RAM disk, is worth a word from
-``edge-agent check`` and at the start, before it fills. So are evidence frames no bound covers any more: a
-pipeline removed from the config (or renamed, or with evidence turned off) leaves its folder, which nothing
-prunes by age or size; the daemon does not delete what no config speaks for, it says where it is.
+and so are the models the fleet deploys (``fleet.max_model_bytes``; each pipeline keeps its current model,
+the previous one and one arriving), but a bound is a promise only if the card can hold it: on a full card
+new results are dropped (counted), evidence frames are not kept and a deployment is refused. A small card,
+or a ``state_dir`` on a RAM disk, is worth a word from ``edge-agent check`` and at the start, before it
+fills. So are evidence frames no bound covers any more: a pipeline removed from the config (or renamed, or
+with evidence turned off) leaves its folder, which nothing prunes by age or size; the daemon does not
+delete what no config speaks for, it says where it is.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from edge_agent.config import AgentConfig
+from edge_agent.fleet.store import MODELS_KEPT, has_deployments
 
 SQLITE_SUFFIXES = ("", "-wal", "-shm")  # the outbox database and its write-ahead log and shared memory
 
 
 def room_shortfall(cfg: AgentConfig) -> str | None:
-    """A one-line note when the bounds of the outbox and the evidence folders add up to more than the state
-    directory's file system can hold (its free space plus what they hold already), else None."""
+    """A one-line note when the bounds of the outbox, the evidence folders and the fleet's models add up to
+    more than the state directory's file system can hold (its free space plus what they hold already), else
+    None."""
     state_dir = cfg.state_dir
     bounds = [("the outbox", "outbox.max_bytes", cfg.outbox.max_bytes)]
     try:
@@ -33,6 +37,13 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
                 bounds.append((f"{p.name}'s evidence", key, p.evidence.max_bytes))
                 folder = cfg.evidence_dir(p)
                 held += _allocated(folder.glob("*.jpg")) if folder.is_dir() else 0
+        if _fleet_may_deploy(cfg):
+            key = f"{MODELS_KEPT} per pipeline x fleet.max_model_bytes"
+            bounds.append(
+                ("the fleet's models", key, MODELS_KEPT * len(cfg.pipelines) * cfg.fleet.max_model_bytes)
+            )
+            deployed = state_dir / "deployed"
+            held += _allocated(deployed.iterdir()) if deployed.is_dir() else 0
         existing = next((d for d in (state_dir, *state_dir.parents) if d.is_dir()), None)
         fs = os.statvfs(existing) if existing is not None else None
     except OSError:  # a state_dir this user may not look into (the service's, checked by hand): no word
@@ -49,6 +60,13 @@ def room_shortfall(cfg: AgentConfig) -> str | None:
         f"{_mb(wanted)}: {parts}. When it is full, new results are dropped (counted in outbox.dropped) and "
         "evidence frames are not kept: lower those bounds or give state_dir more room"
     )
+
+
+def _fleet_may_deploy(cfg: AgentConfig) -> bool:
+    """Models may arrive: remote deployment is on with a key to trust (a ``*.pub`` file, not read here: the
+    start reads and checks them), or models were deployed before (the daemon keeps serving them)."""
+    keys = cfg.fleet.trusted_keys_dir
+    return (cfg.fleet.enabled and keys.is_dir() and any(keys.glob("*.pub"))) or has_deployments(cfg.state_dir)
 
 
 def storage_notes(cfg: AgentConfig) -> list[str]:

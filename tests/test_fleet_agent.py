@@ -170,6 +170,7 @@ def test_deploy_to_group_end_to_end(env: dict[str, Any]) -> None:
         ("bad_signature", "bad_signature"),
         ("malformed", "malformed"),
         ("wrong_target", "wrong_target"),
+        ("full_card", "write_failed"),
     ],
 )
 def test_refused_with_reason_and_old_model_keeps_running(env: dict[str, Any], case: str, reason: str) -> None:
@@ -195,6 +196,11 @@ def test_refused_with_reason_and_old_model_keeps_running(env: dict[str, Any], ca
         fake.swaps.clear()
         running = fake.running.path
         number, _ = deploy(env, "v3", b"GOOD", number=first - 1)
+    elif case == "full_card":  # the model's file is written where the kernel says ENOSPC: a full card
+        sha = read_model(make_model(env["tmp"] / "ws", "full", b"GOOD")).sha256
+        deployed = env["tmp"] / "cam-01" / "deployed"
+        (deployed / f".tmp-{sha}.tflite").symlink_to("/dev/full")
+        number, _ = deploy(env, "full", b"GOOD")
     elif case == "wrong_target":
         files = read_model(make_model(env["tmp"] / "ws", "other", b"GOOD"))
         env["number"] += 1
@@ -235,6 +241,9 @@ def test_refused_with_reason_and_old_model_keeps_running(env: dict[str, Any], ca
     assert fake.swaps == [] and fake.running.path == running
     assert state["running"]["cam"]["number"] == (None if case != "replayed" else number + 1)
     assert agent.stats()[f"refused_{reason}"] == 1
+    if case == "full_card":
+        assert "No space left on device; make room on the device's state_dir" in state["reason"], state
+        assert not list((env["tmp"] / "cam-01" / "deployed").glob(".tmp-*"))  # nothing left taking room
     # The agent still takes the next good deployment.
     good, _sha = deploy(env, "after", b"GOOD")
     assert outcome(env, good)["state"] == "active"

@@ -97,7 +97,7 @@ def test_corrupt_record_falls_back_to_config_models(tmp_path: Path) -> None:
 
 
 def test_where_things_are_and_what_an_entry_holds(tmp_path: Path) -> None:
-    """The layout the README and the daemon's start-up check (``_has_deployments``) rely on, the manifest
+    """The layout the README and the daemon's start-up check (``has_deployments``) rely on, the manifest
     stored as given, and entries handed out as copies (a caller's change never reaches the record)."""
     store = ModelStore(tmp_path)
     assert store.entry("cam") == {"current": None, "previous": None, "last_number": None, "pending": None}

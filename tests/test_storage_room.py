@@ -64,6 +64,37 @@ def test_what_the_outbox_and_evidence_hold_already_counts_as_room(tmp_path: Path
     assert shortfall(free_bytes(state) + (96 << 20)) is not None
 
 
+def test_the_fleets_models_count_while_models_may_arrive(tmp_path: Path) -> None:
+    """With remote deployment on (a key to trust) or something deployed before, each pipeline may keep three
+    models of up to fleet.max_model_bytes (current, previous, arriving): they count against the room, and
+    what deployed/ holds already counts as room; with deployment off and nothing deployed they do not."""
+    state, keys = tmp_path / "state", tmp_path / "keys"
+    state.mkdir()
+    keys.mkdir()
+    raw = cameras_config(["/dev/video77", "/dev/video78"])
+    raw["state_dir"] = str(state)
+    fleet_bound = 3 * 2 * (1 << 30)  # two pipelines, 1 GiB models
+
+    def shortfall(margin: int, **fleet: object) -> str | None:
+        outbox = free_bytes(state) - fleet_bound + margin
+        cfg = {**raw, "outbox": {"max_bytes": outbox}, "fleet": {"trusted_keys_dir": str(keys), **fleet}}
+        return room_shortfall(parse_config(cfg, base_dir=tmp_path))
+
+    big = {"max_model_bytes": 1 << 30}
+    assert shortfall(48 << 20, **big) is None  # no key to trust, nothing deployed: no model can arrive
+    (keys / "op.pub").write_text("not read here")
+    note = shortfall(48 << 20, **big)
+    assert (
+        note is not None
+        and "the fleet's models up to 6,442 MB (3 per pipeline x fleet.max_model_bytes)" in note
+    )
+    assert shortfall(48 << 20, enabled=False, **big) is None  # remote deployment off
+    (state / "deployed").mkdir()
+    (state / "deployed" / f"{'a' * 64}.tflite").write_bytes(os.urandom(64 << 20))
+    assert shortfall(80 << 20, enabled=False, **big) is not None  # a model deployed before is kept and served
+    assert shortfall(48 << 20, enabled=False, **big) is None  # ... and the 64 MB it takes count as room
+
+
 def test_evidence_no_pipeline_keeps_is_named_not_deleted(tmp_path: Path) -> None:
     """A pipeline removed from the config (or with evidence turned off) leaves frames nothing prunes: check
     names each such folder with what it holds and how to remove it; the daemon deletes nothing of it."""

@@ -156,9 +156,10 @@ def make_agent(
     when remote deployment is off and no deployment was ever stored here: then the agent would have nothing
     to recover, run or serve, and its modules (the deploy worker, HTTP fetching) stay unloaded (~2 MB)."""
     from edge_agent.fleet.signing import load_trusted_keys
+    from edge_agent.fleet.store import has_deployments
 
     keys = load_trusted_keys(cfg.fleet.trusted_keys_dir)
-    if not (cfg.fleet.enabled and keys) and not _has_deployments(state_dir):
+    if not (cfg.fleet.enabled and keys) and not has_deployments(state_dir):
         return None
     from edge_agent.fleet.agent import DeployAgent
 
@@ -177,18 +178,6 @@ def make_agent(
         topic_prefix=cfg.mqtt.topic_prefix,
         poll_s=0.5,
         trusted_keys=keys,
-    )
-
-
-def _has_deployments(state_dir: Path) -> bool:
-    """Anything ``ModelStore`` keeps here: its record (or an interrupted write of it), a file in deployed/."""
-    from edge_agent.fleet.store import TMP_MARK
-
-    deployed = state_dir / "deployed"
-    return (
-        (state_dir / "fleet.json").exists()
-        or (state_dir / f"{TMP_MARK}fleet.json").exists()
-        or (deployed.is_dir() and any(deployed.iterdir()))
     )
 
 

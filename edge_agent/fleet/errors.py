@@ -10,7 +10,7 @@ class DeployRefused(EdgeAgentError):
 
     Reason codes: malformed, oversized, schema, unknown_key, bad_signature, replayed, wrong_target,
     unknown_pipeline, sha256_mismatch, truncated, too_large, fetch_failed, incompatible, golden_mismatch,
-    no_previous, disabled, interrupted.
+    no_previous, disabled, interrupted, write_failed.
     """
 
     exit_code = 9
@@ -29,7 +29,7 @@ class Stopping(Exception):
 REASONS = (
     "malformed", "oversized", "schema", "unknown_key", "bad_signature", "replayed", "wrong_target",
     "unknown_pipeline", "sha256_mismatch", "truncated", "too_large", "fetch_failed", "incompatible",
-    "golden_mismatch", "no_previous", "disabled", "interrupted",
+    "golden_mismatch", "no_previous", "disabled", "interrupted", "write_failed",
 )  # fmt: skip
 
 STATS_COUNTERS = ("received", "refused", "swapped", "active", "rolled_back", "duplicates_ignored",

@@ -29,6 +29,19 @@ RECORD_VERSION = 1
 TMP_MARK = ".tmp-"
 
 
+MODELS_KEPT = 3  # per pipeline: the current model, the previous one (to roll back to) and one arriving
+
+
+def has_deployments(state_dir: Path) -> bool:
+    """Anything ``ModelStore`` keeps here: its record (or an interrupted write of it), a file in deployed/."""
+    deployed = state_dir / "deployed"
+    return (
+        (state_dir / "fleet.json").exists()
+        or (state_dir / f"{TMP_MARK}fleet.json").exists()
+        or (deployed.is_dir() and any(deployed.iterdir()))
+    )
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -38,13 +51,18 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write through ``.tmp-<name>``, fsync, rename over ``path``, fsync the directory."""
+    """Write through ``.tmp-<name>``, fsync, rename over ``path``, fsync the directory. A write that fails
+    (a full card) leaves no partial ``.tmp-`` file taking the room behind it."""
     tmp = path.with_name(f"{TMP_MARK}{path.name}")
-    with tmp.open("wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
@@ -146,11 +164,20 @@ class ModelStore:
     def write_model(
         self, data: bytes, sha256: str, size: int, max_bytes: int, manifest: dict[str, Any]
     ) -> Path:
-        """Check and store a model and its manifest; returns the model path."""
+        """Check and store a model and its manifest; returns the model path. A card that cannot take them
+        (full, read-only, failing) refuses the deployment with what the file system said: the running model
+        stays, and the operator sees why."""
         check_model_bytes(data, sha256, size, max_bytes)
-        atomic_write(self.manifest_path(sha256), [json.dumps(manifest, indent=1).encode()])
         path = self.model_path(sha256)
-        atomic_write(path, [data])
+        try:
+            atomic_write(self.manifest_path(sha256), [json.dumps(manifest, indent=1).encode()])
+            atomic_write(path, [data])
+        except OSError as exc:
+            raise DeployRefused(
+                "write_failed",
+                f"could not store the model ({len(data):,} bytes) in {self.dir}: {exc.strerror or exc}; make "
+                "room on the device's state_dir (edge-agent check says what its config may keep there)",
+            ) from None
         return path
 
     def update(self, pipeline: str, **fields: Any) -> dict[str, Any]:
