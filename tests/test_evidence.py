@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ from edge_agent.metrics import _pipeline_metrics
 from edge_agent.publish.payloads import stats_payload
 from edge_agent.stats import PipelineStats
 from tests.fixtures.broker import validate_payload
+from tests.fixtures.cards import immutable
 
 cv2 = pytest.importorskip("cv2")
 
@@ -147,13 +147,6 @@ def test_files_go_at_their_age_at_start_on_save_and_while_nothing_is_saved(tmp_p
     assert newer is not None and newer.exists() and store.count == 1
 
 
-def _immutable(path: Path, on: bool) -> bool:
-    """``chattr +i``: a file even root cannot delete (EPERM), as on a card that refuses deletes."""
-    if shutil.which("chattr") is None:
-        return False
-    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
-
-
 def test_files_that_cannot_be_deleted_are_said_once_and_the_bounds_hold_for_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -165,25 +158,19 @@ def test_files_that_cannot_be_deleted_are_said_once_and_the_bounds_hold_for_the_
     saved = [store.save(frame, seq, "x") for seq in (1, 2, 3, 4)]
     assert [p.exists() for p in saved] == [False, False, True, True]  # two files at most: 3 and 4 are kept
     stuck = saved[2:]
-    if not all(_immutable(p, True) for p in stuck):
-        pytest.skip("chattr +i does not work on this file system")
-    try:
-        with caplog.at_level(logging.INFO, logger="edge_agent.evidence"):
-            for seq in (5, 6):  # each prunes one immutable file
-                store.save(frame, seq, "x")
-            store.save(frame, 7, "x")  # prunes 5: deleted
-        lines = [r.getMessage() for r in caplog.records if "delet" in r.getMessage()]
-        assert lines == [
-            f"evidence: could not delete {stuck[0]}: Operation not permitted; the next start tries again",
-            f"evidence: deleting in {folder} again; 2 file(s) could not be",
-        ]
-        assert all(p.exists() for p in stuck) and store.count == 2  # left, and the bounds hold for the rest
-        assert sorted(p.name for p in folder.glob("*.jpg")) == [
-            "000000000003-x.jpg", "000000000004-x.jpg", "000000000006-x.jpg", "000000000007-x.jpg"
-        ]  # fmt: skip
-    finally:
-        for p in stuck:
-            _immutable(p, False)
+    with immutable(*stuck), caplog.at_level(logging.INFO, logger="edge_agent.evidence"):
+        for seq in (5, 6):  # each prunes one immutable file
+            store.save(frame, seq, "x")
+        store.save(frame, 7, "x")  # prunes 5: deleted
+    lines = [r.getMessage() for r in caplog.records if "delet" in r.getMessage()]
+    assert lines == [
+        f"evidence: could not delete {stuck[0]}: Operation not permitted; the next start tries again",
+        f"evidence: deleting in {folder} again; 2 file(s) could not be",
+    ]
+    assert all(p.exists() for p in stuck) and store.count == 2  # left, and the bounds hold for the rest
+    assert sorted(p.name for p in folder.glob("*.jpg")) == [
+        "000000000003-x.jpg", "000000000004-x.jpg", "000000000006-x.jpg", "000000000007-x.jpg"
+    ]  # fmt: skip
 
 
 def test_the_counts_reach_the_stats_payload_and_prometheus(tmp_path: Path) -> None:
