@@ -22,6 +22,7 @@ from edge_agent.fleet.signing import generate_keypair, load_private_key
 from edge_agent.fleet.store import ModelStore
 from edge_agent.fleet.topics import model_topic
 from tests.fixtures.broker import validate_payload
+from tests.fixtures.cards import immutable, set_immutable
 from tests.fixtures.http import QuietHandler, serve_http
 from tests.fleet_support import FakeDevice, device_client, make_agent, make_model
 
@@ -247,6 +248,51 @@ def test_refused_with_reason_and_old_model_keeps_running(env: dict[str, Any], ca
     # The agent still takes the next good deployment.
     good, _sha = deploy(env, "after", b"GOOD")
     assert outcome(env, good)["state"] == "active"
+
+
+@pytest.mark.parametrize("when", ["at_once", "before_the_swap"])
+def test_a_record_the_card_cannot_take_refuses_the_deployment_and_changes_nothing(
+    env: dict[str, Any], when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state_dir that takes no new file (a card gone read-only; here an immutable folder): fleet.json
+    cannot be saved, so the deployment is refused by name, the old model runs on, and the record (on disk
+    and in memory) is what it was, so a restart runs the old model too; once the card takes files again the
+    next deployment goes in. ``before_the_swap``: the card fails while the model is tested, so the record
+    that makes the new model current is the one that cannot be saved: no swap happens."""
+    agent, fake, _ = start(env)
+    state_dir = env["tmp"] / "cam-01"
+    record = state_dir / "fleet.json"
+    on_disk, in_memory = (record.read_bytes() if record.exists() else None), agent.store.entry("cam")
+    with immutable(state_dir), caplog.at_level(logging.WARNING, logger="edge_agent.fleet"):
+        if when == "before_the_swap":
+            set_immutable(state_dir, False)
+            load = agent._load
+
+            def load_then_fail(*args: Any) -> Any:
+                agent._load = load  # once
+                set_immutable(state_dir, True)
+                return load(*args)
+
+            agent._load = load_then_fail
+        number, _ = deploy(env, "unsaved", b"GOOD")
+        state = outcome(env, number)
+        assert state["state"] == "failed", state
+        assert state["reason"].startswith(
+            f"write_failed: could not save {record}: Operation not permitted; make room"
+        ), state
+        assert fake.swaps == [] and state["running"]["cam"]["number"] is None
+        assert agent.stats()["refused_write_failed"] == 1 and agent.stats()["internal_errors"] == 0
+        assert not [r for r in caplog.records if r.exc_info], "a card that fails is said, not a traceback"
+        if when == "at_once":  # nothing saved; the number was not consumed: it can be sent again
+            assert (record.read_bytes() if record.exists() else None) == on_disk
+            assert agent.store.entry("cam") == in_memory
+        else:  # saved up to "testing" (a restart tries it again, as after a crash); the old model current
+            assert json.loads(record.read_text())["pipelines"]["cam"]["pending"]["phase"] == "testing"
+            assert {**agent.store.entry("cam"), "last_number": None} == {**in_memory, "last_number": None}
+    assert ModelStore(state_dir).current_model("cam") is None  # a restart runs the old model too
+    good, sha = deploy(env, "after", b"GOOD")
+    assert outcome(env, good)["state"] == "active"
+    assert json.loads(record.read_text())["pipelines"]["cam"]["current"]["sha256"] == sha
 
 
 def test_rolls_back_when_errors_rise_and_on_command(env: dict[str, Any]) -> None:

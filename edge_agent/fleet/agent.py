@@ -84,6 +84,7 @@ class DeployAgent:
         self._config_sha: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
         self._busy: tuple[str, int] | None = None
         self._startup: list[tuple[str, Any]] = []
+        self._unsaved: str | None = None  # why the record could not be saved last (said once per cause)
 
     @property
     def enabled(self) -> bool:
@@ -131,7 +132,7 @@ class DeployAgent:
                 restarts = pending.get("restarts", 0) + 1
                 if restarts >= 2:
                     back = _record(self.store.entry(pipeline)["previous"])
-                    self.store.update(pipeline, current=back, previous=None, pending=None)
+                    self._note(pipeline, current=back, previous=None, pending=None)
                     self._startup.append(
                         (
                             "report",
@@ -145,14 +146,14 @@ class DeployAgent:
                         )
                     )
                 else:
-                    self.store.update(pipeline, pending={**pending, "restarts": restarts})
+                    self._note(pipeline, pending={**pending, "restarts": restarts})
                     self._startup.append(("resume_watch", pipeline))
             else:
                 # "stopped" stays until the step runs again (_apply writes a new record): a stop before
                 # that is not an attempt either.
                 attempts = pending.get("attempts", 0) + (0 if pending.get("stopped") else 1)
                 if attempts >= 2:
-                    self.store.update(pipeline, pending=None)
+                    self._note(pipeline, pending=None)
                     self._startup.append(
                         (
                             "report",
@@ -166,7 +167,7 @@ class DeployAgent:
                         )
                     )
                 else:
-                    self.store.update(pipeline, pending={**pending, "attempts": attempts})
+                    self._note(pipeline, pending={**pending, "attempts": attempts})
                     self._startup.append(("redeploy", pending["deployment"]))
         self.store.prune()
         return {p: path for p in self.config_models() if (path := self.store.current_model(p)) is not None}
@@ -247,6 +248,14 @@ class DeployAgent:
             "last_number": self.store.last_number,
         }
 
+    def _note(self, pipeline: str, **fields: Any) -> None:
+        """Record a step that has happened whether or not the card takes it; a record it cannot save is said
+        (once per cause), not raised: the step stands for this run, and the next save writes it too."""
+        why = self.store.note(pipeline, **fields)
+        if why is not None and why != self._unsaved:
+            log.warning("fleet: %s; until then a restart finds the record as it was last saved", why)
+        self._unsaved = why
+
     def _refuse(self, run: DeployRun, exc: DeployRefused) -> None:
         self.counts["refused"] += 1
         self.counts[f"refused_{exc.reason}"] += 1
@@ -266,11 +275,11 @@ class DeployAgent:
         run.advance("received")
         try:
             dep = verify_deployment(payload, **self._verify_args())
+            run.pipeline, run.number, run.sha256 = dep.pipeline, dep.number, dep.model.sha256
+            self.store.update(dep.pipeline, last_number=dep.number)  # consumed: never applied twice
         except DeployRefused as exc:
             self._refuse(run, exc)
             return
-        self.store.update(dep.pipeline, last_number=dep.number)  # consumed: never applied twice
-        run.pipeline, run.number, run.sha256 = dep.pipeline, dep.number, dep.model.sha256
         run.advance("verified")
         self._apply(run, dep, attempts=0)
 
@@ -295,7 +304,7 @@ class DeployAgent:
         pipeline, sha = dep.pipeline, dep.model.sha256
         self._busy = (pipeline, dep.number)
         if self._current(pipeline).get("sha256") == sha:
-            self.store.update(pipeline, pending=None)
+            self._note(pipeline, pending=None)
             run.advance("active", "this model is already running", confirmed=True)
             return
         manifest_raw = dep.model.manifest
@@ -315,28 +324,31 @@ class DeployAgent:
             run.advance("testing")
             candidate = self._test(pipeline, path, manifest_raw, manifest, golden)
         except DeployRefused as exc:
-            self.store.update(pipeline, pending=None)
+            self._note(pipeline, pending=None)
             self.store.prune()
             self._refuse(run, exc)
             return
         except Stopping:  # the next start takes it up again, as after a crash, but without counting it
-            self.store.update(pipeline, pending={**pending, "stopped": True})
+            self._note(pipeline, pending={**pending, "stopped": True})
             return
         baseline = self._safe_health(pipeline)
+        before = self.store.entry(pipeline)
         old = self._current(pipeline)
-        try:
-            self._swap(pipeline, candidate)
-        except DeployRefused as exc:  # a reload removed the pipeline since the test
-            self.store.update(pipeline, pending=None)
+        try:  # saved before the swap: a card that cannot take the record refuses it, the old model running
+            self.store.update(
+                pipeline,
+                current={"sha256": sha, "number": dep.number, "model": manifest.name},
+                previous=old,
+                pending={**pending, "phase": "watching", "baseline_p99_ms": baseline.get("invoke_p99_ms")},
+            )
+            self._swap(pipeline, candidate)  # (a candidate never swapped in is closed as it goes: GC)
+        except Exception as exc:  # write_failed, or a reload removed the pipeline since the test
+            self._note(pipeline, current=before["current"], previous=before["previous"], pending=None)
             self.store.prune()
+            if not isinstance(exc, DeployRefused):
+                raise
             self._refuse(run, exc)
             return
-        self.store.update(
-            pipeline,
-            current={"sha256": sha, "number": dep.number, "model": manifest.name},
-            previous=old,
-            pending={**pending, "phase": "watching", "baseline_p99_ms": baseline.get("invoke_p99_ms")},
-        )
         self.counts["swapped"] += 1
         watch_s = dep.healthy_for_s if dep.healthy_for_s is not None else self.cfg.watch_s
         run.advance("active", f"watching for {watch_s:g} s")
@@ -394,7 +406,7 @@ class DeployAgent:
                 break
             if self._stop.wait(min(self.poll_s, max(0.0, deadline - time.monotonic()))):
                 return  # stopping: pending stays "watching"; the next start resumes the watch
-        self.store.update(pipeline, pending=None)
+        self._note(pipeline, pending=None)
         self.store.prune()
         self.counts["active"] += 1
         run.advance("active", f"healthy for {watch_s:g} s", confirmed=True)
@@ -404,7 +416,7 @@ class DeployAgent:
         entry = self.store.entry(pipeline)
         prev = entry["previous"]
         if prev is None:
-            self.store.update(pipeline, pending=None)
+            self._note(pipeline, pending=None)
             self._refuse(run, DeployRefused("no_previous", f"{reason}; no previous model to go back to"))
             return
         if prev.get("path"):  # the config's own model: the file it names now, as a restart would load (a
@@ -417,12 +429,12 @@ class DeployAgent:
             candidate = self._load(pipeline, path, manifest)
             self._swap(pipeline, candidate)
         except Exception as exc:
-            self.store.update(pipeline, pending=None)
+            self._note(pipeline, pending=None)
             self._refuse(
                 run, DeployRefused("no_previous", f"{reason}; the previous model failed to load: {exc}")
             )
             return
-        self.store.update(pipeline, current=_record(prev), previous=None, pending=None)
+        self._note(pipeline, current=_record(prev), previous=None, pending=None)
         self.store.prune()
         self.counts["rolled_back"] += 1
         run.advance("rolled_back", reason)
@@ -435,10 +447,11 @@ class DeployAgent:
         run.advance("received")
         try:
             cmd = verify_command(payload, **self._verify_args())
+            run.pipeline, run.number = cmd.pipeline, cmd.number
+            self.store.update(cmd.pipeline, last_number=cmd.number)
         except DeployRefused as exc:
             self._refuse(run, exc)
             return
-        self.store.update(cmd.pipeline, last_number=cmd.number)
         prev = self.store.entry(cmd.pipeline)["previous"]
         run.sha256 = prev.get("sha256") if prev else None
         run.advance("verified")

@@ -65,6 +65,7 @@ class StateReporter:
         self.topic = state_topic(prefix, device)
         self.device, self.groups, self._publish, self._running = device, groups, publish, running
         self.persist = persist  # the last report, republished (with what runs now) at the next start
+        self._unsaved: str | None = None  # why the last report could not be saved (said once per cause)
         self.last: dict[str, Any] | None = None
 
     def republish_last(self) -> None:
@@ -109,8 +110,16 @@ class StateReporter:
         if self.persist is not None:
             try:
                 atomic_write(self.persist, [json.dumps(payload).encode()])
-            except OSError:
-                log.warning("could not save the deploy state to %s", self.persist, exc_info=True)
+                self._unsaved = None
+            except OSError as exc:  # a full or read-only card: said once, not a traceback per state
+                if exc.strerror != self._unsaved:
+                    log.warning(
+                        "could not save the deploy state to %s: %s; it is still published (a restart "
+                        "reports the last state it could save)",
+                        self.persist,
+                        exc.strerror or exc,
+                    )
+                self._unsaved = exc.strerror
         what = f"deploy {run.pipeline} {run.number}" if run.number is not None else "deploy state"
         log.info("%s: %s%s", what, run.state, f" ({reason})" if reason else "")
         try:

@@ -135,8 +135,8 @@ class ModelStore:
         )
         return {"version": RECORD_VERSION, "pipelines": {}, "recovered_from_corrupt_record": True}
 
-    def _save(self) -> None:
-        atomic_write(self.record_path, [json.dumps(self._record, indent=1, sort_keys=True).encode()])
+    def _save(self, record: dict[str, Any]) -> None:
+        atomic_write(self.record_path, [json.dumps(record, indent=1, sort_keys=True).encode()])
 
     # -- reading ----------------------------------------------------------------------------------------
     def entry(self, pipeline: str) -> dict[str, Any]:
@@ -181,12 +181,37 @@ class ModelStore:
         return path
 
     def update(self, pipeline: str, **fields: Any) -> dict[str, Any]:
-        """Set fields of ``pipeline``'s entry (current, previous, last_number, pending) and persist."""
+        """Set fields of ``pipeline``'s entry (current, previous, last_number, pending) and persist. A record
+        the card cannot take (full, read-only) changes nothing, in memory or on disk, and refuses the step
+        (``write_failed``): what runs and what a restart finds stay the same."""
         with self._lock:
-            entry = self._record["pipelines"].setdefault(pipeline, _empty_entry())
+            record = copy.deepcopy(self._record)
+            entry = record["pipelines"].setdefault(pipeline, _empty_entry())
             entry.update(copy.deepcopy(fields))
-            self._save()
+            try:
+                self._save(record)
+            except OSError as exc:
+                raise DeployRefused("write_failed", self._not_saved(exc)) from None
+            self._record = record
             return copy.deepcopy(entry)
+
+    def note(self, pipeline: str, **fields: Any) -> str | None:
+        """Set fields for a step that has happened whether or not the card takes it (a refusal, a stop, a
+        swap back, the end of a watch), and persist them if it can; returns why not, else None. The next
+        save that works writes them too; until then a restart finds the record as it was last saved."""
+        with self._lock:
+            self._record["pipelines"].setdefault(pipeline, _empty_entry()).update(copy.deepcopy(fields))
+            try:
+                self._save(self._record)
+            except OSError as exc:
+                return self._not_saved(exc)
+            return None
+
+    def _not_saved(self, exc: OSError) -> str:
+        return (
+            f"could not save {self.record_path}: {exc.strerror or exc}; make room on the device's state_dir "
+            "(edge-agent check says what its config may keep there)"
+        )
 
     def prune(self) -> list[str]:
         """Delete model files no pipeline's current, previous or pending refers to; returns their names."""
