@@ -263,18 +263,21 @@ def test_a_record_the_card_cannot_take_refuses_the_deployment_and_changes_nothin
     state_dir = env["tmp"] / "cam-01"
     record = state_dir / "fleet.json"
     on_disk, in_memory = (record.read_bytes() if record.exists() else None), agent.store.entry("cam")
-    with immutable(state_dir), caplog.at_level(logging.WARNING, logger="edge_agent.fleet"):
+    card = (state_dir, state_dir / "deployed")  # the whole card: no new record, no model deleted
+    with immutable(*card), caplog.at_level(logging.WARNING, logger="edge_agent.fleet"):
         if when == "before_the_swap":
-            set_immutable(state_dir, False)
+            for folder in card:
+                set_immutable(folder, False)
             load = agent._load
 
             def load_then_fail(*args: Any) -> Any:
                 agent._load = load  # once
-                set_immutable(state_dir, True)
+                for folder in card:
+                    set_immutable(folder, True)
                 return load(*args)
 
             agent._load = load_then_fail
-        number, _ = deploy(env, "unsaved", b"GOOD")
+        number, unsaved = deploy(env, "unsaved", b"GOOD")
         state = outcome(env, number)
         assert state["state"] == "failed", state
         assert state["reason"].startswith(
@@ -289,10 +292,12 @@ def test_a_record_the_card_cannot_take_refuses_the_deployment_and_changes_nothin
         else:  # saved up to "testing" (a restart tries it again, as after a crash); the old model current
             assert json.loads(record.read_text())["pipelines"]["cam"]["pending"]["phase"] == "testing"
             assert {**agent.store.entry("cam"), "last_number": None} == {**in_memory, "last_number": None}
+            assert agent.store.model_path(unsaved).exists()  # could not be pruned: left for the next prune
     assert ModelStore(state_dir).current_model("cam") is None  # a restart runs the old model too
     good, sha = deploy(env, "after", b"GOOD")
     assert outcome(env, good)["state"] == "active"
     assert json.loads(record.read_text())["pipelines"]["cam"]["current"]["sha256"] == sha
+    assert not agent.store.model_path(unsaved).exists()
 
 
 def test_rolls_back_when_errors_rise_and_on_command(env: dict[str, Any]) -> None:

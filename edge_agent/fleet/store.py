@@ -214,7 +214,8 @@ class ModelStore:
         )
 
     def prune(self) -> list[str]:
-        """Delete model files no pipeline's current, previous or pending refers to; returns their names."""
+        """Delete model files no pipeline's current, previous or pending refers to; returns their names. A
+        file the card will not delete (gone read-only) is left for the next prune: nothing refers to it."""
         with self._lock:
             keep: set[str] = set()
             for e in self._record["pipelines"].values():
@@ -228,7 +229,10 @@ class ModelStore:
                 stem = p.name.split(".")[0]
                 ours = len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)
                 if ours and p.suffix in (".tflite", ".json") and stem not in keep:
-                    p.unlink(missing_ok=True)
+                    try:
+                        p.unlink(missing_ok=True)
+                    except OSError:
+                        continue
                     removed.append(p.name)
             if removed:
                 fsync_dir(self.dir)
