@@ -112,14 +112,15 @@ class StateReporter:
                 atomic_write(self.persist, [json.dumps(payload).encode()])
                 self._unsaved = None
             except OSError as exc:  # a full or read-only card: said once, not a traceback per state
-                if exc.strerror != self._unsaved:
+                why = exc.strerror or str(exc)
+                if why != self._unsaved:
                     log.warning(
                         "could not save the deploy state to %s: %s; it is still published (a restart "
                         "reports the last state it could save)",
                         self.persist,
-                        exc.strerror or exc,
+                        why,
                     )
-                self._unsaved = exc.strerror
+                self._unsaved = why
         what = f"deploy {run.pipeline} {run.number}" if run.number is not None else "deploy state"
         log.info("%s: %s%s", what, run.state, f" ({reason})" if reason else "")
         try:
