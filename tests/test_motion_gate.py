@@ -73,6 +73,25 @@ def test_scattered_specks_are_not_motion_though_together_they_are_bigger_than_mi
     assert motion_frames(gate_for(clock, min_area=0.01), one, clock) == [10]
 
 
+def fence(frame: np.ndarray, bars: int, gap: int = 5) -> np.ndarray:
+    """``frame`` with an object seen in vertical pieces 3 pixels wide, ``gap`` apart (someone behind a fence,
+    a striped shirt)."""
+    out = frame.copy()
+    for k in range(bars):
+        x = 60 + k * (3 + gap)
+        out[40:60, x : x + 3] = 255
+    return out
+
+
+def test_an_object_seen_in_pieces_a_few_pixels_apart_is_one_region() -> None:
+    clock = [0.0]
+    frames = frames_with(14)
+    frames[10] = fence(frames[10], bars=4)
+    assert motion_frames(gate_for(clock, min_area=0.01), frames, clock) == [10]
+    frames[10] = fence(frames_with(14)[10], bars=1)  # one piece alone is under min_area
+    assert motion_frames(gate_for(clock, min_area=0.01), frames, clock) == []
+
+
 def test_an_object_right_after_a_light_change_is_seen() -> None:
     """Someone opens the door and switches the light on: the frame after the switch shows them."""
     clock = [0.0]
