@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_agent.backoff import Backoff
 from edge_agent.publish.config import MqttConfig
 from edge_agent.publish.connection import InboundMessage, MqttConnection
@@ -57,7 +59,7 @@ def test_subscription_is_renewed_after_the_broker_restarts(mosquitto, publisher)
     pub = publisher(broker.mqtt_config())
     inbox = Inbox()
     pub.subscribe(DEPLOY, inbox)  # while connected: subscribed at once
-    assert wait_until(lambda: pub.connected, 10)
+    assert wait_until(lambda: pub.subscribed(DEPLOY), 10)  # the SUBACK: connected alone is too early
     broker.publish(DEPLOY, b"before")
     assert wait_until(lambda: b"before" in inbox.payloads(), 10)
     broker.stop()
@@ -74,7 +76,7 @@ def test_unsubscribe_stops_delivery_and_survives_a_reconnect(mosquitto, publishe
     inbox = Inbox()
     model_topic = "edge/models/" + "a" * 64
     pub.subscribe(model_topic, inbox)
-    assert wait_until(lambda: pub.connected, 10)
+    assert wait_until(lambda: pub.subscribed(model_topic), 10)
     broker.publish(model_topic, b"one")
     assert wait_until(lambda: inbox.payloads() == [b"one"], 10)
     pub.unsubscribe(model_topic)
@@ -85,6 +87,61 @@ def test_unsubscribe_stops_delivery_and_survives_a_reconnect(mosquitto, publishe
     assert wait_until(lambda: pub.connected and pub.reconnects == 1, 15), pub.stats()
     time.sleep(0.5)  # a renewed subscription would get the retained "two" now
     assert inbox.payloads() == [b"one"]
+    assert not pub.subscribed(model_topic)
+
+
+def test_subscribed_only_while_the_broker_has_granted_it(mosquitto, publisher) -> None:
+    """``subscribed`` is the SUBACK, not the CONNACK: false before it and after a disconnect, true again once
+    the broker granted the renewed subscription, false once unsubscribed."""
+    broker = mosquitto()
+    pub = publisher(broker.mqtt_config(), start=False)
+    pub.subscribe(DEPLOY, Inbox())
+    assert not pub.subscribed(DEPLOY)
+    pub.start()
+    assert wait_until(lambda: pub.subscribed(DEPLOY), 10), pub.stats()
+    late = f"{DEPLOY}/late"
+    pub.subscribe(late, Inbox())  # while connected: sent at once
+    assert wait_until(lambda: pub.subscribed(late), 10), pub.stats()
+    assert not pub.subscribed(f"{DEPLOY}/never")
+    broker.stop()
+    assert wait_until(lambda: not pub.connected, 10)
+    assert not pub.subscribed(DEPLOY) and not pub.subscribed(late)
+    broker.start()
+    assert wait_until(lambda: pub.subscribed(DEPLOY) and pub.subscribed(late), 15), pub.stats()
+    pub.unsubscribe(late)
+    assert not pub.subscribed(late) and pub.subscribed(DEPLOY)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_refused_subscription_is_reported_and_never_counted_as_subscribed(
+    mosquitto, publisher, tmp_path: Path, protocol: str
+) -> None:
+    """A broker whose ACL refuses a SUBSCRIBE (EMQX, HiveMQ, mosquitto's dynamic-security plugin) says so only
+    in the SUBACK: without reading it, the device would wait for deployments that can never arrive."""
+    plugin = next(iter(sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))), None)
+    if plugin is None:
+        pytest.skip("no mosquitto dynamic-security plugin (Debian's mosquitto package has it)")
+    dynsec = tmp_path / "dynamic-security.json"
+    access = ("publishClientSend", "publishClientReceive", "subscribe", "unsubscribe")
+    everything = dict.fromkeys(access, True)
+    deny_deploy = {"acltype": "subscribePattern", "topic": f"{DEPLOY}/#", "allow": False, "priority": 0}
+    dynsec.write_text(json.dumps({
+        "defaultACLAccess": everything, "clients": [], "anonymousGroup": "anonymous",
+        "groups": [{"groupname": "anonymous", "roles": [{"rolename": "device"}], "clients": []}],
+        "roles": [{"rolename": "device", "acls": [deny_deploy]}],
+    }))  # fmt: skip
+    broker = mosquitto(extra_config=(f"plugin {plugin}", f"plugin_opt_config_file {dynsec}"))
+    pub = publisher(broker.mqtt_config(protocol=protocol))
+    pub.subscribe(f"{DEPLOY}/#", Inbox())
+    pub.subscribe(STATUS, Inbox())
+    assert wait_until(lambda: pub.subscribed(STATUS), 10), pub.stats()
+    assert wait_until(lambda: pub.last_error is not None, 10), pub.stats()
+    assert f"refused the subscription to {DEPLOY}/#" in pub.last_error
+    assert "ACL" in pub.last_error
+    assert not pub.subscribed(f"{DEPLOY}/#")
+    assert pub.connected  # the rest goes on: results still go out
+    pub.publish_result(RESULT, b'{"seq": 1}', qos=1)
+    assert pub.flush(timeout=10), pub.stats()
 
 
 def test_oversized_payloads_are_dropped_and_counted(mosquitto, publisher, outbox) -> None:
@@ -92,7 +149,7 @@ def test_oversized_payloads_are_dropped_and_counted(mosquitto, publisher, outbox
     pub = publisher(broker.mqtt_config())
     inbox = Inbox()
     pub.subscribe(f"{DEPLOY}/#", inbox, max_bytes=1000)  # "deploy/#" matches "deploy" too
-    assert wait_until(lambda: pub.connected, 10)
+    assert wait_until(lambda: pub.subscribed(f"{DEPLOY}/#"), 10)
     broker.publish(DEPLOY, b"x" * 1001)
     broker.publish(DEPLOY, b"x" * 1000)
     assert wait_until(lambda: inbox.got, 10)
@@ -118,7 +175,7 @@ def test_a_failing_handler_is_counted_and_isolated(mosquitto, subscriber, publis
         inbox(msg)
 
     pub.subscribe(DEPLOY, handler)
-    assert wait_until(lambda: pub.connected, 10)
+    assert wait_until(lambda: pub.subscribed(DEPLOY), 10)
     for _ in range(3):
         broker.publish(DEPLOY, b"bad")
     broker.publish(DEPLOY, b"good")

@@ -3,7 +3,9 @@ listeners and bounded subscriptions.
 
 What happens on every successful CONNACK, in this order (paho's network thread):
   1. the delivery tracker (the outbox sender) starts a new session: generation, window, replay;
-  2. every subscription is sent again (clean session: the broker forgot them);
+  2. every subscription is sent again (clean session: the broker forgot them); ``subscribed(topic)`` turns
+     true only when the broker's SUBACK grants it, and a refusal (an ACL on EMQX or HiveMQ; mosquitto
+     grants every SUBSCRIBE and applies its ACL on delivery) is logged and shown as ``last_error``;
   3. on-connect listeners run in the order they were added (the ``online`` status, Home Assistant
      discovery, the fleet's deploy state).
 A listener or message handler that raises is logged and counted; it never reaches paho, whose network
@@ -114,6 +116,9 @@ class MqttConnection:
         self._tracker: DeliveryTracker | None = None
         self._listeners: list[Listener] = []
         self._subscriptions: dict[str, _Subscription] = {}
+        self._granted: set[str] = set()  # topics whose SUBACK granted them on this connection
+        self._awaiting_suback: dict[int, str] = {}  # SUBSCRIBE mid -> topic
+        self._early_subacks: dict[int, Any] = {}  # SUBACKs that beat ``subscribe`` to recording its mid
         self._paho_log = _PahoLog()
 
         client = build_client(cfg, client_id, will=will)
@@ -125,6 +130,7 @@ class MqttConnection:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.enable_logger(self._paho_log)  # type: ignore[arg-type]
         self.client = client
 
@@ -156,13 +162,14 @@ class MqttConnection:
             connected = self._connected
         self.client.message_callback_add(topic, lambda _c, _u, msg: self._deliver(sub, msg))
         if connected:
-            self.client.subscribe(topic, qos=qos)
+            self._send_subscribe(sub)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop delivering ``topic`` (as given to ``subscribe``) and stop re-subscribing it on reconnects.
         Unknown topics are ignored, so calling it twice is safe."""
         with self._lock:
             sub = self._subscriptions.pop(topic, None)
+            self._granted.discard(topic)
             connected = self._connected
         if sub is None:
             return
@@ -196,11 +203,18 @@ class MqttConnection:
         self.client.loop_stop()
         with self._lock:
             self._connected = False
+            self._granted.clear()
 
     @property
     def connected(self) -> bool:
         """True only between a successful CONNACK and the next disconnect."""
         return self._connected
+
+    def subscribed(self, topic: str) -> bool:
+        """True once the broker granted ``topic`` (as given to ``subscribe``) on this connection: from then
+        on nothing published to it is missed. False again after a disconnect, until the next SUBACK."""
+        with self._lock:
+            return topic in self._granted
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         """Best effort: sent only while connected, never stored. True when handed to paho."""
@@ -234,6 +248,39 @@ class MqttConnection:
             }
 
     # -- inbound (network thread) --------------------------------------------------------------------------
+    def _send_subscribe(self, sub: _Subscription) -> None:
+        """SUBSCRIBE, remembering its mid for the SUBACK. Unsent (disconnected): the next CONNACK sends it."""
+        import paho.mqtt.client as mqtt
+
+        rc, mid = self.client.subscribe(sub.topic, qos=sub.qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return
+        with self._lock:  # paho's network thread may have read the SUBACK already
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
+                self._awaiting_suback[mid] = sub.topic
+        if early is not None:
+            self._settle_subscription(sub.topic, early)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._lock:
+            topic = self._awaiting_suback.pop(mid, None)
+            if topic is None:
+                self._early_subacks[mid] = reason_codes[0]
+                return
+        self._settle_subscription(topic, reason_codes[0])
+
+    def _settle_subscription(self, topic: str, reason_code: Any) -> None:
+        if reason_code.is_failure:
+            self.report_error(
+                f"broker {self.broker} refused the subscription to {topic} ({str(reason_code).lower()}): "
+                "nothing sent there reaches this device; let its user read that topic in the broker's ACL"
+            )
+            return
+        with self._lock:
+            if topic in self._subscriptions:  # not unsubscribed meanwhile
+                self._granted.add(topic)
+
     def _deliver(self, sub: _Subscription, msg: Any) -> None:
         payload = bytes(msg.payload)
         with self._lock:
@@ -303,7 +350,7 @@ class MqttConnection:
         else:
             log.info("connected to MQTT broker %s", self.broker)
         for sub in subscriptions:
-            client.subscribe(sub.topic, qos=sub.qos)
+            self._send_subscribe(sub)
         for listener in listeners:
             self._run_listener(listener)
 
@@ -330,6 +377,9 @@ class MqttConnection:
             self._connected = False
             self._generation += 1
             gen = self._generation
+            self._granted.clear()
+            self._awaiting_suback.clear()
+            self._early_subacks.clear()
         if self._tracker is not None:
             self._tracker.session_ended(gen)
         if self._stopping:

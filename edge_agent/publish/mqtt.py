@@ -160,6 +160,10 @@ class MqttPublisher:
         """See ``MqttConnection.unsubscribe``."""
         self.connection.unsubscribe(topic)
 
+    def subscribed(self, topic: str) -> bool:
+        """See ``MqttConnection.subscribed``."""
+        return self.connection.subscribed(topic)
+
     def add_on_connect(self, listener: Listener) -> None:
         """See ``MqttConnection.add_on_connect``."""
         self.connection.add_on_connect(listener)
