@@ -446,6 +446,7 @@ def test_tls_without_the_required_client_certificate_is_reported(mosquitto, outb
     assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     assert f"broker 127.0.0.1:{broker.port} closed the connection before accepting it" in pub.last_error
     assert "cert_file/key_file" in pub.last_error
+    assert pub.wait_stored(10)  # stored by the sender thread, which may come after the error
     assert not pub.connected and outbox.depth() == 1
 
 
@@ -457,6 +458,7 @@ def test_tls_with_the_wrong_ca_is_reported(mosquitto, outbox, publisher, tmp_pat
     pub.publish_result(RESULT_TOPIC, payload(1), qos=1)
     assert wait_until(lambda: pub.last_error is not None, 10), "last_error"
     assert "TLS handshake" in pub.last_error and "mqtt.tls.ca_file" in pub.last_error
+    assert pub.wait_stored(10)  # stored by the sender thread, which may come after the error
     assert not pub.connected and outbox.depth() == 1
 
 
@@ -521,6 +523,7 @@ def test_wrong_password_is_reported_retried_and_loses_nothing(
     assert f"broker 127.0.0.1:{broker.port} refused the connection: not authorized" in msg
     assert f"check mqtt.username ('agent') and mqtt.password_file ({pw})" in msg
     time.sleep(1.0)
+    assert pub.wait_stored(10)
     assert not pub.connected and outbox.depth() == 10
     assert pub.stats()["connected"] is False
     # The admin fixes the broker side; the publisher, still retrying, gets in and delivers everything.
