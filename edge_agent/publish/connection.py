@@ -252,10 +252,14 @@ class MqttConnection:
         """SUBSCRIBE, remembering its mid for the SUBACK. Unsent (disconnected): the next CONNACK sends it."""
         import paho.mqtt.client as mqtt
 
+        with self._lock:
+            generation = self._generation
         rc, mid = self.client.subscribe(sub.topic, qos=sub.qos)
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             return
         with self._lock:  # paho's network thread may have read the SUBACK already
+            if generation != self._generation:
+                return  # that connection ended meanwhile, and its mids with it; the next CONNACK resends
             early = self._early_subacks.pop(mid, None)
             if early is None:
                 self._awaiting_suback[mid] = sub.topic
