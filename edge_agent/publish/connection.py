@@ -4,8 +4,8 @@ listeners and bounded subscriptions.
 What happens on every successful CONNACK, in this order (paho's network thread):
   1. the delivery tracker (the outbox sender) starts a new session: generation, window, replay;
   2. every subscription is sent again (clean session: the broker forgot them); ``subscribed(topic)`` turns
-     true only when the broker's SUBACK grants it, and a refusal (an ACL on EMQX or HiveMQ; mosquitto
-     grants every SUBSCRIBE and applies its ACL on delivery) is logged and shown as ``last_error``;
+     true only when the broker's SUBACK grants it, and a refusal (EMQX, HiveMQ, mosquitto's dynamic-security
+     plugin; its ``acl_file`` grants every SUBSCRIBE and filters on delivery) is logged as ``last_error``;
   3. on-connect listeners run in the order they were added (the ``online`` status, Home Assistant
      discovery, the fleet's deploy state).
 A listener or message handler that raises is logged and counted; it never reaches paho, whose network
